@@ -1,0 +1,38 @@
+"""One exception tree for everything a user of swarm can see.
+
+Every message says what went wrong and, where there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class SwarmError(Exception):
+    """Base of every error swarm raises on purpose."""
+
+
+class InvalidPackage(SwarmError):
+    """A model package is missing, malformed, or does not match its manifest."""
+
+
+class InvalidRequest(SwarmError):
+    """A request that can never succeed as sent (wrong shape, dtype, position, argument)."""
+
+
+class CapacityExceeded(SwarmError):
+    """Admitting this request would exceed a configured limit (memory, context, sessions)."""
+
+
+class NoRouteError(SwarmError):
+    """No chain of live peers covers every layer of the model."""
+
+
+class PeerUnavailable(SwarmError):
+    """A peer could not be reached or stopped answering."""
+
+
+class SessionExpired(SwarmError):
+    """The session is unknown to the peer: closed, timed out, or never opened."""
+
+
+class AuthenticationError(SwarmError):
+    """A peer or message failed authentication."""

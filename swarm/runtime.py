@@ -1,0 +1,119 @@
+"""Running model-package stages with onnxruntime: embedding, blocks with a KV cache, head.
+
+This lives in `swarm` rather than `node` because clients run stages too: the local runner
+runs all of them, and a private route keeps the embedding and head on the client.
+
+A block's KV cache is preallocated for the session's whole length and bound to the graph
+as both the past input and the present output (GroupQueryAttention's shared-buffer mode),
+so a decode step writes one new position in place instead of copying the cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from swarm.errors import InvalidRequest
+from swarm.package import Architecture, BlockEntry
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    threads: int = 0  # onnxruntime intra-op threads per stage; 0 = one per core
+    spin: bool = False  # busy-wait between ops; off so that many stages can share few cores
+
+
+def _session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.threads or os.cpu_count() or 1
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def kv_cache_bytes(arch: Architecture, layers: int, tokens: int, batch: int = 1) -> int:
+    """Bytes of float32 KV cache for `layers` layers holding `tokens` positions."""
+    return 2 * layers * batch * arch.num_kv_heads * tokens * arch.cache_head_dim * 4
+
+
+class KVCache:
+    """Keys and values of one block for one session: (batch, n_kv, capacity, D_cache) per layer."""
+
+    def __init__(self, arch: Architecture, layers: range, capacity: int, batch: int = 1) -> None:
+        shape = (batch, arch.num_kv_heads, capacity, arch.cache_head_dim)
+        self.layers = layers
+        self.capacity = capacity
+        self.length = 0  # positions filled so far
+        self._arrays = {layer: (np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for layer in layers}
+        self._values = {
+            layer: (ort.OrtValue.ortvalue_from_numpy(k), ort.OrtValue.ortvalue_from_numpy(v))
+            for layer, (k, v) in self._arrays.items()
+        }
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self._arrays.values())
+
+    def ortvalues(self, layer: int) -> tuple[ort.OrtValue, ort.OrtValue]:
+        return self._values[layer]
+
+
+class BlockRunner:
+    """One ONNX block of layers [start, end)."""
+
+    def __init__(self, path: Path, entry: BlockEntry, arch: Architecture, options: RuntimeOptions) -> None:
+        self.entry = entry
+        self.arch = arch
+        self.layers = range(entry.start, entry.end)
+        self._session = _session(path, options)
+
+    def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
+        return KVCache(self.arch, self.layers, capacity, batch)
+
+    def forward(self, hidden: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Run `hidden` (1, S, H) at positions [cache.length, cache.length + S); extends the cache."""
+        steps = hidden.shape[1]
+        past, total = cache.length, cache.length + steps
+        if total > cache.capacity:
+            raise InvalidRequest(f"{total} tokens exceed this session's cache of {cache.capacity}")
+        binding = self._session.io_binding()
+        binding.bind_output("hidden_states_out")  # first, so it is get_outputs()[0]
+        binding.bind_cpu_input("hidden_states", np.ascontiguousarray(hidden, dtype=np.float32))
+        binding.bind_cpu_input("position_ids", np.arange(past, total, dtype=np.int64)[None, :])
+        binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        for layer in self.layers:
+            key, value = cache.ortvalues(layer)
+            binding.bind_ortvalue_input(f"past_key_values.{layer}.key", key)
+            binding.bind_ortvalue_input(f"past_key_values.{layer}.value", value)
+            binding.bind_ortvalue_output(f"present.{layer}.key", key)
+            binding.bind_ortvalue_output(f"present.{layer}.value", value)
+        self._session.run_with_iobinding(binding)
+        cache.length = total
+        out: np.ndarray = binding.get_outputs()[0].numpy()
+        return out
+
+
+class EmbeddingRunner:
+    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        self._session = _session(path, options)
+
+    def forward(self, input_ids: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self._session.run(None, {"input_ids": input_ids.astype(np.int64)})[0]
+        return out
+
+
+class HeadRunner:
+    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        self._session = _session(path, options)
+
+    def forward(self, hidden: np.ndarray) -> np.ndarray:
+        """Logits (B, S, V) for hidden states (B, S, H)."""
+        out: np.ndarray = self._session.run(None, {"hidden_states": hidden})[0]
+        return out
