@@ -56,7 +56,9 @@ def _stored(g: Graph, name: str, array: np.ndarray, fmt: WeightFormat) -> str:
     return g.weight(name, array.astype(np.float32))
 
 
-def linear(g: Graph, x: str, weight: np.ndarray, bias: np.ndarray | None, path: str, fmt: WeightFormat) -> str:
+def linear(
+    g: Graph, x: str, weight: np.ndarray, bias: np.ndarray | None, path: str, fmt: WeightFormat
+) -> str:
     """x @ weight.T (+ bias); `weight` is (out, in) as Hugging Face stores it."""
     if fmt.bits:
         qw = quantize(weight, fmt.bits, fmt.block_size)
@@ -79,7 +81,9 @@ def linear(g: Graph, x: str, weight: np.ndarray, bias: np.ndarray | None, path: 
 
 def rms_norm(g: Graph, x: str, weight: np.ndarray, eps: float, path: str) -> str:
     w = g.weight(f"{path}.weight", weight.astype(np.float32))
-    return g.op1("SimplifiedLayerNormalization", [x, w], f"{path}/LayerNorm", axis=-1, epsilon=eps, stash_type=1)
+    return g.op1(
+        "SimplifiedLayerNormalization", [x, w], f"{path}/LayerNorm", axis=-1, epsilon=eps, stash_type=1
+    )
 
 
 def _pad_heads(g: Graph, x: str, heads: int, dim: int, padded: int, path: str) -> str:
@@ -120,7 +124,9 @@ def _attention(
     bias = None
     if spec.family.qkv_bias:
         sizes = (spec.q_size, spec.kv_size, spec.kv_size)
-        bias = np.concatenate([ckpt.take(f"{hf}.{p}_proj.bias", (n,)) for p, n in zip("qkv", sizes)])
+        bias = np.concatenate(
+            [ckpt.take(f"{hf}.{p}_proj.bias", (n,)) for p, n in zip("qkv", sizes, strict=False)]
+        )
     qkv = linear(g, h, np.concatenate(weights), bias, f"{path}/qkv_proj", fmt)  # (B, S, (N + 2K) * D)
     split = g.constant(np.array([spec.q_size, spec.kv_size, spec.kv_size], np.int64))
     q, k, v = g.op("Split", [qkv, split], f"{path}/Split", outputs=3, axis=-1)
@@ -133,9 +139,18 @@ def _attention(
         q = _pad_heads(g, q, spec.num_heads, D, Dc, f"{path}/q_pad")
         k = _pad_heads(g, k, spec.num_kv_heads, D, Dc, f"{path}/k_pad")
         v = _pad_heads(g, v, spec.num_kv_heads, D, Dc, f"{path}/v_pad")
-    # GroupQueryAttention's window counts the tokens before the query; the config counts the query too
-    window = spec.sliding_window - 1 if spec.sliding_window else -1
-    gqa_inputs = [q, k, v, past_key_name(layer), past_value_name(layer), io.seqlens_k, io.total_sequence_length]
+    # both count the tokens before the query: a query sees itself and `sliding_window` earlier
+    # tokens (checked against transformers in tests/golden/mistral_sliding)
+    window = spec.sliding_window if spec.sliding_window else -1
+    gqa_inputs = [
+        q,
+        k,
+        v,
+        past_key_name(layer),
+        past_value_name(layer),
+        io.seqlens_k,
+        io.total_sequence_length,
+    ]
     attn, _, _ = g.op(
         "GroupQueryAttention", gqa_inputs, f"{path}/GroupQueryAttention",
         outputs=[f"{path}/GroupQueryAttention/output_0", present_key_name(layer), present_value_name(layer)],
@@ -172,7 +187,13 @@ def _decoder_layer(
     H = spec.hidden_size
     h = rms_norm(g, x, ckpt.take(f"{hf}.input_layernorm.weight", (H,)), eps, f"{path}/input_layernorm")
     x = g.op1("Add", [x, _attention(g, ckpt, spec, fmt, layer, h, io)], f"{path}/attn_residual/Add")
-    h = rms_norm(g, x, ckpt.take(f"{hf}.post_attention_layernorm.weight", (H,)), eps, f"{path}/post_attention_layernorm")
+    h = rms_norm(
+        g,
+        x,
+        ckpt.take(f"{hf}.post_attention_layernorm.weight", (H,)),
+        eps,
+        f"{path}/post_attention_layernorm",
+    )
     return g.op1("Add", [x, _mlp(g, ckpt, spec, fmt, layer, h)], f"{path}/mlp_residual/Add")
 
 
@@ -207,7 +228,11 @@ def build_embedding(ckpt: Checkpoint, spec: ModelSpec, fmt: WeightFormat) -> Gra
     table = ckpt.take("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size))
     dtype = np.float16 if fmt.storage == "float16" else np.float32
     # gather in the storage dtype, then cast the few gathered rows: the table stays small in memory
-    x = g.op1("Gather", [g.weight("model.embed_tokens.weight", table.astype(dtype)), ids], "/model/embed_tokens/Gather")
+    x = g.op1(
+        "Gather",
+        [g.weight("model.embed_tokens.weight", table.astype(dtype)), ids],
+        "/model/embed_tokens/Gather",
+    )
     if fmt.storage == "float16":
         x = g.op1("Cast", [x], "/model/embed_tokens/Cast", to=FLOAT)
     g.op("Identity", [x], "/model/embed_tokens/Identity", outputs=["hidden_states"])

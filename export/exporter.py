@@ -61,7 +61,7 @@ def _check_options(options: ExportOptions, spec: ModelSpec) -> None:
         raise ExportError(f"--quantize must be int8 or int4, got {options.quantize!r}")
     if options.block_size < 16 or options.block_size & (options.block_size - 1):
         raise ExportError(f"--block-size must be a power of two >= 16, got {options.block_size}")
-    if not 1 <= options.layers_per_block:
+    if not options.layers_per_block >= 1:
         raise ExportError(f"--layers-per-block must be at least 1, got {options.layers_per_block}")
     if options.max_context is not None and options.max_context < 1:
         raise ExportError(f"--max-context must be positive, got {options.max_context}")
@@ -115,7 +115,12 @@ def _architecture(spec: ModelSpec) -> Architecture:
 
 
 def _write_stages(
-    ckpt: Checkpoint, spec: ModelSpec, options: ExportOptions, max_context: int, stage: Path, progress: Progress
+    ckpt: Checkpoint,
+    spec: ModelSpec,
+    options: ExportOptions,
+    max_context: int,
+    stage: Path,
+    progress: Progress,
 ) -> list[BlockEntry]:
     fmt = options.weight_format()
     ranges = _block_ranges(spec.num_layers, options.layers_per_block)
@@ -157,8 +162,9 @@ def export_checkpoint(
         blocks = _write_stages(ckpt, spec, options, max_context, stage, progress or (lambda *_: None))
         unused = _unused_weights(ckpt)
         if unused:
-            raise ExportError(f"checkpoint has {len(unused)} tensors the {spec.family.name} graph does not use: "
-                              f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")  # fmt: skip
+            shown = ", ".join(unused[:5]) + (" ..." if len(unused) > 5 else "")
+            family = spec.family.name
+            raise ExportError(f"checkpoint has {len(unused)} tensors unused by the {family} graph: {shown}")
         shutil.copyfile(src / TOKENIZER_FILE, stage / TOKENIZER_FILE)
         manifest = Manifest(
             name=src.resolve().name,

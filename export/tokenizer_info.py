@@ -50,7 +50,9 @@ def read_tokenizer_info(src: Path, spec: ModelSpec) -> TokenizerInfo:
     eos_from_tokenizer = tokenizer.token_to_id(eos) if eos else None
     if eos_from_tokenizer is not None and eos_from_tokenizer not in eos_ids:
         eos_ids.append(eos_from_tokenizer)
-    bos_id = spec.bos_token_id if spec.bos_token_id is not None else (tokenizer.token_to_id(bos) if bos else None)
+    bos_id = (
+        spec.bos_token_id if spec.bos_token_id is not None else (tokenizer.token_to_id(bos) if bos else None)
+    )
     return TokenizerInfo(
         file=TOKENIZER_FILE,
         bos_token=bos,

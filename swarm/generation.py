@@ -40,7 +40,7 @@ class GenerationStats:
 class GenerationRequest:
     prompt_ids: tuple[int, ...]
     max_tokens: int = 128
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     stop_on_eos: bool = True
 
     def check(self, max_context: int) -> None:

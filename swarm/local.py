@@ -12,7 +12,7 @@ import numpy as np
 
 from swarm.errors import InvalidRequest
 from swarm.generation import GenerationRequest, GenerationStats, generate_ids
-from swarm.package import ModelPackage, load_package
+from swarm.package import BlockEntry, FileEntry, ModelPackage, load_package
 from swarm.runtime import BlockRunner, EmbeddingRunner, HeadRunner, KVCache, RuntimeOptions
 from swarm.sampling import SamplingParams, sample
 from swarm.tokenizer import Message, StreamDecoder, TextCodec
@@ -23,7 +23,8 @@ class LocalModel:
         self.package = package if isinstance(package, ModelPackage) else load_package(package)
         options = options or RuntimeOptions()
         m = self.package.manifest
-        for entry in (m.embedding, *m.blocks, m.head):
+        entries: list[FileEntry | BlockEntry] = [m.embedding, *m.blocks, m.head]
+        for entry in entries:
             self.package.verify_file(entry)
         self.manifest = m
         self.codec = TextCodec(self.package.path(m.tokenizer.file), m.tokenizer)
@@ -34,12 +35,12 @@ class LocalModel:
     def session(self, capacity: int | None = None) -> LocalSession:
         return LocalSession(self, capacity or self.manifest.max_context)
 
-    def generate_ids(
-        self, request: GenerationRequest, stats: GenerationStats | None = None
-    ) -> Iterator[int]:
+    def generate_ids(self, request: GenerationRequest, stats: GenerationStats | None = None) -> Iterator[int]:
         request.check(self.manifest.max_context)
         session = self.session(request.total_tokens)
-        yield from generate_ids(session, request, self.manifest.tokenizer.eos_token_ids, stats or GenerationStats())
+        yield from generate_ids(
+            session, request, self.manifest.tokenizer.eos_token_ids, stats or GenerationStats()
+        )
 
     def generate(
         self,
@@ -66,7 +67,9 @@ class LocalModel:
     ) -> Iterator[str]:
         """Text pieces as they are generated."""
         ids = tuple(self.codec.encode(prompt))
-        yield from self._stream_ids(ids, max_tokens, SamplingParams(temperature, top_k, top_p, seed), stop_on_eos, stats)
+        yield from self._stream_ids(
+            ids, max_tokens, SamplingParams(temperature, top_k, top_p, seed), stop_on_eos, stats
+        )
 
     def chat(self, messages: Sequence[Message], max_tokens: int = 256, **sampling: float) -> str:
         ids = tuple(self.codec.encode_chat(messages))
@@ -93,7 +96,9 @@ class LocalSession:
 
     def __init__(self, model: LocalModel, capacity: int) -> None:
         if capacity > model.manifest.max_context:
-            raise InvalidRequest(f"{capacity} tokens exceed the model's context of {model.manifest.max_context}")
+            raise InvalidRequest(
+                f"{capacity} tokens exceed the model's context of {model.manifest.max_context}"
+            )
         self._model = model
         self._caches: list[KVCache] = [block.new_cache(capacity) for block in model.blocks]
 
@@ -107,7 +112,7 @@ class LocalSession:
         if any(not 0 <= t < vocab for t in ids):
             raise InvalidRequest(f"token ids must be in [0, {vocab})")
         x = self._model.embedding.forward(np.asarray([ids], dtype=np.int64))
-        for block, cache in zip(self._model.blocks, self._caches):
+        for block, cache in zip(self._model.blocks, self._caches, strict=False):
             x = block.forward(x, cache)
         return x
 

@@ -188,7 +188,9 @@ def load_package(root: str | Path) -> ModelPackage:
     root = Path(root)
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
-        raise InvalidPackage(f"{root} is not a model package: no {MANIFEST_NAME} (export one with swarm-export)")
+        raise InvalidPackage(
+            f"{root} is not a model package: no {MANIFEST_NAME} (export one with swarm-export)"
+        )
     try:
         raw = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -36,7 +36,10 @@ class TextCodec:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals["raise_exception"] = _raise_template_error
             template = env.from_string(self.info.chat_template)
-            extra: dict[str, Any] = {"bos_token": self.info.bos_token or "", "eos_token": self.info.eos_token or ""}
+            extra: dict[str, Any] = {
+                "bos_token": self.info.bos_token or "",
+                "eos_token": self.info.eos_token or "",
+            }
             return template.render(messages=list(messages), add_generation_prompt=True, **extra)
         # no template (base models such as TinyStories): the conversation as plain text
         return "\n".join(m["content"] for m in messages)

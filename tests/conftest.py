@@ -1,0 +1,56 @@
+"""Shared fixtures: the real tiny model from ../shared, exported once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from export.exporter import ExportOptions, export_checkpoint
+from swarm.package import ModelPackage
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MODELS = REPO.parent / "shared" / "models"
+GOLDEN = REPO / "tests" / "golden"
+
+STORIES = SHARED_MODELS / "stories260K"
+STORIES_PROMPT = "Once upon a time"
+STORIES_PROMPT_IDS = [1, 403, 407, 261, 378]
+# greedy continuation from ../shared/models/stories260K/README.md (transformers, fp32)
+STORIES_REFERENCE_IDS = [
+    432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408, 419, 292,
+    411, 322, 265, 282, 295, 433, 426, 385, 328, 432, 358, 394, 261, 370, 432, 352, 266, 268, 388, 426,
+]  # fmt: skip
+STORIES_REFERENCE_TEXT = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+    "One day, she saw a big, red ball."
+)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not STORIES.is_dir():
+        raise pytest.UsageError(f"the test model is missing: {STORIES} (tests read ../shared/models)")
+
+
+ExportFn = Callable[..., ModelPackage]
+
+
+@pytest.fixture(scope="session")
+def export_package(tmp_path_factory: pytest.TempPathFactory) -> ExportFn:
+    """Export a checkpoint with the given options once per test session."""
+    cache: dict[tuple[str, tuple[tuple[str, object], ...]], ModelPackage] = {}
+
+    def export(src: Path, **options: object) -> ModelPackage:
+        key = (str(src), tuple(sorted(options.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp("pkg") / src.name
+            cache[key] = export_checkpoint(src, out, ExportOptions(**options))  # type: ignore[arg-type]
+        return cache[key]
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def stories_package(export_package: ExportFn) -> ModelPackage:
+    return export_package(STORIES)

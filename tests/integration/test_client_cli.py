@@ -1,0 +1,44 @@
+"""swarm-client generate --local, as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from swarm.package import ModelPackage
+from tests.conftest import STORIES_PROMPT, STORIES_REFERENCE_TEXT
+
+
+def run_client(*args: object) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "swarm.cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_greedy_text_on_stdout_stats_on_stderr(stories_package: ModelPackage) -> None:
+    result = run_client("generate", "--local", stories_package.root, "--max-tokens", 40, "--temperature", 0,
+                        STORIES_PROMPT)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert STORIES_PROMPT + result.stdout.rstrip("\n") == STORIES_REFERENCE_TEXT
+    assert "5 prompt tokens, 40 new" in result.stderr
+
+
+def test_seeded_sampling_repeats(stories_package: ModelPackage) -> None:
+    args = ("generate", "--local", stories_package.root, "--max-tokens", 30, "--temperature", 0.8,
+            "--top-p", 0.9, "--seed", 7, "--quiet", STORIES_PROMPT)  # fmt: skip
+    first, second = run_client(*args), run_client(*args)
+    assert first.returncode == 0 and first.stdout == second.stdout and first.stderr == ""
+
+
+def test_errors_are_one_line(stories_package: ModelPackage, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cases = [
+        (("generate", "--local", tmp_path, "hi"), "is not a model package"),
+        (("generate", "--local", stories_package.root, "--temperature", -1, "hi"), "temperature must be"),
+        (
+            ("generate", "--local", stories_package.root, "--max-tokens", 600, "hi"),
+            "exceeds the model's context",
+        ),
+    ]
+    for args, message in cases:
+        result = run_client(*args)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().startswith("swarm-client: error:") and message in result.stderr

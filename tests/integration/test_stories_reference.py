@@ -1,0 +1,92 @@
+"""The real TinyStories model: exported, run locally, token for token against the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from swarm.generation import GenerationRequest, GenerationStats, generate_ids
+from swarm.local import LocalModel
+from swarm.package import ModelPackage
+from swarm.sampling import SamplingParams
+from tests.conftest import (
+    STORIES,
+    STORIES_PROMPT,
+    STORIES_PROMPT_IDS,
+    STORIES_REFERENCE_IDS,
+    STORIES_REFERENCE_TEXT,
+    ExportFn,
+)
+
+
+def greedy(model: LocalModel, prompt_ids: list[int], n: int) -> list[int]:
+    request = GenerationRequest(tuple(prompt_ids), max_tokens=n, stop_on_eos=False)
+    return list(model.generate_ids(request))
+
+
+def test_tokenizer_matches_reference(stories_package: ModelPackage) -> None:
+    assert LocalModel(stories_package).codec.encode(STORIES_PROMPT) == STORIES_PROMPT_IDS
+
+
+def test_greedy_reproduces_reference_tokens(stories_package: ModelPackage) -> None:
+    model = LocalModel(stories_package)
+    assert greedy(model, STORIES_PROMPT_IDS, 40) == STORIES_REFERENCE_IDS
+    assert STORIES_PROMPT + model.generate(STORIES_PROMPT, max_tokens=40) == STORIES_REFERENCE_TEXT
+
+
+@pytest.mark.parametrize("options", [{"layers_per_block": 2}, {"layers_per_block": 5}, {"dtype": "float16"}])
+def test_block_granularity_and_fp16_storage_keep_reference(export_package: ExportFn, options: dict) -> None:
+    model = LocalModel(export_package(STORIES, **options))
+    assert greedy(model, STORIES_PROMPT_IDS, 40) == STORIES_REFERENCE_IDS
+
+
+def test_cached_decode_equals_full_recomputation(stories_package: ModelPackage) -> None:
+    model = LocalModel(stories_package)
+    sequence = STORIES_PROMPT_IDS + STORIES_REFERENCE_IDS[:20]
+    full = model.session().logits(sequence)
+    cached = model.session()
+    stepwise = [cached.logits(STORIES_PROMPT_IDS)[-1]]
+    stepwise += [cached.logits([t])[-1] for t in STORIES_REFERENCE_IDS[:20]]
+    np.testing.assert_allclose(np.stack(stepwise), full[len(STORIES_PROMPT_IDS) - 1 :], atol=1e-4)
+
+
+def test_end_of_sequence_stops_generation(stories_package: ModelPackage) -> None:
+    model = LocalModel(stories_package)
+    period = 426  # the reference text's first "." is its 11th token; treat it as end of sequence
+    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), max_tokens=40)
+    out = list(generate_ids(model.session(), request, eos_ids=[period], stats=GenerationStats()))
+    assert out == STORIES_REFERENCE_IDS[:11]
+    ignoring = GenerationRequest(tuple(STORIES_PROMPT_IDS), max_tokens=40, stop_on_eos=False)
+    assert list(generate_ids(model.session(), ignoring, [period], GenerationStats())) == STORIES_REFERENCE_IDS
+
+
+def test_seeded_sampling_is_reproducible(stories_package: ModelPackage) -> None:
+    model = LocalModel(stories_package)
+    params = SamplingParams(temperature=0.9, top_k=40, top_p=0.95, seed=11)
+    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 30, params, stop_on_eos=False)
+    first, second = list(model.generate_ids(request)), list(model.generate_ids(request))
+    assert first == second
+    other = list(
+        model.generate_ids(GenerationRequest(tuple(STORIES_PROMPT_IDS), 30, SamplingParams(0.9, seed=12)))
+    )
+    assert other != first
+
+
+@pytest.mark.parametrize("quantize, min_match", [("int8", 40), ("int4", 8)])
+def test_quantized_packages_generate(export_package: ExportFn, quantize: str, min_match: int) -> None:
+    package = export_package(STORIES, quantize=quantize)
+    assert package.manifest.quantization == quantize
+    fp32_bytes = sum(b.bytes for b in export_package(STORIES).manifest.blocks)
+    assert sum(b.bytes for b in package.manifest.blocks) < fp32_bytes / (2 if quantize == "int8" else 3)
+    out = greedy(LocalModel(package), STORIES_PROMPT_IDS, 40)
+    assert len(out) == 40
+    agree = next((i for i, (a, b) in enumerate(zip(out, STORIES_REFERENCE_IDS, strict=False)) if a != b), 40)
+    assert agree >= min_match
+
+
+def test_stats_are_filled(stories_package: ModelPackage) -> None:
+    stats = GenerationStats()
+    text = "".join(LocalModel(stories_package).stream(STORIES_PROMPT, max_tokens=10, stats=stats))
+    assert text.startswith(", there was")
+    assert stats.prompt_tokens == 5 and stats.generated_tokens == 10
+    assert stats.ttft_s > 0 and stats.decode_tokens_per_s > 0 and len(stats.step_s) == 9
