@@ -85,9 +85,7 @@ class Checkpoint:
         if slot is None:
             raise ExportError(f"checkpoint is missing tensor {name!r} (expected shape {list(shape)})")
         if slot.shape != shape:
-            raise ExportError(
-                f"tensor {name!r} has shape {list(slot.shape)} but config.json implies {list(shape)}"
-            )
+            raise ExportError(f"tensor {name!r} has shape {list(slot.shape)} but config.json implies {list(shape)}")
         self._taken.add(name)
         count = int(np.prod(shape)) if shape else 1
         raw = np.memmap(slot.path, dtype=_DTYPES[slot.dtype], mode="r", offset=slot.begin, shape=(count,))

@@ -19,9 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", help="checkpoint folder")
     p.add_argument("out", help="package folder to create")
-    p.add_argument(
-        "--layers-per-block", type=int, default=1, help="decoder layers per ONNX block (default 1)"
-    )
+    p.add_argument("--layers-per-block", type=int, default=1, help="decoder layers per ONNX block (default 1)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="weight storage dtype")
     p.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of linear layers")
     p.add_argument("--block-size", type=int, default=32, help="quantization block size (default 32)")

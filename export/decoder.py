@@ -56,9 +56,7 @@ def _stored(g: Graph, name: str, array: np.ndarray, fmt: WeightFormat) -> str:
     return g.weight(name, array.astype(np.float32))
 
 
-def linear(
-    g: Graph, x: str, weight: np.ndarray, bias: np.ndarray | None, path: str, fmt: WeightFormat
-) -> str:
+def linear(g: Graph, x: str, weight: np.ndarray, bias: np.ndarray | None, path: str, fmt: WeightFormat) -> str:
     """x @ weight.T (+ bias); `weight` is (out, in) as Hugging Face stores it."""
     if fmt.bits:
         qw = quantize(weight, fmt.bits, fmt.block_size)
@@ -81,9 +79,7 @@ def linear(
 
 def rms_norm(g: Graph, x: str, weight: np.ndarray, eps: float, path: str) -> str:
     w = g.weight(f"{path}.weight", weight.astype(np.float32))
-    return g.op1(
-        "SimplifiedLayerNormalization", [x, w], f"{path}/LayerNorm", axis=-1, epsilon=eps, stash_type=1
-    )
+    return g.op1("SimplifiedLayerNormalization", [x, w], f"{path}/LayerNorm", axis=-1, epsilon=eps, stash_type=1)
 
 
 def _pad_heads(g: Graph, x: str, heads: int, dim: int, padded: int, path: str) -> str:
@@ -124,9 +120,7 @@ def _attention(
     bias = None
     if spec.family.qkv_bias:
         sizes = (spec.q_size, spec.kv_size, spec.kv_size)
-        bias = np.concatenate(
-            [ckpt.take(f"{hf}.{p}_proj.bias", (n,)) for p, n in zip("qkv", sizes, strict=False)]
-        )
+        bias = np.concatenate([ckpt.take(f"{hf}.{p}_proj.bias", (n,)) for p, n in zip("qkv", sizes, strict=False)])
     qkv = linear(g, h, np.concatenate(weights), bias, f"{path}/qkv_proj", fmt)  # (B, S, (N + 2K) * D)
     split = g.constant(np.array([spec.q_size, spec.kv_size, spec.kv_size], np.int64))
     q, k, v = g.op("Split", [qkv, split], f"{path}/Split", outputs=3, axis=-1)
@@ -197,9 +191,7 @@ def _decoder_layer(
     return g.op1("Add", [x, _mlp(g, ckpt, spec, fmt, layer, h)], f"{path}/mlp_residual/Add")
 
 
-def build_block(
-    ckpt: Checkpoint, spec: ModelSpec, fmt: WeightFormat, start: int, end: int, max_context: int
-) -> Graph:
+def build_block(ckpt: Checkpoint, spec: ModelSpec, fmt: WeightFormat, start: int, end: int, max_context: int) -> Graph:
     g = Graph(f"block_{start}_{end}")
     H, K, Dc = spec.hidden_size, spec.num_kv_heads, spec.cache_head_dim
     x = g.input("hidden_states", FLOAT, ["batch", "seq", H])

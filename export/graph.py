@@ -54,9 +54,7 @@ class Graph:
             self._constants[key] = self.weight(f"/const/{len(self._constants)}", array)
         return self._constants[key]
 
-    def op(
-        self, op_type: str, inputs: list[str], name: str, outputs: int | list[str] = 1, **attrs: Any
-    ) -> list[str]:
+    def op(self, op_type: str, inputs: list[str], name: str, outputs: int | list[str] = 1, **attrs: Any) -> list[str]:
         """Add a node. Its outputs are the names given, or `{name}/output_{i}`; returns them."""
         domain = attrs.pop("domain", "")
         outs = outputs if isinstance(outputs, list) else [f"{name}/output_{i}" for i in range(outputs)]

@@ -99,9 +99,7 @@ def _yarn(rope: RopeConfig, head_dim: int) -> tuple[np.ndarray, float]:
     ramp = np.clip((np.arange(head_dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
     extrapolation_weight = 1 - ramp
     pos_freqs = rope.theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    inv_freq = (1 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (
-        1 / pos_freqs
-    ) * extrapolation_weight
+    inv_freq = (1 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (1 / pos_freqs) * extrapolation_weight
     return inv_freq, float(attention)
 
 

@@ -31,9 +31,7 @@ def _family(config: dict[str, Any]) -> Family:
     if "mistral" in names:
         return Family("mistral", qkv_bias=False, o_bias=False, sliding_window=True)
     if "qwen2" in names:
-        return Family(
-            "qwen2", qkv_bias=True, o_bias=False, sliding_window=bool(config.get("use_sliding_window"))
-        )
+        return Family("qwen2", qkv_bias=True, o_bias=False, sliding_window=bool(config.get("use_sliding_window")))
     shown = ", ".join(archs) or model_type or "unknown"
     raise ExportError(
         f"unsupported architecture {shown}; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
@@ -101,9 +99,7 @@ def read_spec(config: dict[str, Any], generation: dict[str, Any] | None = None) 
     if heads % kv_heads:
         raise ExportError(f"config.json: {heads} attention heads do not split into {kv_heads} kv heads")
     if config.get("hidden_act", "silu") != "silu":
-        raise ExportError(
-            f"config.json: activation {config.get('hidden_act')!r} is not supported (only silu)"
-        )
+        raise ExportError(f"config.json: activation {config.get('hidden_act')!r} is not supported (only silu)")
     window = config.get("sliding_window") if family.sliding_window else None
     return ModelSpec(
         family=family,

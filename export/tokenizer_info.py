@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from export.errors import ExportError
 from export.spec import ModelSpec
-from swarm.package import TokenizerInfo
+from swarm.package import TokenizerInfo, sha256_file
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -50,11 +50,10 @@ def read_tokenizer_info(src: Path, spec: ModelSpec) -> TokenizerInfo:
     eos_from_tokenizer = tokenizer.token_to_id(eos) if eos else None
     if eos_from_tokenizer is not None and eos_from_tokenizer not in eos_ids:
         eos_ids.append(eos_from_tokenizer)
-    bos_id = (
-        spec.bos_token_id if spec.bos_token_id is not None else (tokenizer.token_to_id(bos) if bos else None)
-    )
+    bos_id = spec.bos_token_id if spec.bos_token_id is not None else (tokenizer.token_to_id(bos) if bos else None)
     return TokenizerInfo(
         file=TOKENIZER_FILE,
+        sha256=sha256_file(path),
         bos_token=bos,
         eos_token=eos,
         bos_token_id=bos_id,

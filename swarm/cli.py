@@ -8,19 +8,28 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from swarm.errors import SwarmError
 from swarm.generation import GenerationStats
+from swarm.textgen import SyncTextGenerator
 
 
-def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=128, help="new tokens at most (default 128)")
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", metavar="PKG", help="run the model package PKG in this process")
+    where.add_argument("--peer", action="append", metavar="HOST:PORT", help="a swarm node (repeatable)")
+    p.add_argument("--model-id", help="package id (prefix) when the peers serve several models")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --local (0 = one per core)")
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"new tokens at most (default {max_tokens})")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
-    p.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence tokens")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = one per core)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,54 +37,80 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="complete a prompt and print the text")
     gen.add_argument("prompt", help="the text to continue")
-    gen.add_argument(
-        "--local", metavar="PKG", required=True, help="run the model package PKG in this process"
-    )
+    gen.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence tokens")
     gen.add_argument("--quiet", action="store_true", help="no statistics on stderr")
-    _add_sampling_flags(gen)
+    _add_model_flags(gen)
+    _add_sampling_flags(gen, 128)
+    chat = sub.add_parser("chat", help="an interactive chat in the terminal (/stats, /reset, /quit)")
+    _add_model_flags(chat)
+    _add_sampling_flags(chat, 256)
+    demo = sub.add_parser("demo", help="start a local swarm of node processes on a model and chat with it")
+    demo.add_argument("--model", required=True, type=Path, help="model package or Hugging Face checkpoint folder")
+    demo.add_argument("--nodes", type=int, default=3, help="node processes to start (default 3)")
+    _add_sampling_flags(demo, 256)
     return p
 
 
-def _print_stream(pieces: Iterator[str]) -> None:
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+
+
+def open_model(args: argparse.Namespace) -> SyncTextGenerator:
+    if args.local:
+        from swarm.local import LocalModel
+        from swarm.runtime import RuntimeOptions
+
+        return LocalModel(args.local, RuntimeOptions(threads=args.threads))
+    from swarm.client import Swarm
+
+    return Swarm(peers=args.peer, model_id=args.model_id)
+
+
+def _write_stream(pieces: Iterator[str]) -> None:
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
 
 
-def _stats_line(stats: GenerationStats) -> str:
-    return (
-        f"{stats.prompt_tokens} prompt tokens, {stats.generated_tokens} new; "
-        f"time to first token {stats.ttft_s * 1000:.0f} ms, decode {stats.decode_tokens_per_s:.1f} tokens/s"
-    )
-
-
 def _generate(args: argparse.Namespace) -> int:
-    from swarm.local import LocalModel
-    from swarm.runtime import RuntimeOptions
+    model = open_model(args)
+    try:
+        stats = GenerationStats()
+        pieces = model.stream(
+            args.prompt, args.max_tokens, stop_on_eos=not args.ignore_eos, stats=stats, **_sampling(args)
+        )
+        _write_stream(pieces)
+        if not args.quiet:
+            print(stats.summary(), file=sys.stderr)
+    finally:
+        model.close()
+    return 0
 
-    model = LocalModel(args.local, RuntimeOptions(threads=args.threads))
-    stats = GenerationStats()
-    pieces = model.stream(
-        args.prompt,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop_on_eos=not args.ignore_eos,
-        stats=stats,
-    )
-    _print_stream(pieces)
-    if not args.quiet:
-        print(_stats_line(stats), file=sys.stderr)
+
+def _chat(args: argparse.Namespace) -> int:
+    from swarm.chat import ChatSession
+
+    model = open_model(args)
+    try:
+        ChatSession(model, args.max_tokens, _sampling(args)).run(sys.stdin, sys.stdout)
+    finally:
+        model.close()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from swarm.demo import run_demo
+
+    run_demo(args.model, args.nodes, args.max_tokens, _sampling(args))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"generate": _generate, "chat": _chat, "demo": _demo}
     try:
-        return _generate(args)
+        return commands[args.command](args)
     except SwarmError as exc:
         print(f"swarm-client: error: {exc}", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ loop feeds the prompt once (prefill) and then each new token (decode), and keeps
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,7 +16,7 @@ from swarm.sampling import SamplingParams
 
 
 class TokenStepper(Protocol):
-    def step(self, ids: Sequence[int], params: SamplingParams) -> int:
+    async def step(self, ids: Sequence[int], params: SamplingParams) -> int:
         """Append `ids` to the sequence and return the sampled next token."""
         ...
 
@@ -34,6 +34,13 @@ class GenerationStats:
     def decode_tokens_per_s(self) -> float:
         steps = self.generated_tokens - 1
         return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+
+    def summary(self) -> str:
+        line = (
+            f"{self.prompt_tokens} prompt tokens, {self.generated_tokens} new; "
+            f"time to first token {self.ttft_s * 1000:.0f} ms, decode {self.decode_tokens_per_s:.1f} tokens/s"
+        )
+        return line + (f"; route {' -> '.join(self.route)}" if self.route else "")
 
 
 @dataclass(frozen=True)
@@ -59,13 +66,13 @@ class GenerationRequest:
         return len(self.prompt_ids) + self.max_tokens
 
 
-def generate_ids(
+async def generate_ids(
     stepper: TokenStepper, request: GenerationRequest, eos_ids: Sequence[int], stats: GenerationStats
-) -> Iterator[int]:
+) -> AsyncIterator[int]:
     """Yield new token ids until max tokens or (if asked) an end-of-sequence token, which is yielded too."""
     stats.prompt_tokens = len(request.prompt_ids)
     started = time.perf_counter()
-    token = stepper.step(request.prompt_ids, request.sampling)
+    token = await stepper.step(request.prompt_ids, request.sampling)
     first = time.perf_counter()
     stats.ttft_s = first - started
     for produced in range(1, request.max_tokens + 1):
@@ -75,5 +82,5 @@ def generate_ids(
         if produced == request.max_tokens or (request.stop_on_eos and token in eos_ids):
             return
         before = time.perf_counter()
-        token = stepper.step([token], request.sampling)
+        token = await stepper.step([token], request.sampling)
         stats.step_s.append(time.perf_counter() - before)

@@ -70,6 +70,7 @@ class TokenizerInfo:
     the rest is what generation and chat templates need."""
 
     file: str
+    sha256: str  # of the tokenizer file, so a client fetching it from a peer can check it
     bos_token: str | None
     eos_token: str | None
     bos_token_id: int | None
@@ -188,9 +189,7 @@ def load_package(root: str | Path) -> ModelPackage:
     root = Path(root)
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
-        raise InvalidPackage(
-            f"{root} is not a model package: no {MANIFEST_NAME} (export one with swarm-export)"
-        )
+        raise InvalidPackage(f"{root} is not a model package: no {MANIFEST_NAME} (export one with swarm-export)")
     try:
         raw = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -16,9 +16,17 @@ Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content":
 
 
 class TextCodec:
-    def __init__(self, path: Path, info: TokenizerInfo) -> None:
+    def __init__(self, tokenizer: Tokenizer, info: TokenizerInfo) -> None:
         self.info = info
-        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def from_file(cls, path: Path, info: TokenizerInfo) -> TextCodec:
+        return cls(Tokenizer.from_file(str(path)), info)
+
+    @classmethod
+    def from_json(cls, text: str, info: TokenizerInfo) -> TextCodec:
+        return cls(Tokenizer.from_str(text), info)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, with the special tokens (BOS) the tokenizer adds by itself."""

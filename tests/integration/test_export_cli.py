@@ -72,9 +72,7 @@ def test_misshaped_tensor(tmp_path: Path) -> None:
         t["model.layers.0.self_attn.k_proj.weight"] = t["model.layers.0.self_attn.k_proj.weight"][:-1]
 
     src = broken_copy(tmp_path, shrink)
-    assert_clean_failure(
-        run_export(src, tmp_path / "out"), "has shape [31, 64] but config.json implies [32, 64]"
-    )
+    assert_clean_failure(run_export(src, tmp_path / "out"), "has shape [31, 64] but config.json implies [32, 64]")
 
 
 def test_extra_tensor_is_an_error(tmp_path: Path) -> None:
@@ -100,9 +98,7 @@ def test_existing_out_needs_force(tmp_path: Path) -> None:
     load_package(out)
 
 
-@pytest.mark.parametrize(
-    "flag", [["--quantize", "int3"], ["--dtype", "bfloat16"], ["--layers-per-block", "x"]]
-)
+@pytest.mark.parametrize("flag", [["--quantize", "int3"], ["--dtype", "bfloat16"], ["--layers-per-block", "x"]])
 def test_bad_flags(tmp_path: Path, flag: list[str]) -> None:
     result = run_export(SRC, tmp_path / "out", *flag)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "invalid" in result.stderr

@@ -57,3 +57,30 @@ def test_cached_decode_equals_full_recomputation(export_package: ExportFn, case:
     cached.logits(prompt)
     stepwise = np.stack([cached.logits([t])[0] for t in extra])
     np.testing.assert_allclose(stepwise, full[len(prompt) :], atol=TOLERANCE)
+
+
+def _as_transformers4_config(config: dict) -> dict:  # type: ignore[type-arg]
+    """The same model as transformers 4.x wrote it: top-level rope_theta, rope_scaling with `type`."""
+    old = dict(config)
+    rope = dict(old.pop("rope_parameters"))
+    old["rope_theta"] = rope.pop("rope_theta")
+    rope_type = rope.pop("rope_type")
+    old["rope_scaling"] = None if rope_type == "default" else {"type": rope_type, **rope}
+    if old.get("model_type") == "qwen2":
+        old["sliding_window"] = 32768  # 4.x configs carry a window that use_sliding_window turns off
+    return old
+
+
+@pytest.mark.parametrize("name", ["llama_rope_llama3", "qwen2_rope_yarn", "qwen2"])
+def test_transformers4_config_spelling(export_package: ExportFn, tmp_path: Path, name: str) -> None:
+    import json
+    import shutil
+
+    src = Path(shutil.copytree(GOLDEN / name, tmp_path / name))
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(_as_transformers4_config(config)))
+    golden = np.load(src / "golden.npz")
+    package = export_package(src)
+    assert package.manifest.architecture.sliding_window is None
+    prefill = LocalModel(package).session(64).logits(golden["input_ids"][0].tolist())
+    assert np.abs(prefill - golden["prefill_logits"][0]).max() <= TOLERANCE

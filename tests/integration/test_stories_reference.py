@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -54,10 +56,14 @@ def test_end_of_sequence_stops_generation(stories_package: ModelPackage) -> None
     model = LocalModel(stories_package)
     period = 426  # the reference text's first "." is its 11th token; treat it as end of sequence
     request = GenerationRequest(tuple(STORIES_PROMPT_IDS), max_tokens=40)
-    out = list(generate_ids(model.session(), request, eos_ids=[period], stats=GenerationStats()))
-    assert out == STORIES_REFERENCE_IDS[:11]
+
+    async def run(request: GenerationRequest) -> list[int]:
+        loop = generate_ids(model.session(), request, eos_ids=[period], stats=GenerationStats())
+        return [token async for token in loop]
+
+    assert asyncio.run(run(request)) == STORIES_REFERENCE_IDS[:11]
     ignoring = GenerationRequest(tuple(STORIES_PROMPT_IDS), max_tokens=40, stop_on_eos=False)
-    assert list(generate_ids(model.session(), ignoring, [period], GenerationStats())) == STORIES_REFERENCE_IDS
+    assert asyncio.run(run(ignoring)) == STORIES_REFERENCE_IDS
 
 
 def test_seeded_sampling_is_reproducible(stories_package: ModelPackage) -> None:
@@ -66,9 +72,7 @@ def test_seeded_sampling_is_reproducible(stories_package: ModelPackage) -> None:
     request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 30, params, stop_on_eos=False)
     first, second = list(model.generate_ids(request)), list(model.generate_ids(request))
     assert first == second
-    other = list(
-        model.generate_ids(GenerationRequest(tuple(STORIES_PROMPT_IDS), 30, SamplingParams(0.9, seed=12)))
-    )
+    other = list(model.generate_ids(GenerationRequest(tuple(STORIES_PROMPT_IDS), 30, SamplingParams(0.9, seed=12))))
     assert other != first
 
 

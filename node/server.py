@@ -1,0 +1,101 @@
+"""Starting and stopping a node: `async with serve(config) as node: ... node.port ...`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+
+from node.config import DEFAULT_KV_HEADROOM, NodeConfig
+from node.servicer import NodeServicer, ServicerSettings
+from node.sessions import Limits, SessionTable
+from node.span import SpanRuntime
+from swarm._proto import swarm_pb2_grpc as pb_grpc
+from swarm.errors import CapacityExceeded, InvalidRequest
+from swarm.package import load_package
+from swarm.runtime import RuntimeOptions
+from swarm.transport import channel_options
+
+log = logging.getLogger("swarm.node")
+
+
+@dataclass
+class RunningNode:
+    server: grpc.aio.Server
+    servicer: NodeServicer
+    port: int
+    config: NodeConfig
+
+    @property
+    def node_id(self) -> str:
+        return self.servicer.settings.node_id
+
+    @property
+    def address(self) -> str:
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
+        return f"{host}:{self.port}"
+
+    @property
+    def sessions(self) -> SessionTable:
+        return self.servicer.table
+
+
+def _limits(config: NodeConfig, span: SpanRuntime, package_context: int) -> Limits:
+    max_context = min(config.max_context or package_context, package_context)
+    budget = config.max_memory if config.max_memory is not None else span.weight_bytes + DEFAULT_KV_HEADROOM
+    if budget < span.weight_bytes:
+        raise CapacityExceeded(
+            f"--max-memory {budget / 2**20:.0f} MiB is less than the {span.weight_bytes / 2**20:.0f} MiB "
+            f"of weights for layers [{span.start}, {span.end}); serve fewer layers or raise it"
+        )
+    return Limits(budget, span.weight_bytes, config.max_sessions, max_context)
+
+
+def max_message_bytes(hidden_size: int, max_context: int) -> int:
+    """Big enough for a whole-context prefill of float32 hidden states, and no bigger."""
+    return max(1 << 20, hidden_size * max_context * 4 + (64 << 10))
+
+
+@asynccontextmanager
+async def serve(config: NodeConfig) -> AsyncIterator[RunningNode]:
+    package = load_package(config.model)
+    m = package.manifest
+    start, end = config.span or (0, m.num_layers)
+    if not 0 <= start < end <= m.num_layers:
+        raise InvalidRequest(f"layers [{start}, {end}) are outside the model's [0, {m.num_layers})")
+    options = RuntimeOptions(threads=config.threads)
+    span = await asyncio.to_thread(SpanRuntime, package, start, end, options)
+    limits = _limits(config, span, m.max_context)
+    message_bytes = max_message_bytes(m.architecture.hidden_size, limits.max_context)
+    settings = ServicerSettings(
+        node_id=config.node_id or uuid.uuid4().hex[:12],
+        idle_timeout_s=config.idle_timeout_s,
+        hop_timeout_s=config.hop_timeout_s,
+        max_message_bytes=message_bytes,
+    )
+    servicer = NodeServicer(span, SessionTable(limits), settings)
+    server = grpc.aio.server(options=channel_options(message_bytes))
+    pb_grpc.add_SwarmNodeServicer_to_server(servicer, server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    await server.start()
+    node = RunningNode(server, servicer, port, config)
+    log.info("node %s serving layers [%d, %d) of %s on port %d", node.node_id, start, end, m.name, port)
+    try:
+        yield node
+    finally:
+        await drain(node, config.drain_timeout_s)
+        await server.stop(grace=1.0)
+        await servicer.close()
+
+
+async def drain(node: RunningNode, timeout_s: float) -> None:
+    """Stop taking sessions and wait (bounded) for the live ones to finish."""
+    node.servicer.draining = True
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while node.sessions.sessions and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)

@@ -1,0 +1,284 @@
+"""The gRPC face of a node: Info, Health, GetPackageMeta and the Session stream.
+
+A session stream runs through the route the client chose: this node runs its span on each
+step and, unless it holds the last layers, pushes the hidden states to the next hop over a
+stream of its own, then relays the sampled token back. Every inbound field is checked
+before it reaches onnxruntime; a bad request ends only its own stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from node.sessions import NodeSession, SessionTable
+from node.span import SpanRuntime, StepOutput
+from swarm._proto import swarm_pb2 as pb
+from swarm._proto import swarm_pb2_grpc as pb_grpc
+from swarm.errors import InvalidRequest, PeerUnavailable, SessionExpired, SwarmError
+from swarm.package import MANIFEST_NAME
+from swarm.sampling import SamplingParams
+from swarm.tensors import from_wire, to_wire
+from swarm.transport import FAILED_NODE_KEY, failed_node, insecure_channel, status_for
+
+PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
+_PASSED_THROUGH = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.NOT_FOUND,
+)
+
+
+@dataclass(frozen=True)
+class ServicerSettings:
+    node_id: str
+    idle_timeout_s: float  # close a session that sends nothing for this long
+    hop_timeout_s: float  # the next hop must answer a step within this
+    max_message_bytes: int
+
+
+class HopFailed(SwarmError):
+    """The next hop failed; carries the gRPC status to relay and the node to blame."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, node_id: str) -> None:
+        super().__init__(message)
+        self.code, self.node_id = code, node_id
+
+
+class Downstream:
+    """This node's stream to the next hop of a session."""
+
+    def __init__(self, hop: pb.Hop, call: grpc.aio.StreamStreamCall, timeout_s: float) -> None:
+        self.hop, self._call, self._timeout = hop, call, timeout_s
+
+    async def exchange(self, request: pb.SessionRequest) -> pb.SessionReply:
+        try:
+            await self._call.write(request)
+            reply = await asyncio.wait_for(self._call.read(), self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code() if exc.code() in _PASSED_THROUGH else grpc.StatusCode.UNAVAILABLE
+            blamed = failed_node(exc) or self.hop.node_id
+            raise HopFailed(code, f"next hop {self.hop.address}: {exc.details()}", blamed) from exc
+        except (TimeoutError, asyncio.InvalidStateError) as exc:
+            message = f"next hop {self.hop.address} did not answer within {self._timeout:.0f}s"
+            raise HopFailed(grpc.StatusCode.UNAVAILABLE, message, self.hop.node_id) from exc
+        if reply is grpc.aio.EOF:
+            raise HopFailed(grpc.StatusCode.UNAVAILABLE, f"next hop {self.hop.address} closed", self.hop.node_id)
+        return reply
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class NodeServicer(pb_grpc.SwarmNodeServicer):
+    def __init__(self, span: SpanRuntime, table: SessionTable, settings: ServicerSettings) -> None:
+        self.span, self.table, self.settings = span, table, settings
+        self.draining = False
+        # one compute thread: sessions take turns, so onnxruntime never oversubscribes the cores
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-compute")
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._compute.shutdown(wait=True)
+
+    # --- small RPCs ---------------------------------------------------------------------
+
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.NodeInfo:
+        m = self.span.package.manifest
+        limits = self.table.limits
+        return pb.NodeInfo(
+            protocol_version=PROTOCOL_VERSION,
+            node_id=self.settings.node_id,
+            package_id=self.span.package.package_id,
+            model_name=m.name,
+            start=self.span.start,
+            end=self.span.end,
+            num_layers=m.num_layers,
+            max_context=limits.max_context,
+            sessions=len(self.table.sessions),
+            max_sessions=limits.max_sessions,
+            memory_budget=limits.memory_budget,
+            memory_used=self.table.memory_used,
+            kv_cache_bytes=self.table.cache_bytes,
+            hidden_size=m.architecture.hidden_size,
+        )
+
+    async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:
+        status = pb.HealthReply.DRAINING if self.draining else pb.HealthReply.SERVING
+        return pb.HealthReply(status=status, protocol_version=PROTOCOL_VERSION)
+
+    async def GetPackageMeta(self, request: pb.PackageMetaRequest, context: grpc.aio.ServicerContext) -> pb.PackageMeta:
+        package = self.span.package
+        return pb.PackageMeta(
+            manifest_json=package.path(MANIFEST_NAME).read_bytes(),
+            tokenizer_json=package.path(package.manifest.tokenizer.file).read_bytes(),
+        )
+
+    # --- the session stream -------------------------------------------------------------
+
+    async def Session(
+        self, requests: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SessionReply]:
+        reader = aiter(requests)
+        session: NodeSession | None = None
+        downstream: Downstream | None = None
+        try:
+            first = await self._next_request(reader)
+            if first is None:
+                return
+            session, downstream, node_ids = await self._open(first)
+            yield pb.SessionReply(opened=pb.Opened(node_ids=node_ids))
+            while (request := await self._next_request(reader)) is not None:
+                yield await self._step(session, request, downstream)
+        except HopFailed as exc:
+            context.set_trailing_metadata(((FAILED_NODE_KEY, exc.node_id),))
+            await context.abort(exc.code, str(exc))
+        except SwarmError as exc:
+            await context.abort(status_for(exc), str(exc))
+        finally:
+            if downstream is not None:
+                downstream.cancel()
+            if session is not None:
+                self.table.close(session.session_id)
+
+    async def _next_request(self, reader: AsyncIterator[pb.SessionRequest]) -> pb.SessionRequest | None:
+        try:
+            return await asyncio.wait_for(anext(reader), self.settings.idle_timeout_s)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise SessionExpired(f"session idle for {self.settings.idle_timeout_s:.0f}s; it was closed") from None
+
+    async def _open(self, request: pb.SessionRequest) -> tuple[NodeSession, Downstream | None, list[str]]:
+        if request.WhichOneof("kind") != "open":
+            raise InvalidRequest("a session stream must start with OpenSession")
+        if self.draining:
+            raise PeerUnavailable("node is shutting down and takes no new sessions")
+        msg = request.open
+        self._check_open(msg)
+        sampling = _sampling(msg.sampling)
+        cache_bytes = self.span.cache_bytes(msg.max_length)
+        session = self.table.open(
+            msg.session_id, msg.max_length, sampling, msg.return_logits, cache_bytes, self.span.new_caches
+        )
+        node_ids = [self.settings.node_id]
+        downstream = None
+        try:
+            if not self.span.is_last:
+                downstream, rest = await self._connect(msg)
+                node_ids += rest
+        except BaseException:
+            self.table.close(session.session_id)
+            raise
+        return session, downstream, node_ids
+
+    def _check_open(self, msg: pb.OpenSession) -> None:
+        if msg.protocol_version != PROTOCOL_VERSION:
+            raise InvalidRequest(f"protocol version {msg.protocol_version}; this node speaks {PROTOCOL_VERSION}")
+        if msg.package_id != self.span.package.package_id:
+            raise InvalidRequest(
+                f"this node serves model {self.span.package.package_id[:16]}, not {msg.package_id[:16]}"
+            )
+        if not 0 < len(msg.session_id) <= 64:
+            raise InvalidRequest("session id must be 1 to 64 characters")
+        route = list(msg.route)
+        if not route or len(route) > self.span.arch.num_layers:
+            raise InvalidRequest(f"route must have 1 to {self.span.arch.num_layers} hops, got {len(route)}")
+        me = route[0]
+        if (me.start, me.end) != (self.span.start, self.span.end) or me.node_id not in (
+            "",
+            self.settings.node_id,
+        ):
+            raise InvalidRequest(
+                f"route sends layers [{me.start}, {me.end}) of node {me.node_id or '?'} here; this node is "
+                f"{self.settings.node_id} with layers [{self.span.start}, {self.span.end})"
+            )
+        for hop, following in itertools.pairwise(route):
+            if hop.end != following.start:
+                raise InvalidRequest("route hops must chain: each hop starts where the previous one ends")
+        if route[-1].end != self.span.arch.num_layers:
+            raise InvalidRequest(f"route must end at layer {self.span.arch.num_layers}")
+
+    async def _connect(self, msg: pb.OpenSession) -> tuple[Downstream, list[str]]:
+        hop = msg.route[1]
+        channel = self._channels.get(hop.address)
+        if channel is None:
+            channel = self._channels[hop.address] = insecure_channel(hop.address, self.settings.max_message_bytes)
+        call = pb_grpc.SwarmNodeStub(channel).Session()
+        downstream = Downstream(hop, call, self.settings.hop_timeout_s)
+        forwarded = pb.OpenSession()
+        forwarded.CopyFrom(msg)
+        del forwarded.route[0]
+        try:
+            reply = await downstream.exchange(pb.SessionRequest(open=forwarded))
+        except BaseException:
+            downstream.cancel()
+            raise
+        if reply.WhichOneof("kind") != "opened":
+            downstream.cancel()
+            raise HopFailed(grpc.StatusCode.UNAVAILABLE, f"next hop {hop.address} did not open", hop.node_id)
+        return downstream, list(reply.opened.node_ids)
+
+    async def _step(
+        self, session: NodeSession, request: pb.SessionRequest, downstream: Downstream | None
+    ) -> pb.SessionReply:
+        step = request.step
+        if request.WhichOneof("kind") != "step":
+            raise InvalidRequest("session is already open; send steps")
+        if step.step != session.next_step:
+            raise InvalidRequest(f"step {step.step} out of order; expected {session.next_step}")
+        if step.position != session.length:
+            raise InvalidRequest(f"step starts at position {step.position} but the session holds {session.length}")
+        started = time.perf_counter()
+        output = await asyncio.get_running_loop().run_in_executor(self._compute, self._compute_step, session, step)
+        compute_ms = (time.perf_counter() - started) * 1000
+        session.next_step += 1
+        timing = pb.HopTiming(node_id=self.settings.node_id, compute_ms=compute_ms)
+        if output.hidden is None:
+            result = pb.StepResult(step=step.step, token=output.token, timings=[timing])
+            if output.logits is not None:
+                result.logits.CopyFrom(to_wire(output.logits))
+            return pb.SessionReply(result=result)
+        assert downstream is not None
+        forwarded = pb.Step(step=step.step, position=step.position, hidden=to_wire(output.hidden))
+        reply = await downstream.exchange(pb.SessionRequest(step=forwarded))
+        if reply.WhichOneof("kind") != "result" or reply.result.step != step.step:
+            raise HopFailed(grpc.StatusCode.UNAVAILABLE, "next hop answered out of turn", downstream.hop.node_id)
+        reply.result.timings.insert(0, timing)
+        return reply
+
+    def _compute_step(self, session: NodeSession, step: pb.Step) -> StepOutput:
+        room = session.max_length - session.length
+        which = step.WhichOneof("input")
+        if self.span.is_first:
+            if which != "tokens":
+                raise InvalidRequest("the first node of a route takes token ids")
+            ids = list(step.tokens.ids)
+            if not 1 <= len(ids) <= room:
+                raise InvalidRequest(f"step has {len(ids)} tokens; the session has room for {room}")
+            hidden = self.span.embed(ids)
+        else:
+            if which != "hidden":
+                raise InvalidRequest("this node takes hidden states, not token ids")
+            hidden = from_wire(step.hidden, (1, None, self.span.arch.hidden_size))
+            if hidden.shape[1] > room:
+                raise InvalidRequest(f"step has {hidden.shape[1]} positions; the session has room for {room}")
+        return self.span.forward(np.ascontiguousarray(hidden), session.caches, session.sampling, session.return_logits)
+
+
+def _sampling(msg: pb.Sampling) -> SamplingParams:
+    return SamplingParams(
+        temperature=float(msg.temperature),
+        top_k=int(msg.top_k),
+        top_p=float(msg.top_p or 1.0),
+        seed=int(msg.seed),
+    )

@@ -1,0 +1,84 @@
+"""Live inference sessions on one node, and the admission control that bounds them.
+
+Admission decides before anything is allocated: a session's KV cache is sized for its whole
+declared length up front, so a session that was admitted can never run the node out of memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from swarm.errors import CapacityExceeded, InvalidRequest
+from swarm.runtime import KVCache
+from swarm.sampling import SamplingParams
+
+
+@dataclass
+class NodeSession:
+    session_id: str
+    max_length: int
+    sampling: SamplingParams
+    return_logits: bool
+    caches: list[KVCache]
+    cache_bytes: int
+    next_step: int = 0
+
+    @property
+    def length(self) -> int:
+        """Tokens already in the cache."""
+        return self.caches[0].length
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_budget: int  # bytes for weights + every session's KV cache
+    weight_bytes: int
+    max_sessions: int
+    max_context: int  # tokens per session
+
+
+@dataclass
+class SessionTable:
+    limits: Limits
+    sessions: dict[str, NodeSession] = field(default_factory=dict)
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(s.cache_bytes for s in self.sessions.values())
+
+    @property
+    def memory_used(self) -> int:
+        return self.limits.weight_bytes + self.cache_bytes
+
+    def check_admission(self, session_id: str, max_length: int, cache_bytes: int) -> None:
+        limits = self.limits
+        if session_id in self.sessions:
+            raise InvalidRequest(f"session {session_id} is already open on this node")
+        if not 1 <= max_length <= limits.max_context:
+            raise InvalidRequest(f"session length {max_length} is outside [1, {limits.max_context}] tokens")
+        if len(self.sessions) >= limits.max_sessions:
+            raise CapacityExceeded(f"node has {len(self.sessions)} of {limits.max_sessions} sessions; try later")
+        if self.memory_used + cache_bytes > limits.memory_budget:
+            free = max(limits.memory_budget - self.memory_used, 0)
+            raise CapacityExceeded(
+                f"a {max_length}-token session needs {cache_bytes / 2**20:.1f} MiB of KV cache, "
+                f"{free / 2**20:.1f} MiB of the node's memory budget is free; use a shorter session or try later"
+            )
+
+    def open(
+        self,
+        session_id: str,
+        max_length: int,
+        sampling: SamplingParams,
+        return_logits: bool,
+        cache_bytes: int,
+        allocate: Callable[[int], list[KVCache]],
+    ) -> NodeSession:
+        self.check_admission(session_id, max_length, cache_bytes)
+        session = NodeSession(session_id, max_length, sampling, return_logits, allocate(max_length), cache_bytes)
+        self.sessions[session_id] = session
+        return session
+
+    def close(self, session_id: str) -> None:
+        self.sessions.pop(session_id, None)

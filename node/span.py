@@ -1,0 +1,80 @@
+"""The layers a node serves, loaded into onnxruntime: [start, end) of one package.
+
+The node holding layer 0 also runs the embedding; the one holding the last layer also runs
+the head and samples. Every file is checked against the manifest sha256 before loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from swarm.errors import InvalidRequest
+from swarm.package import ModelPackage
+from swarm.runtime import BlockRunner, EmbeddingRunner, HeadRunner, KVCache, RuntimeOptions, kv_cache_bytes
+from swarm.sampling import SamplingParams, sample
+
+
+@dataclass
+class StepOutput:
+    hidden: np.ndarray | None = None  # (1, S, H) for the next hop, when this is not the last span
+    token: int | None = None  # sampled next token, when this is the last span
+    logits: np.ndarray | None = None  # (V,) of the last position, when asked for
+
+
+class SpanRuntime:
+    def __init__(self, package: ModelPackage, start: int, end: int, options: RuntimeOptions) -> None:
+        m = package.manifest
+        self.package = package
+        self.start, self.end = start, end
+        self.arch = m.architecture
+        entries = list(m.blocks_in(start, end))
+        for entry in entries:
+            package.verify_file(entry)
+        self.blocks = [BlockRunner(package.path(b.file), b, m.architecture, options) for b in entries]
+        self.embedding = None
+        self.head = None
+        weight_files = [b.bytes for b in entries]
+        if self.is_first:
+            package.verify_file(m.embedding)
+            self.embedding = EmbeddingRunner(package.path(m.embedding.file), options)
+            weight_files.append(m.embedding.bytes)
+        if self.is_last:
+            package.verify_file(m.head)
+            self.head = HeadRunner(package.path(m.head.file), options)
+            weight_files.append(m.head.bytes)
+        self.weight_bytes = sum(weight_files)
+
+    @property
+    def is_first(self) -> bool:
+        return self.start == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.end == self.arch.num_layers
+
+    def cache_bytes(self, tokens: int) -> int:
+        return kv_cache_bytes(self.arch, self.end - self.start, tokens)
+
+    def new_caches(self, tokens: int) -> list[KVCache]:
+        return [block.new_cache(tokens) for block in self.blocks]
+
+    def embed(self, ids: Sequence[int]) -> np.ndarray:
+        assert self.embedding is not None
+        if any(not 0 <= t < self.arch.vocab_size for t in ids):
+            raise InvalidRequest(f"token ids must be in [0, {self.arch.vocab_size})")
+        return self.embedding.forward(np.asarray([ids], dtype=np.int64))
+
+    def forward(
+        self, hidden: np.ndarray, caches: list[KVCache], sampling: SamplingParams, want_logits: bool
+    ) -> StepOutput:
+        """Run the blocks; on the last span also the head and the sampler."""
+        for block, cache in zip(self.blocks, caches, strict=True):
+            hidden = block.forward(hidden, cache)
+        if self.head is None:
+            return StepOutput(hidden=hidden)
+        logits = self.head.forward(hidden[:, -1:, :])[0, -1]
+        token = sample(logits, sampling, position=caches[0].length)
+        return StepOutput(token=token, logits=logits if want_logits else None)

@@ -1,0 +1,106 @@
+"""`swarm-client demo`: a swarm of node processes on this machine, and a chat with it.
+
+Only subprocesses and the SDK: the demo drives `swarm-export` and `swarm-node` the way a
+user would, so it exercises the real thing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from swarm.errors import PeerUnavailable, SwarmError
+from swarm.package import MANIFEST_NAME, load_package
+
+NODE_START_TIMEOUT_S = 120.0
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SWARM_CACHE") or Path.home() / ".cache" / "swarm")
+
+
+def ensure_package(model: Path) -> Path:
+    """`model` itself if it is a package; otherwise export the checkpoint once into the cache."""
+    if (model / MANIFEST_NAME).is_file():
+        return model
+    if not (model / "config.json").is_file():
+        raise SwarmError(f"{model} is neither a model package nor a Hugging Face checkpoint folder")
+    digest = hashlib.sha256((model / "config.json").read_bytes()).hexdigest()[:12]
+    package = cache_dir() / "packages" / f"{model.resolve().name}-{digest}"
+    if not (package / MANIFEST_NAME).is_file():
+        print(f"exporting {model} to {package} ...", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "-m", "export.cli", str(model), str(package), "--force"], check=True, stdout=sys.stderr
+        )
+    return package
+
+
+def split_spans(block_edges: Sequence[int], nodes: int) -> list[tuple[int, int]]:
+    """Cut [0, L) into at most `nodes` contiguous spans on block edges, as even as they fall."""
+    num_layers = block_edges[-1]
+    nodes = max(1, min(nodes, len(block_edges) - 1))
+    cuts = [min(block_edges, key=lambda e: abs(e - round(i * num_layers / nodes))) for i in range(nodes + 1)]
+    cuts = sorted(set(cuts) | {0, num_layers})
+    return list(zip(cuts, cuts[1:], strict=False))
+
+
+class NodeProcesses:
+    """`swarm-node join` processes on 127.0.0.1, stopped with SIGTERM on exit."""
+
+    def __init__(self, package: Path, spans: Sequence[tuple[int, int]], threads: int = 1) -> None:
+        self.package, self.spans, self.threads = package, spans, threads
+        self.procs: list[subprocess.Popen[str]] = []
+        self.addresses: list[str] = []
+
+    def __enter__(self) -> NodeProcesses:
+        try:
+            for start, end in self.spans:
+                self.addresses.append(self._start(start, end))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self, start: int, end: int) -> str:
+        cmd = [sys.executable, "-m", "node.cli", "join", "--model", str(self.package), "--blocks", f"{start}:{end}",
+               "--host", "127.0.0.1", "--port", "0", "--threads", str(self.threads)]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.procs.append(proc)
+        deadline = time.monotonic() + NODE_START_TIMEOUT_S
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("serving "):
+                return line.split(" at ")[1].split()[0]
+        raise PeerUnavailable(f"node for layers [{start}, {end}) did not start (exit code {proc.poll()})")
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run_demo(model: Path, nodes: int, max_tokens: int, sampling: dict[str, float | int]) -> None:
+    from swarm.chat import ChatSession
+    from swarm.client import Swarm
+
+    package = ensure_package(model)
+    manifest = load_package(package).manifest
+    spans = split_spans([b.start for b in manifest.blocks] + [manifest.num_layers], nodes)
+    print(f"starting {len(spans)} nodes for {manifest.name}: " + ", ".join(f"[{a}, {b})" for a, b in spans),
+          file=sys.stderr)  # fmt: skip
+    with NodeProcesses(package, spans) as procs, Swarm(peers=procs.addresses) as swarm:
+        print(f"swarm ready at {', '.join(procs.addresses)}", file=sys.stderr)
+        ChatSession(swarm, max_tokens, sampling).run(sys.stdin, sys.stdout)

@@ -1,0 +1,100 @@
+"""The client's side of one session stream through a route of nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+
+from swarm._proto import swarm_pb2 as pb
+from swarm._proto import swarm_pb2_grpc as pb_grpc
+from swarm.errors import InvalidRequest, PeerUnavailable
+from swarm.generation import GenerationStats
+from swarm.routing import PeerView
+from swarm.sampling import SamplingParams
+from swarm.tensors import from_wire
+from swarm.transport import error_from_rpc
+
+PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
+
+
+def _sampling_message(params: SamplingParams) -> pb.Sampling:
+    return pb.Sampling(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, seed=params.seed)
+
+
+class RemoteSession:
+    """Opens the session along `route`, then each `step` sends ids and gets the sampled token."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        route: Sequence[PeerView],
+        package_id: str,
+        max_length: int,
+        sampling: SamplingParams,
+        stats: GenerationStats,
+        step_timeout_s: float = 60.0,
+        return_logits: bool = False,
+    ) -> None:
+        self.session_id = uuid.uuid4().hex
+        self.route = list(route)
+        self.sampling = sampling
+        self.last_logits: np.ndarray | None = None
+        self._stats = stats
+        self._timeout = step_timeout_s
+        self._step = 0
+        self.length = 0
+        self._call = pb_grpc.SwarmNodeStub(channel).Session()
+        self._open = pb.OpenSession(
+            protocol_version=PROTOCOL_VERSION,
+            session_id=self.session_id,
+            package_id=package_id,
+            route=[pb.Hop(address=p.address, node_id=p.node_id, start=p.start, end=p.end) for p in route],
+            max_length=max_length,
+            sampling=_sampling_message(sampling),
+            return_logits=return_logits,
+        )
+
+    async def open(self) -> None:
+        reply = await self._exchange(pb.SessionRequest(open=self._open))
+        if reply.WhichOneof("kind") != "opened":
+            raise PeerUnavailable(f"{self.route[0].address} did not open the session")
+        self._stats.route = [f"{p.address}:{p.start}-{p.end}" for p in self.route]
+
+    async def step(self, ids: Sequence[int], params: SamplingParams) -> int:
+        if params != self.sampling:
+            raise InvalidRequest("sampling parameters are fixed when a session opens")
+        step = pb.Step(step=self._step, position=self.length, tokens=pb.TokenIds(ids=list(ids)))
+        reply = await self._exchange(pb.SessionRequest(step=step))
+        if reply.WhichOneof("kind") != "result" or reply.result.step != self._step:
+            raise PeerUnavailable(f"{self.route[0].address} answered out of turn")
+        self._step += 1
+        self.length += len(ids)
+        if reply.result.HasField("logits"):
+            self.last_logits = from_wire(reply.result.logits, (None,))
+        return int(reply.result.token)
+
+    async def _exchange(self, request: pb.SessionRequest) -> pb.SessionReply:
+        first = self.route[0].address
+        try:
+            await self._call.write(request)
+            reply = await asyncio.wait_for(self._call.read(), self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, first) from exc
+        except TimeoutError as exc:
+            raise PeerUnavailable(f"route through {first} did not answer within {self._timeout:.0f}s") from exc
+        if reply is grpc.aio.EOF:
+            # the server ended the stream: its status says why
+            status = await self._call.code()
+            raise PeerUnavailable(f"{first} closed the session ({status.name}): {await self._call.details()}")
+        return reply
+
+    async def close(self) -> None:
+        if not self._call.done():
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._call.done_writing()
+            self._call.cancel()

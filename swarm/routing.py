@@ -1,0 +1,69 @@
+"""Choosing a route: an ordered chain of peers whose spans cover every layer.
+
+Pure functions over plain data: no sockets, no clocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from swarm.errors import NoRouteError
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """What routing knows of one peer."""
+
+    node_id: str
+    address: str
+    start: int  # serves layers [start, end)
+    end: int
+    sessions: int = 0  # live sessions now
+    max_sessions: int = 1
+
+
+def _load(peer: PeerView) -> float:
+    return peer.sessions / max(peer.max_sessions, 1)
+
+
+def plan_route(peers: Sequence[PeerView], num_layers: int) -> list[PeerView]:
+    """The chain from layer 0 to `num_layers` with the fewest hops, then the least loaded peers."""
+    # best[layer] = (hops, load, chain) of the best chain covering [0, layer)
+    best: dict[int, tuple[int, float, list[PeerView]]] = {0: (0, 0.0, [])}
+    for boundary in sorted({0} | {p.start for p in peers}):
+        if boundary not in best:
+            continue
+        hops, load, chain = best[boundary]
+        for peer in peers:
+            if peer.start != boundary or peer.end > num_layers:
+                continue
+            candidate = (hops + 1, load + _load(peer), [*chain, peer])
+            if peer.end not in best or candidate[:2] < best[peer.end][:2]:
+                best[peer.end] = candidate
+    if num_layers in best:
+        return best[num_layers][2]
+    raise NoRouteError(_missing_message(peers, num_layers))
+
+
+def _missing_message(peers: Sequence[PeerView], num_layers: int) -> str:
+    covered = [False] * num_layers
+    for peer in peers:
+        for layer in range(max(peer.start, 0), min(peer.end, num_layers)):
+            covered[layer] = True
+    missing = [layer for layer, ok in enumerate(covered) if not ok]
+    if missing:
+        return (
+            f"no peer serves layers {_ranges(missing)} of {num_layers}; "
+            "start a node for them (swarm-node join --blocks A:B) or wait for one to join"
+        )
+    return "the peers' spans cover every layer but do not chain end to end; start a node whose span fits"
+
+
+def _ranges(layers: list[int]) -> str:
+    spans, start = [], layers[0]
+    for prev, cur in zip(layers, [*layers[1:], None], strict=True):
+        if cur != prev + 1:
+            spans.append(f"[{start}, {prev + 1})")
+            start = cur if cur is not None else start
+    return ", ".join(spans)

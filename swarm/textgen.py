@@ -1,0 +1,102 @@
+"""Text in, text out, over any way of running the model (local or a swarm).
+
+`TextGenerator` is the async core: it tokenizes, opens a stepper for the request, runs the
+token loop and detokenizes as tokens arrive. `SyncTextGenerator` is its thin sync facade.
+Sampling keywords are those of `SamplingParams`: temperature, top_k, top_p, seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from swarm._loop import BackgroundLoop
+from swarm.generation import GenerationRequest, GenerationStats, TokenStepper, generate_ids
+from swarm.package import Manifest
+from swarm.sampling import SamplingParams
+from swarm.tokenizer import Message, StreamDecoder, TextCodec
+
+OpenStepper = Callable[[GenerationRequest, GenerationStats], AbstractAsyncContextManager[TokenStepper]]
+
+
+class TextGenerator:
+    def __init__(self, manifest: Manifest, codec: TextCodec, open_stepper: OpenStepper) -> None:
+        self.manifest = manifest
+        self.codec = codec
+        self._open_stepper = open_stepper
+
+    async def generate_ids(
+        self, request: GenerationRequest, stats: GenerationStats | None = None
+    ) -> AsyncIterator[int]:
+        request.check(self.manifest.max_context)
+        stats = stats or GenerationStats()
+        async with self._open_stepper(request, stats) as stepper:
+            async for token in generate_ids(stepper, request, self.manifest.tokenizer.eos_token_ids, stats):
+                yield token
+
+    async def stream_ids(
+        self,
+        prompt_ids: Sequence[int],
+        max_tokens: int = 128,
+        *,
+        stop_on_eos: bool = True,
+        stats: GenerationStats | None = None,
+        **sampling: Any,
+    ) -> AsyncIterator[str]:
+        """Text pieces as tokens arrive; end-of-sequence tokens are not shown."""
+        request = GenerationRequest(tuple(prompt_ids), max_tokens, SamplingParams(**sampling), stop_on_eos)
+        decoder = StreamDecoder(self.codec, prompt_ids)
+        eos = set(self.manifest.tokenizer.eos_token_ids)
+        async for token in self.generate_ids(request, stats):
+            if token not in eos and (piece := decoder.push(token)):
+                yield piece
+
+    def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncIterator[str]:
+        return self.stream_ids(self.codec.encode(prompt), max_tokens, **options)
+
+    def stream_chat(self, messages: Sequence[Message], max_tokens: int = 256, **options: Any) -> AsyncIterator[str]:
+        return self.stream_ids(self.codec.encode_chat(messages), max_tokens, **options)
+
+    async def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> str:
+        return "".join([piece async for piece in self.stream(prompt, max_tokens, **options)])
+
+    async def chat(self, messages: Sequence[Message], max_tokens: int = 256, **options: Any) -> str:
+        return "".join([piece async for piece in self.stream_chat(messages, max_tokens, **options)])
+
+
+class SyncTextGenerator:
+    """The same methods as `TextGenerator`, blocking, with iterators instead of async iterators."""
+
+    def __init__(self, core: TextGenerator, loop: BackgroundLoop) -> None:
+        self._core = core
+        self._loop = loop
+
+    @property
+    def codec(self) -> TextCodec:
+        return self._core.codec
+
+    def generate_ids(self, request: GenerationRequest, stats: GenerationStats | None = None) -> Iterator[int]:
+        return self._loop.iterate(self._core.generate_ids(request, stats))
+
+    def close(self) -> None:
+        """Stop the background loop; the object is unusable afterwards."""
+        self._loop.close()
+
+    def __enter__(self) -> SyncTextGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> Iterator[str]:
+        return self._loop.iterate(self._core.stream(prompt, max_tokens, **options))
+
+    def stream_chat(self, messages: Sequence[Message], max_tokens: int = 256, **options: Any) -> Iterator[str]:
+        return self._loop.iterate(self._core.stream_chat(messages, max_tokens, **options))
+
+    def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> str:
+        return "".join(self.stream(prompt, max_tokens, **options))
+
+    def chat(self, messages: Sequence[Message], max_tokens: int = 256, **options: Any) -> str:
+        return "".join(self.stream_chat(messages, max_tokens, **options))

@@ -1,0 +1,58 @@
+"""Real nodes in this process, on 127.0.0.1 and port 0, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from node.config import NodeConfig
+from node.server import RunningNode, serve
+from swarm._loop import BackgroundLoop
+
+
+class LocalCluster:
+    """Nodes on a loop thread of their own; `stop()` shuts them all down."""
+
+    def __init__(self) -> None:
+        self.loop = BackgroundLoop("test-nodes")
+        self._stack = contextlib.AsyncExitStack()
+        self.nodes: list[RunningNode] = []
+
+    def start(self, model: Path, span: tuple[int, int] | None = None, **options: Any) -> RunningNode:
+        config = NodeConfig(model=model, span=span, host="127.0.0.1", port=0, threads=1, **options)
+
+        async def enter() -> RunningNode:
+            return await self._stack.enter_async_context(serve(config))
+
+        node = self.loop.run(enter())
+        self.nodes.append(node)
+        return node
+
+    def start_chain(self, model: Path, spans: Sequence[tuple[int, int]], **options: Any) -> list[RunningNode]:
+        return [self.start(model, span, **options) for span in spans]
+
+    @property
+    def addresses(self) -> list[str]:
+        return [n.address for n in self.nodes]
+
+    def stop_node(self, node: RunningNode) -> None:
+        async def stop() -> None:
+            await node.server.stop(grace=0)
+
+        self.loop.run(stop())
+
+    def stop(self) -> None:
+        async def close() -> None:
+            await self._stack.aclose()
+
+        try:
+            self.loop.run(close())
+        finally:
+            self.loop.close()
+
+
+def config_for(model: Path, **options: Any) -> NodeConfig:
+    return replace(NodeConfig(model=model), **options)
