@@ -7,6 +7,7 @@ user would, so it exercises the real thing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def split_spans(block_edges: Sequence[int], nodes: int) -> list[tuple[int, int]]
     nodes = max(1, min(nodes, len(block_edges) - 1))
     cuts = [min(block_edges, key=lambda e: abs(e - round(i * num_layers / nodes))) for i in range(nodes + 1)]
     cuts = sorted(set(cuts) | {0, num_layers})
-    return list(zip(cuts, cuts[1:], strict=False))
+    return list(itertools.pairwise(cuts))
 
 
 class NodeProcesses:
