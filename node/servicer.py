@@ -156,7 +156,7 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         except StopAsyncIteration:
             return None
         except TimeoutError:
-            raise SessionExpired(f"session idle for {self.settings.idle_timeout_s:.0f}s; it was closed") from None
+            raise SessionExpired(f"session idle for {self.settings.idle_timeout_s:g}s; it was closed") from None
 
     async def _open(self, request: pb.SessionRequest) -> tuple[NodeSession, Downstream | None, list[str]]:
         if request.WhichOneof("kind") != "open":

@@ -17,7 +17,7 @@ from swarm.generation import GenerationStats
 from swarm.routing import PeerView
 from swarm.sampling import SamplingParams
 from swarm.tensors import from_wire
-from swarm.transport import error_from_rpc
+from swarm.transport import FAILED_NODE_KEY, error_from_rpc, error_from_status
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
 
@@ -85,12 +85,16 @@ class RemoteSession:
             reply = await asyncio.wait_for(self._call.read(), self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, first) from exc
+        except asyncio.InvalidStateError:  # the node already ended the stream
+            reply = grpc.aio.EOF
         except TimeoutError as exc:
             raise PeerUnavailable(f"route through {first} did not answer within {self._timeout:.0f}s") from exc
         if reply is grpc.aio.EOF:
-            # the server ended the stream: its status says why
-            status = await self._call.code()
-            raise PeerUnavailable(f"{first} closed the session ({status.name}): {await self._call.details()}")
+            # the stream ended without an answer: its status says why
+            code, details = await self._call.code(), await self._call.details()
+            metadata = await self._call.trailing_metadata()
+            node = next((str(v) for k, v in metadata or () if k == FAILED_NODE_KEY), None)
+            raise error_from_status(code, details or "session ended", first, node)
         return reply
 
     async def close(self) -> None:

@@ -56,7 +56,10 @@ def failed_node(error: grpc.aio.AioRpcError) -> str | None:
 
 def error_from_rpc(error: grpc.aio.AioRpcError, peer: str) -> SwarmError:
     """The SwarmError a failed call stands for, naming the peer."""
-    code, details = error.code(), error.details() or ""
+    return error_from_status(error.code(), error.details() or "", peer, failed_node(error))
+
+
+def error_from_status(code: grpc.StatusCode, details: str, peer: str, node_id: str | None = None) -> SwarmError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidRequest(f"{peer} refused the request: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -64,5 +67,5 @@ def error_from_rpc(error: grpc.aio.AioRpcError, peer: str) -> SwarmError:
     if code == grpc.StatusCode.NOT_FOUND:
         return SessionExpired(f"{peer}: {details}")
     failed = PeerUnavailable(f"{peer} failed ({code.name}): {details}")
-    failed.node_id = failed_node(error)  # type: ignore[attr-defined]
+    failed.node_id = node_id  # type: ignore[attr-defined]
     return failed

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from export.exporter import ExportOptions, export_checkpoint
 from swarm.package import ModelPackage
+from tests.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
@@ -54,3 +55,13 @@ def export_package(tmp_path_factory: pytest.TempPathFactory) -> ExportFn:
 @pytest.fixture(scope="session")
 def stories_package(export_package: ExportFn) -> ModelPackage:
     return export_package(STORIES)
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    """Start real nodes in-process with `cluster.start(...)`; all stop at the end of the test."""
+    running = LocalCluster()
+    try:
+        yield running
+    finally:
+        running.stop()

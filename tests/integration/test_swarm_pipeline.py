@@ -1,0 +1,108 @@
+"""Real nodes on 127.0.0.1 produce exactly the local runner's tokens."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from swarm.client import AsyncSwarm, Swarm
+from swarm.generation import GenerationRequest, GenerationStats
+from swarm.local import LocalModel
+from swarm.package import ModelPackage
+from swarm.remote import RemoteSession
+from swarm.sampling import SamplingParams
+from tests.cluster import LocalCluster
+from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
+
+SPANS = {
+    1: [(0, 5)],
+    2: [(0, 2), (2, 5)],
+    3: [(0, 2), (2, 3), (3, 5)],
+    4: [(0, 1), (1, 2), (2, 4), (4, 5)],
+}
+
+
+@pytest.fixture(scope="module")
+def local(stories_package: ModelPackage) -> LocalModel:
+    return LocalModel(stories_package)
+
+
+def prompts(local: LocalModel) -> dict[str, list[int]]:
+    long_ids = local.codec.encode(" ".join([STORIES_REFERENCE_TEXT] * 12))
+    return {"one token": [1], "reference": STORIES_PROMPT_IDS, "long": long_ids[:300]}
+
+
+def greedy(model: LocalModel | Swarm, ids: list[int], n: int = 40) -> list[int]:
+    return list(model.generate_ids(GenerationRequest(tuple(ids), n, stop_on_eos=False)))
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 3, 4])
+def test_swarm_matches_local_runner(cluster: LocalCluster, stories_package: ModelPackage, local: LocalModel,
+                                    nodes: int) -> None:  # fmt: skip
+    cluster.start_chain(stories_package.root, SPANS[nodes])
+    with Swarm(peers=cluster.addresses) as swarm:
+        for name, ids in prompts(local).items():
+            assert greedy(swarm, ids) == greedy(local, ids), name
+        stats = GenerationStats()
+        text = swarm.generate("Once upon a time", max_tokens=40, stats=stats)
+    assert "Once upon a time" + text == STORIES_REFERENCE_TEXT
+    assert len(stats.route) == nodes and stats.generated_tokens == 40 and stats.ttft_s > 0
+    assert len(prompts(local)["long"]) == 300
+
+
+def test_seeded_sampling_matches_local_runner(cluster: LocalCluster, stories_package: ModelPackage,
+                                              local: LocalModel) -> None:  # fmt: skip
+    cluster.start_chain(stories_package.root, SPANS[2])
+    params = SamplingParams(temperature=0.9, top_k=50, top_p=0.9, seed=1234)
+    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 40, params, stop_on_eos=False)
+    with Swarm(peers=cluster.addresses) as swarm:
+        assert list(swarm.generate_ids(request)) == list(local.generate_ids(request))
+
+
+def test_eight_concurrent_sessions(cluster: LocalCluster, stories_package: ModelPackage, local: LocalModel) -> None:
+    cluster.start_chain(stories_package.root, SPANS[3])
+    texts = ["Once upon a time", "The dog", "Lily and Ben", "One day", "A little bird", "Tom had a", "The sun",
+             "Mom said"]  # fmt: skip
+    all_ids = [local.codec.encode(t) for t in texts]
+    expected = [greedy(local, ids, 30) for ids in all_ids]
+    assert len({tuple(e) for e in expected}) == 8
+
+    async def run_all() -> list[list[int]]:
+        swarm = await AsyncSwarm.connect(cluster.addresses)
+        try:
+
+            async def one(ids: list[int]) -> list[int]:
+                request = GenerationRequest(tuple(ids), 30, stop_on_eos=False)
+                return [t async for t in swarm.text.generate_ids(request)]
+
+            return await asyncio.gather(*(one(ids) for ids in all_ids))
+        finally:
+            await swarm.close()
+
+    assert asyncio.run(run_all()) == expected
+
+
+def test_logits_only_when_asked(cluster: LocalCluster, stories_package: ModelPackage, local: LocalModel) -> None:
+    cluster.start_chain(stories_package.root, SPANS[2])
+
+    async def run(return_logits: bool) -> tuple[int, np.ndarray | None]:
+        swarm = await AsyncSwarm.connect(cluster.addresses)
+        try:
+            session = RemoteSession(
+                swarm._channel(cluster.addresses[0]), swarm.route(), swarm.package_id, 16, SamplingParams(),
+                GenerationStats(), return_logits=return_logits,
+            )  # fmt: skip
+            await session.open()
+            token = await session.step(STORIES_PROMPT_IDS, SamplingParams())
+            await session.close()
+            return token, session.last_logits
+        finally:
+            await swarm.close()
+
+    token, logits = asyncio.run(run(True))
+    assert token == STORIES_REFERENCE_IDS[0]
+    assert logits is not None
+    np.testing.assert_allclose(logits, local.session().logits(STORIES_PROMPT_IDS)[-1], atol=1e-5)
+    assert asyncio.run(run(False))[1] is None
