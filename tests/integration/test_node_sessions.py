@@ -189,14 +189,14 @@ def bad_requests(
             1,
             [second, hidden_step(to_wire(np.zeros((1, 65, 64), np.float32)))],
             "room for 64",
-        ),  # fmt: skip
+        ),
         "tokens to a middle node": (1, [second, token_step([5])], "takes hidden states"),
         "token id out of vocabulary": (0, [open_message(package, nodes, 0), token_step([512])], "[0, 512)"),
         "hidden to the first node": (
             0,
             [open_message(package, nodes, 0), hidden_step(to_wire(HIDDEN))],
             "takes token ids",
-        ),  # fmt: skip
+        ),
     }
 
 
