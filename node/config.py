@@ -17,7 +17,7 @@ def parse_bytes(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     if not match or match.group(2).lower() not in _UNITS:
         raise InvalidRequest(f"not a size: {text!r} (examples: 2GB, 512MiB, 1500000000)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    return round(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def parse_span(text: str) -> tuple[int, int]:

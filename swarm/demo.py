@@ -42,11 +42,16 @@ def ensure_package(model: Path) -> Path:
 
 
 def split_spans(block_edges: Sequence[int], nodes: int) -> list[tuple[int, int]]:
-    """Cut [0, L) into at most `nodes` contiguous spans on block edges, as even as they fall."""
-    num_layers = block_edges[-1]
-    nodes = max(1, min(nodes, len(block_edges) - 1))
-    cuts = [min(block_edges, key=lambda e: abs(e - round(i * num_layers / nodes))) for i in range(nodes + 1)]
-    cuts = sorted(set(cuts) | {0, num_layers})
+    """Cut [0, L) on block edges into min(nodes, blocks) contiguous spans of near-equal layer counts."""
+    edges = list(block_edges)
+    blocks, num_layers = len(edges) - 1, edges[-1]
+    groups = max(1, min(nodes, blocks))
+    cuts = [0]
+    for i in range(1, groups):
+        # the next cut lies past the previous one and leaves one block for each span still to come
+        allowed = edges[edges.index(cuts[-1]) + 1 : blocks - (groups - i) + 1]
+        cuts.append(min(allowed, key=lambda e: abs(e - i * num_layers / groups)))
+    cuts.append(num_layers)
     return list(itertools.pairwise(cuts))
 
 

@@ -6,6 +6,7 @@ the receiver expects, and the byte count must equal shape x itemsize, before num
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,10 +40,10 @@ def from_wire(tensor: pb.Tensor, expected: Sequence[int | None], dtypes: Sequenc
         shown = ["*" if w is None else w for w in expected]
         raise InvalidRequest(f"tensor shape {list(shape)} does not match the expected {shown}")
     dtype = WIRE_DTYPES[tensor.dtype]
-    if len(tensor.data) != int(np.prod(shape)) * dtype.itemsize:
+    needed = math.prod(shape) * dtype.itemsize  # Python ints: a huge shape cannot wrap around
+    if len(tensor.data) != needed:
         raise InvalidRequest(
-            f"tensor of shape {list(shape)} and dtype {tensor.dtype} needs "
-            f"{int(np.prod(shape)) * dtype.itemsize} bytes, got {len(tensor.data)}"
+            f"tensor of shape {list(shape)} and dtype {tensor.dtype} needs {needed} bytes, got {len(tensor.data)}"
         )
     array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
     if dtype.kind == "f":
