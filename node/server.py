@@ -77,6 +77,7 @@ async def serve(config: NodeConfig) -> AsyncIterator[RunningNode]:
         idle_timeout_s=config.idle_timeout_s,
         hop_timeout_s=config.hop_timeout_s,
         max_message_bytes=message_bytes,
+        peers=config.peers,
     )
     servicer = NodeServicer(span, SessionTable(limits), settings)
     server = grpc.aio.server(options=channel_options(message_bytes))

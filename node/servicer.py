@@ -42,6 +42,7 @@ class ServicerSettings:
     idle_timeout_s: float  # close a session that sends nothing for this long
     hop_timeout_s: float  # the next hop must answer a step within this
     max_message_bytes: int
+    peers: tuple[str, ...] = ()  # other nodes' host:port, told to anyone who asks
 
 
 class HopFailed(SwarmError):
@@ -122,6 +123,9 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             manifest_json=package.path(MANIFEST_NAME).read_bytes(),
             tokenizer_json=package.path(package.manifest.tokenizer.file).read_bytes(),
         )
+
+    async def Peers(self, request: pb.PeersRequest, context: grpc.aio.ServicerContext) -> pb.PeerList:
+        return pb.PeerList(addresses=list(self.settings.peers))
 
     # --- the session stream -------------------------------------------------------------
 

@@ -10,6 +10,7 @@ with Swarm(peers=["192.168.1.20:7000"]) as model:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -29,6 +30,8 @@ from swarm.routing import PeerView, plan_route
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
 from swarm.transport import error_from_rpc, insecure_channel
+
+MAX_PEERS = 256  # nodes a client will learn of through gossip
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,31 @@ class AsyncSwarm:
         except grpc.aio.AioRpcError:
             return None
 
+    async def _peers_of(self, address: str) -> list[str]:
+        stub = pb_grpc.SwarmNodeStub(self._channel(address))
+        try:
+            reply = await stub.Peers(pb.PeersRequest(), timeout=self.config.connect_timeout_s)
+        except grpc.aio.AioRpcError:
+            return []
+        return [a for a in reply.addresses[:MAX_PEERS] if 0 < len(a) <= 255]
+
+    async def _known_addresses(self) -> list[str]:
+        """The given peers and every node they know of, transitively (bounded)."""
+        known = list(dict.fromkeys(self.config.peers))
+        frontier = known
+        while frontier and len(known) < MAX_PEERS:
+            found = await asyncio.gather(*(self._peers_of(a) for a in frontier))
+            frontier = [a for a in dict.fromkeys(x for f in found for x in f) if a not in known]
+            known += frontier[: MAX_PEERS - len(known)]
+        return known
+
     async def refresh(self) -> None:
         """Ask every known peer what it serves; learn the model from one of them."""
         if not self.config.peers:
             raise NoRouteError("no peers given; pass peers=['host:port', ...]")
-        infos = await asyncio.gather(*(self._info(a) for a in self.config.peers))
-        live = [(a, i) for a, i in zip(self.config.peers, infos, strict=True) if i is not None]
+        addresses = await self._known_addresses()
+        infos = await asyncio.gather(*(self._info(a) for a in addresses))
+        live = [(a, i) for a, i in zip(addresses, infos, strict=True) if i is not None]
         if not live:
             raise PeerUnavailable(f"none of the peers answered: {', '.join(self.config.peers)}")
         package_id = self._choose_model([i for _, i in live])
@@ -115,8 +137,6 @@ class AsyncSwarm:
         manifest = Manifest.from_dict(json.loads(meta.manifest_json))
         if manifest.package_id != package_id:
             raise InvalidPackage(f"{address} sent a manifest that does not match its model id")
-        import hashlib
-
         if hashlib.sha256(meta.tokenizer_json).hexdigest() != manifest.tokenizer.sha256:
             raise InvalidPackage(f"{address} sent a tokenizer that does not match the manifest")
         codec = TextCodec.from_json(meta.tokenizer_json.decode(), manifest.tokenizer)

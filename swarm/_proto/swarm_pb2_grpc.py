@@ -44,6 +44,11 @@ class SwarmNodeStub:
                 request_serializer=swarm_dot___proto_dot_swarm__pb2.PackageMetaRequest.SerializeToString,
                 response_deserializer=swarm_dot___proto_dot_swarm__pb2.PackageMeta.FromString,
                 _registered_method=True)
+        self.Peers = channel.unary_unary(
+                '/swarm.v1.SwarmNode/Peers',
+                request_serializer=swarm_dot___proto_dot_swarm__pb2.PeersRequest.SerializeToString,
+                response_deserializer=swarm_dot___proto_dot_swarm__pb2.PeerList.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/swarm.v1.SwarmNode/Health',
                 request_serializer=swarm_dot___proto_dot_swarm__pb2.HealthRequest.SerializeToString,
@@ -66,6 +71,12 @@ class SwarmNodeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPackageMeta(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Peers(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +107,11 @@ def add_SwarmNodeServicer_to_server(servicer, server):
                     servicer.GetPackageMeta,
                     request_deserializer=swarm_dot___proto_dot_swarm__pb2.PackageMetaRequest.FromString,
                     response_serializer=swarm_dot___proto_dot_swarm__pb2.PackageMeta.SerializeToString,
+            ),
+            'Peers': grpc.unary_unary_rpc_method_handler(
+                    servicer.Peers,
+                    request_deserializer=swarm_dot___proto_dot_swarm__pb2.PeersRequest.FromString,
+                    response_serializer=swarm_dot___proto_dot_swarm__pb2.PeerList.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -162,6 +178,33 @@ class SwarmNode:
             '/swarm.v1.SwarmNode/GetPackageMeta',
             swarm_dot___proto_dot_swarm__pb2.PackageMetaRequest.SerializeToString,
             swarm_dot___proto_dot_swarm__pb2.PackageMeta.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Peers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.SwarmNode/Peers',
+            swarm_dot___proto_dot_swarm__pb2.PeersRequest.SerializeToString,
+            swarm_dot___proto_dot_swarm__pb2.PeerList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from swarm.client import AsyncSwarm, Swarm
+from swarm.errors import NoRouteError
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
@@ -106,3 +107,19 @@ def test_logits_only_when_asked(cluster: LocalCluster, stories_package: ModelPac
     assert logits is not None
     np.testing.assert_allclose(logits, local.session().logits(STORIES_PROMPT_IDS)[-1], atol=1e-5)
     assert asyncio.run(run(False))[1] is None
+
+
+def test_one_peer_is_enough_to_find_the_rest(cluster: LocalCluster, stories_package: ModelPackage) -> None:
+    tail = cluster.start(stories_package.root, (2, 5))
+    head = cluster.start(stories_package.root, (0, 2), peers=(tail.address,))
+    with Swarm(peers=[head.address]) as swarm:
+        stats = GenerationStats()
+        ids = list(swarm.generate_ids(GenerationRequest(tuple(STORIES_PROMPT_IDS), 40), stats))
+    assert ids == STORIES_REFERENCE_IDS
+    assert stats.route == [f"{head.address}:0-2", f"{tail.address}:2-5"]
+
+
+def test_missing_layers_name_the_gap(cluster: LocalCluster, stories_package: ModelPackage) -> None:
+    cluster.start_chain(stories_package.root, [(0, 2), (3, 5)])
+    with Swarm(peers=cluster.addresses) as swarm, pytest.raises(NoRouteError, match=r"layers \[2, 3\) of 5"):
+        swarm.generate("Once upon a time", max_tokens=5)
