@@ -27,7 +27,12 @@ from bench.make_checkpoint import make_checkpoint  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
 STORIES = REPO.parent / "shared" / "models" / "stories260K"
-VARIANTS = {"float32": [], "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"]}
+VARIANTS = {
+    "float32": [],
+    "int8": ["--quantize", "int8"],
+    "int4": ["--quantize", "int4"],
+    "int4 block 256": ["--quantize", "int4", "--block-size", "256"],
+}
 
 
 def checkpoint(name: str, cache: Path) -> Path:
@@ -37,7 +42,7 @@ def checkpoint(name: str, cache: Path) -> Path:
 
 
 def export(ckpt: Path, variant: str, cache: Path) -> Path:
-    out = cache / "packages" / f"{ckpt.name}-{variant}"
+    out = cache / "packages" / f"{ckpt.name}-{variant.replace(' ', '-')}"
     if not (out / "manifest.json").is_file():
         cmd = [sys.executable, "-m", "export.cli", str(ckpt), str(out), "--force", "-q", *VARIANTS[variant]]
         subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)

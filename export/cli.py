@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from export.errors import ExportError
 from export.exporter import DEFAULT_MAX_CONTEXT, ExportOptions, export_checkpoint
 from swarm.errors import SwarmError
+from swarm.progress import ProgressLine
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layers-per-block", type=int, default=1, help="decoder layers per ONNX block (default 1)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="weight storage dtype")
     p.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of linear layers")
-    p.add_argument("--block-size", type=int, default=32, help="quantization block size (default 32)")
+    p.add_argument("--block-size", type=int, help="quantization block size (default: 32 for int8, 128 for int4)")
     p.add_argument(
         "--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],
         help="MatMulNBits compute precision: 4 = int8 activations (fastest), 0/1 = float32",
@@ -34,22 +34,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p
-
-
-def _progress_printer(quiet: bool):  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-
-    def show(what: str, done: int, total: int) -> None:
-        if quiet:
-            return
-        width = 30
-        filled = width * done // max(total, 1)
-        bar = "#" * filled + "-" * (width - filled)
-        end = "\n" if done == total else ""
-        sys.stderr.write(f"\r[{bar}] {done}/{total} {what:<16} {time.monotonic() - started:6.1f}s{end}")
-        sys.stderr.flush()
-
-    return show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         force=args.force,
     )
     try:
-        package = export_checkpoint(args.src, args.out, options, _progress_printer(args.quiet))
+        package = export_checkpoint(args.src, args.out, options, ProgressLine(quiet=args.quiet))
     except (ExportError, SwarmError) as exc:
         print(f"\nswarm-export: error: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from node.config import NodeConfig, parse_bytes, parse_span
+from node.join import prepare
 from node.server import serve
 from swarm.errors import SwarmError
 
@@ -20,7 +21,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swarm-node", description="Run a swarm node on this device.")
     sub = p.add_subparsers(dest="command", required=True)
     join = sub.add_parser("join", help="serve layers of a model to the swarm")
-    join.add_argument("--model", required=True, type=Path, help="model package folder (made by swarm-export)")
+    join.add_argument("--model", type=Path, help="model package folder to seed (default: fetch the swarm's model)")
+    join.add_argument("--model-id", help="with no --model: the swarm model to join (package id or prefix)")
+    join.add_argument("--cache-dir", type=Path, help="block store for fetched models (default ~/.cache/swarm/blocks)")
+    join.add_argument("--cache-limit", metavar="SIZE", default="20GB", help="block store size limit (default 20GB)")
+    join.add_argument("--no-mdns", action="store_true", help="do not announce or browse on the local network")
+    join.add_argument("--mdns-interface", action="append", default=[], metavar="IP",
+                      help="interface address for mDNS (repeatable; default: all IPv4)")  # fmt: skip
+    join.add_argument("--discovery-wait", type=float, default=5.0, help="seconds to look for the swarm (default 5)")
     join.add_argument("--blocks", metavar="A:B", help="serve layers [A, B) (default: the whole model)")
     join.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     join.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
@@ -48,6 +56,12 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         idle_timeout_s=args.idle_timeout,
         threads=args.threads,
         node_id=args.node_id,
+        mdns=not args.no_mdns,
+        mdns_interfaces=tuple(args.mdns_interface),
+        model_id=args.model_id,
+        cache_dir=args.cache_dir,
+        cache_limit=parse_bytes(args.cache_limit),
+        discovery_wait_s=args.discovery_wait,
     )
 
 
@@ -56,13 +70,17 @@ async def run(config: NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if config.model is None:
+        config = await prepare(config)
     async with serve(config) as node:
         m = node.servicer.span.package.manifest
         span = node.servicer.span
         # one line on stdout that scripts can wait for
         print(f"serving {m.name} layers {span.start}:{span.end} at {node.address} as {node.node_id}", flush=True)
         await stop.wait()
-        log.info("shutting down: draining %d sessions", len(node.sessions.sessions))
+        log.info("leaving: unannounced; draining %d sessions (at most %gs)", len(node.sessions.sessions),
+                 config.drain_timeout_s)  # fmt: skip
+    log.info("node stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ def parse_span(text: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    model: Path  # model package folder
+    model: Path | None = None  # model package folder; None = join the swarm's model, fetching blocks
     span: tuple[int, int] | None = None  # layers [start, end) to serve; None = the whole model
     host: str = "0.0.0.0"  # address to listen on
     port: int = 0  # 0 = any free port
@@ -43,6 +43,13 @@ class NodeConfig:
     threads: int = 0  # onnxruntime threads; 0 = one per core
     node_id: str | None = None  # None = random
     drain_timeout_s: float = 30.0  # on shutdown, wait this long for live sessions
+    mdns: bool = True  # announce on the local network and browse for other nodes
+    mdns_interfaces: tuple[str, ...] = ()  # interface addresses for mDNS; () = all IPv4
+    announce_interval_s: float = 5.0  # mDNS refresh = heartbeat; peers expire us after 3 missed
+    model_id: str | None = None  # with no model: which swarm model to join (package id or prefix)
+    cache_dir: Path | None = None  # block store for fetched packages; None = ~/.cache/swarm/blocks
+    cache_limit: int = 20 * 10**9  # bytes the block store may hold
+    discovery_wait_s: float = 5.0  # with no model: how long to look for the swarm
 
 
 DEFAULT_KV_HEADROOM = 1 << 30  # bytes for KV caches when --max-memory is not given

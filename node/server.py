@@ -12,11 +12,13 @@ from dataclasses import dataclass
 import grpc
 
 from node.config import DEFAULT_KV_HEADROOM, NodeConfig
+from node.presence import Presence
 from node.servicer import NodeServicer, ServicerSettings
 from node.sessions import Limits, SessionTable
 from node.span import SpanRuntime
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.errors import CapacityExceeded, InvalidRequest
+from swarm.membership import PeerRecord
 from swarm.package import load_package
 from swarm.runtime import RuntimeOptions
 from swarm.transport import channel_options
@@ -30,6 +32,7 @@ class RunningNode:
     servicer: NodeServicer
     port: int
     config: NodeConfig
+    presence: Presence | None = None
 
     @property
     def node_id(self) -> str:
@@ -63,6 +66,8 @@ def max_message_bytes(hidden_size: int, max_context: int) -> int:
 
 @asynccontextmanager
 async def serve(config: NodeConfig) -> AsyncIterator[RunningNode]:
+    if config.model is None:
+        raise InvalidRequest("a node needs a model package to serve (node.join.prepare fetches one)")
     package = load_package(config.model)
     m = package.manifest
     start, end = config.span or (0, m.num_layers)
@@ -87,11 +92,50 @@ async def serve(config: NodeConfig) -> AsyncIterator[RunningNode]:
     node = RunningNode(server, servicer, port, config)
     log.info("node %s serving layers [%d, %d) of %s on port %d", node.node_id, start, end, m.name, port)
     try:
+        if config.mdns:
+            node.presence = await _announce(node)
+            servicer.known_peers = node.presence.known_addresses
         yield node
     finally:
+        if node.presence is not None:
+            await node.presence.leave()  # first, so nobody routes new sessions here
         await drain(node, config.drain_timeout_s)
         await server.stop(grace=1.0)
         await servicer.close()
+        if node.presence is not None:
+            await node.presence.close()
+
+
+def own_record(node: RunningNode, address: str) -> PeerRecord:
+    servicer = node.servicer
+    limits = servicer.table.limits
+    return PeerRecord(
+        node_id=node.node_id,
+        address=address,
+        package_id=servicer.span.package.package_id,
+        start=servicer.span.start,
+        end=servicer.span.end,
+        sessions=len(servicer.table.sessions),
+        max_sessions=limits.max_sessions,
+        free_memory=max(limits.memory_budget - servicer.table.memory_used, 0),
+        draining=servicer.draining,
+    )
+
+
+async def _announce(node: RunningNode) -> Presence:
+    config = node.config
+    specific = config.host not in ("0.0.0.0", "::", "")
+    addresses = [config.host] if specific else list(config.mdns_interfaces)
+    presence = Presence(
+        lambda: own_record(node, node.address),
+        node.port,
+        static_peers=config.peers,
+        interfaces=config.mdns_interfaces or ((config.host,) if specific else ()),
+        announce_addresses=addresses,
+        interval_s=config.announce_interval_s,
+    )
+    await presence.start()
+    return presence
 
 
 async def drain(node: RunningNode, timeout_s: float) -> None:

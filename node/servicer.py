@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -29,6 +29,8 @@ from swarm.tensors import from_wire, to_wire
 from swarm.transport import FAILED_NODE_KEY, failed_node, insecure_channel, status_for
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
+FILE_CHUNK_BYTES = 1 << 20
+MAX_GOSSIP = 256  # addresses in one Peers reply
 _PASSED_THROUGH = (
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -85,6 +87,7 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         # one compute thread: sessions take turns, so onnxruntime never oversubscribes the cores
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-compute")
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.known_peers: Callable[[], list[str]] = lambda: list(settings.peers)
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -125,7 +128,29 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         )
 
     async def Peers(self, request: pb.PeersRequest, context: grpc.aio.ServicerContext) -> pb.PeerList:
-        return pb.PeerList(addresses=list(self.settings.peers))
+        return pb.PeerList(addresses=self.known_peers()[:MAX_GOSSIP])
+
+    async def FetchFile(
+        self, request: pb.FetchFileRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FileChunk]:
+        package = self.span.package
+        if request.package_id != package.package_id:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"this node has model {package.package_id[:16]} only")
+        # only names the manifest lists: a request can never reach another path
+        names = {MANIFEST_NAME, package.manifest.tokenizer.file, package.manifest.embedding.file,
+                 package.manifest.head.file, *(b.file for b in package.manifest.blocks)}  # fmt: skip
+        path = package.path(request.file)
+        if request.file not in names or not path.is_file():
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"this node does not hold {request.file!r}")
+        size = path.stat().st_size
+        if request.offset > size:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} is past the end ({size})")
+        with path.open("rb") as fh:
+            fh.seek(request.offset)
+            offset = request.offset
+            while chunk := await asyncio.to_thread(fh.read, FILE_CHUNK_BYTES):
+                yield pb.FileChunk(offset=offset, data=chunk)
+                offset += len(chunk)
 
     # --- the session stream -------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """swarm: phones and laptops on one network serve a language model together.
 
-    from swarm import Swarm, LocalModel
+from swarm import Swarm, LocalModel
 
-    with Swarm(peers=["192.168.1.20:7001"]) as model:
-        print(model.generate("Once upon a time", max_tokens=40))
+with Swarm(peers=["192.168.1.20:7001"]) as model:
+    print(model.generate("Once upon a time", max_tokens=40))
 """
 
 from swarm.client import AsyncSwarm, ClientConfig, Swarm

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +22,10 @@ import grpc
 from swarm._loop import BackgroundLoop
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
+from swarm.discovery import MdnsBrowser, open_zeroconf
 from swarm.errors import InvalidPackage, NoRouteError, PeerUnavailable, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
+from swarm.membership import Event, PeerGone, PeerRecord, PeerSeen
 from swarm.package import Manifest
 from swarm.remote import RemoteSession
 from swarm.routing import PeerView, plan_route
@@ -39,7 +41,48 @@ class ClientConfig:
     peers: tuple[str, ...] = ()  # host:port of nodes to start from
     model_id: str | None = None  # package id (or a prefix) when peers serve several models
     connect_timeout_s: float = 10.0  # per peer, for Info and metadata
+    mdns: bool = True  # with no peers given, find the swarm on the local network
+    mdns_interfaces: tuple[str, ...] = ()  # interface addresses to browse on; () = all IPv4
+    discovery_timeout_s: float = 5.0  # how long to look for a complete swarm
     step_timeout_s: float = 120.0  # a whole route must answer one step within this
+
+
+async def discover(config: ClientConfig) -> list[str]:
+    """Addresses of swarm nodes announced on the local network, once some cover every layer
+    of one model or the discovery timeout passes."""
+    records: dict[str, PeerRecord] = {}
+
+    def seen(event: Event) -> None:
+        if isinstance(event, PeerSeen) and not event.record.draining:
+            records[event.record.node_id] = event.record
+        elif isinstance(event, PeerGone):
+            records.pop(event.node_id, None)
+
+    zeroconf = open_zeroconf(config.mdns_interfaces)
+    browser = MdnsBrowser(zeroconf, seen)
+    try:
+        await browser.start()
+        deadline = asyncio.get_running_loop().time() + config.discovery_timeout_s
+        while asyncio.get_running_loop().time() < deadline and not _complete(records.values(), config.model_id):
+            await asyncio.sleep(0.1)
+    finally:
+        await browser.stop()
+        await zeroconf.async_close()
+    return [r.address for r in records.values()]
+
+
+def _complete(records: Iterable[PeerRecord], model_id: str | None) -> bool:
+    by_model: dict[str, list[PeerRecord]] = {}
+    for r in records:
+        if model_id is None or r.package_id.startswith(model_id):
+            by_model.setdefault(r.package_id, []).append(r)
+    for group in by_model.values():
+        try:
+            plan_route([r.view() for r in group], max(r.end for r in group))
+        except NoRouteError:
+            continue
+        return True
+    return False
 
 
 class AsyncSwarm:
@@ -89,9 +132,9 @@ class AsyncSwarm:
             return []
         return [a for a in reply.addresses[:MAX_PEERS] if 0 < len(a) <= 255]
 
-    async def _known_addresses(self) -> list[str]:
-        """The given peers and every node they know of, transitively (bounded)."""
-        known = list(dict.fromkeys(self.config.peers))
+    async def _known_addresses(self, start: list[str]) -> list[str]:
+        """`start` and every node they know of, transitively (bounded)."""
+        known = list(start)
         frontier = known
         while frontier and len(known) < MAX_PEERS:
             found = await asyncio.gather(*(self._peers_of(a) for a in frontier))
@@ -101,13 +144,20 @@ class AsyncSwarm:
 
     async def refresh(self) -> None:
         """Ask every known peer what it serves; learn the model from one of them."""
-        if not self.config.peers:
-            raise NoRouteError("no peers given; pass peers=['host:port', ...]")
-        addresses = await self._known_addresses()
+        if not self.config.peers and not self.config.mdns:
+            raise NoRouteError("no peers given and mDNS discovery is off; pass peers=['host:port', ...]")
+        found = [] if self.config.peers else await discover(self.config)
+        addresses = list(dict.fromkeys([*self.config.peers, *found]))
+        addresses = await self._known_addresses(addresses)
         infos = await asyncio.gather(*(self._info(a) for a in addresses))
         live = [(a, i) for a, i in zip(addresses, infos, strict=True) if i is not None]
         if not live:
-            raise PeerUnavailable(f"none of the peers answered: {', '.join(self.config.peers)}")
+            if not addresses:
+                raise NoRouteError(
+                    f"found no swarm on the local network within {self.config.discovery_timeout_s:g}s; "
+                    "start nodes with `swarm-node join`, or pass peers=['host:port']"
+                )
+            raise PeerUnavailable(f"none of the peers answered: {', '.join(addresses)}")
         package_id = self._choose_model([i for _, i in live])
         self.peers = [
             PeerView(i.node_id, address, i.start, i.end, i.sessions, i.max_sessions)

@@ -22,6 +22,7 @@ class LocalCluster:
         self.nodes: list[RunningNode] = []
 
     def start(self, model: Path, span: tuple[int, int] | None = None, **options: Any) -> RunningNode:
+        options.setdefault("mdns", False)  # tests that want discovery turn it on, on 127.0.0.1 only
         config = NodeConfig(model=model, span=span, host="127.0.0.1", port=0, threads=1, **options)
 
         async def enter() -> RunningNode:

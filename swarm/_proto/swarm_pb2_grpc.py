@@ -49,6 +49,11 @@ class SwarmNodeStub:
                 request_serializer=swarm_dot___proto_dot_swarm__pb2.PeersRequest.SerializeToString,
                 response_deserializer=swarm_dot___proto_dot_swarm__pb2.PeerList.FromString,
                 _registered_method=True)
+        self.FetchFile = channel.unary_stream(
+                '/swarm.v1.SwarmNode/FetchFile',
+                request_serializer=swarm_dot___proto_dot_swarm__pb2.FetchFileRequest.SerializeToString,
+                response_deserializer=swarm_dot___proto_dot_swarm__pb2.FileChunk.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/swarm.v1.SwarmNode/Health',
                 request_serializer=swarm_dot___proto_dot_swarm__pb2.HealthRequest.SerializeToString,
@@ -78,6 +83,13 @@ class SwarmNodeServicer:
 
     def Peers(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchFile(self, request, context):
+        """Serve package files to nodes that join without them (NOT_FOUND when this node lacks it).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -112,6 +124,11 @@ def add_SwarmNodeServicer_to_server(servicer, server):
                     servicer.Peers,
                     request_deserializer=swarm_dot___proto_dot_swarm__pb2.PeersRequest.FromString,
                     response_serializer=swarm_dot___proto_dot_swarm__pb2.PeerList.SerializeToString,
+            ),
+            'FetchFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchFile,
+                    request_deserializer=swarm_dot___proto_dot_swarm__pb2.FetchFileRequest.FromString,
+                    response_serializer=swarm_dot___proto_dot_swarm__pb2.FileChunk.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -205,6 +222,33 @@ class SwarmNode:
             '/swarm.v1.SwarmNode/Peers',
             swarm_dot___proto_dot_swarm__pb2.PeersRequest.SerializeToString,
             swarm_dot___proto_dot_swarm__pb2.PeerList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/swarm.v1.SwarmNode/FetchFile',
+            swarm_dot___proto_dot_swarm__pb2.FetchFileRequest.SerializeToString,
+            swarm_dot___proto_dot_swarm__pb2.FileChunk.FromString,
             options,
             channel_credentials,
             insecure,

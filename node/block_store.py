@@ -1,0 +1,114 @@
+"""The local block store: model package files fetched from peers, in a size-limited cache.
+
+Layout: `<root>/<package id>/` holds `manifest.json`, `tokenizer.json` and whichever stage
+files this device fetched. Downloads go to `<file>.part` and resume from its size; a file is
+renamed into place only after its sha256 matches the manifest. When the store grows past its
+limit, whole packages other than the one in use are evicted, least recently used first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import grpc
+
+from swarm._proto import swarm_pb2 as pb
+from swarm._proto import swarm_pb2_grpc as pb_grpc
+from swarm.errors import InvalidPackage, PeerUnavailable
+from swarm.package import MANIFEST_NAME, BlockEntry, FileEntry, Manifest, ModelPackage, load_package, sha256_file
+from swarm.transport import insecure_channel
+
+log = logging.getLogger("swarm.node")
+Progress = Callable[[str, int, int], None]
+FileRef = FileEntry | BlockEntry
+
+
+class BlockStore:
+    def __init__(self, root: Path, limit_bytes: int) -> None:
+        self.root = root
+        self.limit_bytes = limit_bytes
+        root.mkdir(parents=True, exist_ok=True)
+
+    def package_dir(self, package_id: str) -> Path:
+        if len(package_id) != 64 or not all(c in "0123456789abcdef" for c in package_id):
+            raise InvalidPackage(f"not a package id: {package_id!r}")
+        return self.root / package_id
+
+    def save_meta(self, manifest_json: bytes, tokenizer_json: bytes) -> ModelPackage:
+        """Store a package's manifest and tokenizer after checking them against each other."""
+        manifest = Manifest.from_dict(json.loads(manifest_json))
+        if hashlib.sha256(tokenizer_json).hexdigest() != manifest.tokenizer.sha256:
+            raise InvalidPackage("the tokenizer does not match the manifest")
+        folder = self.package_dir(manifest.package_id)
+        folder.mkdir(exist_ok=True)
+        (folder / manifest.tokenizer.file).write_bytes(tokenizer_json)
+        (folder / MANIFEST_NAME).write_bytes(manifest_json)
+        package = load_package(folder)
+        if package.package_id != manifest.package_id:  # re-serialised differently: keep the original bytes
+            raise InvalidPackage("stored manifest does not reproduce its package id")
+        folder.touch()  # most recently used
+        return package
+
+    def missing(self, package: ModelPackage, entries: Sequence[FileRef]) -> list[FileRef]:
+        return [e for e in entries if not _complete(package.path(e.file), e)]
+
+    async def fetch(self, package: ModelPackage, entry: FileRef, sources: Sequence[str], progress: Progress) -> None:
+        """Download one file from the first source that has it, resuming a partial download."""
+        target = package.path(entry.file)
+        part = target.with_name(target.name + ".part")
+        errors = []
+        for address in sources:
+            try:
+                await _download(address, package.package_id, entry, part, progress)
+            except grpc.aio.AioRpcError as exc:
+                errors.append(f"{address}: {exc.details()}")
+                continue
+            except OSError as exc:
+                errors.append(f"{address}: {exc}")
+                continue
+            if part.stat().st_size == entry.bytes and sha256_file(part) == entry.sha256:
+                part.rename(target)
+                return
+            part.unlink(missing_ok=True)  # corrupt: start over from the next source
+            errors.append(f"{address}: sent data that does not match the manifest sha256")
+        raise PeerUnavailable(f"could not fetch {entry.file}: " + ("; ".join(errors) or "no peer has it"))
+
+    def evict(self, keep: str) -> list[str]:
+        """Remove least recently used packages (never `keep`) until the store fits its limit."""
+        removed = []
+        folders = sorted((p for p in self.root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        for folder in folders:
+            if self.size() <= self.limit_bytes:
+                break
+            if folder.name != keep:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+        return removed
+
+    def size(self) -> int:
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+
+
+def _complete(path: Path, entry: FileRef) -> bool:
+    return path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256
+
+
+async def _download(address: str, package_id: str, entry: FileRef, part: Path, progress: Progress) -> None:
+    offset = part.stat().st_size if part.exists() else 0
+    if offset > entry.bytes:
+        part.unlink()
+        offset = 0
+    async with insecure_channel(address) as channel:
+        request = pb.FetchFileRequest(package_id=package_id, file=entry.file, offset=offset)
+        with part.open("ab") as out:
+            async for chunk in pb_grpc.SwarmNodeStub(channel).FetchFile(request, timeout=600):
+                if chunk.offset != offset or offset + len(chunk.data) > entry.bytes:
+                    raise OSError(f"peer sent bytes at {chunk.offset}, expected {offset}")
+                out.write(chunk.data)
+                offset += len(chunk.data)
+                progress(entry.file, offset, entry.bytes)

@@ -1,0 +1,120 @@
+"""Joining with no model: find the swarm, pick the model and a span, fetch the blocks.
+
+discover peers (mDNS + --peer) -> choose model -> manifest + tokenizer from a peer ->
+choose span -> fetch missing files (resumable, sha256-checked) -> serve from the store
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+
+from node.block_store import BlockStore, FileRef
+from node.config import NodeConfig
+from swarm._proto import swarm_pb2 as pb
+from swarm._proto import swarm_pb2_grpc as pb_grpc
+from swarm.assignment import choose_span
+from swarm.client import ClientConfig, discover
+from swarm.errors import NoRouteError
+from swarm.package import ModelPackage
+from swarm.progress import ProgressLine
+from swarm.transport import error_from_rpc, insecure_channel
+
+log = logging.getLogger("swarm.node")
+INFO_TIMEOUT_S = 5.0
+HEADROOM = 0.8  # share of --max-memory the weights may take; the rest is for KV caches
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "swarm" / "blocks"
+
+
+async def _infos(addresses: list[str]) -> dict[str, pb.NodeInfo]:
+    async def info(address: str) -> pb.NodeInfo | None:
+        async with insecure_channel(address) as channel:
+            try:
+                return await pb_grpc.SwarmNodeStub(channel).Info(pb.InfoRequest(), timeout=INFO_TIMEOUT_S)
+            except grpc.aio.AioRpcError:
+                return None
+
+    found = await asyncio.gather(*(info(a) for a in addresses))
+    return {a: i for a, i in zip(addresses, found, strict=True) if i is not None}
+
+
+def choose_model(infos: dict[str, pb.NodeInfo], wanted: str | None) -> str:
+    counts = Counter(i.package_id for i in infos.values() if wanted is None or i.package_id.startswith(wanted))
+    if not counts:
+        raise NoRouteError(f"no node in the swarm serves model {wanted}" if wanted else "found no swarm to join")
+    ranked = counts.most_common()
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        shown = ", ".join(f"{pid[:12]} ({n} nodes)" for pid, n in ranked)
+        raise NoRouteError(f"the swarm serves several models equally: {shown}; choose one with --model-id")
+    return ranked[0][0]
+
+
+async def _fetch_meta(store: BlockStore, address: str) -> ModelPackage:
+    async with insecure_channel(address) as channel:
+        try:
+            meta = await pb_grpc.SwarmNodeStub(channel).GetPackageMeta(pb.PackageMetaRequest(), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, address) from exc
+    return store.save_meta(meta.manifest_json, meta.tokenizer_json)
+
+
+def _max_layers(package: ModelPackage, max_memory: int | None) -> int | None:
+    if max_memory is None:
+        return None
+    per_layer = max(b.bytes / b.num_layers for b in package.manifest.blocks)
+    return max(1, int(max_memory * HEADROOM // per_layer))
+
+
+def _needed_files(package: ModelPackage, start: int, end: int) -> list[FileRef]:
+    m = package.manifest
+    files: list[FileRef] = list(m.blocks_in(start, end))
+    if start == 0:
+        files.insert(0, m.embedding)
+    if end == m.num_layers:
+        files.append(m.head)
+    return files
+
+
+def _sources(infos: dict[str, pb.NodeInfo], package_id: str, entry: FileRef) -> list[str]:
+    """Peers of the model, those whose span holds the file first."""
+    start = getattr(entry, "start", None)
+    holders = [
+        a for a, i in infos.items() if i.package_id == package_id and start is not None and i.start <= start < i.end
+    ]
+    return list(dict.fromkeys([*holders, *(a for a, i in infos.items() if i.package_id == package_id)]))
+
+
+async def prepare(config: NodeConfig, quiet: bool = False) -> NodeConfig:
+    """The config to serve with: a package fetched into the block store, and a span."""
+    discovery = ClientConfig(mdns=config.mdns, mdns_interfaces=config.mdns_interfaces,
+                             discovery_timeout_s=config.discovery_wait_s, model_id=config.model_id)  # fmt: skip
+    addresses = list(dict.fromkeys([*config.peers, *(await discover(discovery) if config.mdns else [])]))
+    infos = await _infos(addresses)
+    if not infos:
+        raise NoRouteError(
+            f"found no swarm to join within {config.discovery_wait_s:g}s; give --model PKG to seed one, "
+            "or --peer HOST:PORT of a node"
+        )
+    package_id = choose_model(infos, config.model_id)
+    store = BlockStore(config.cache_dir or default_cache_dir(), config.cache_limit)
+    peers = [a for a, i in infos.items() if i.package_id == package_id]
+    package = await _fetch_meta(store, peers[0])
+    m = package.manifest
+    served = [(i.start, i.end) for i in infos.values() if i.package_id == package_id]
+    edges = [b.start for b in m.blocks] + [m.num_layers]
+    start, end = config.span or choose_span(edges, served, _max_layers(package, config.max_memory))
+    log.info("joining model %s (%s) with layers [%d, %d)", m.name, package_id[:12], start, end)
+    missing = store.missing(package, _needed_files(package, start, end))
+    progress = ProgressLine(quiet=quiet)
+    for entry in missing:
+        await store.fetch(package, entry, _sources(infos, package_id, entry), progress)
+    store.evict(keep=package_id)
+    return replace(config, model=package.root, span=(start, end), peers=tuple(dict.fromkeys([*config.peers, *peers])))

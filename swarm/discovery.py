@@ -1,0 +1,143 @@
+"""Finding peers on the local network with mDNS (zeroconf), and the static list beside it.
+
+Each node announces `<node id>._swarm-llm._tcp.local.` with a TXT record describing itself;
+browsers turn announcements into membership events (`PeerSeen`, `PeerGone`). TXT records
+come from the network, so every field is parsed defensively: a bad record is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+from zeroconf import IPVersion, ServiceInfo, ServiceStateChange
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from swarm.membership import Event, PeerGone, PeerRecord, PeerSeen
+
+SERVICE_TYPE = "_swarm-llm._tcp.local."
+RESOLVE_TIMEOUT_MS = 3000
+log = logging.getLogger("swarm.discovery")
+
+
+def open_zeroconf(interfaces: Sequence[str] | None = None) -> AsyncZeroconf:
+    """A zeroconf instance on the given interface addresses (default: every IPv4 interface)."""
+    if interfaces:
+        return AsyncZeroconf(interfaces=list(interfaces), ip_version=IPVersion.V4Only)
+    return AsyncZeroconf(ip_version=IPVersion.V4Only)
+
+
+def service_name(node_id: str) -> str:
+    return f"{node_id}.{SERVICE_TYPE}"
+
+
+def txt_record(record: PeerRecord) -> dict[str, str]:
+    return {
+        "id": record.node_id,
+        "sw": record.swarm_id,
+        "v": str(record.protocol_version),
+        "model": record.package_id,
+        "span": f"{record.start}:{record.end}",
+        "speed": f"{record.speed:.3g}",
+        "mem": str(record.free_memory),
+        "load": f"{record.sessions}/{record.max_sessions}",
+        "drain": "1" if record.draining else "0",
+    }
+
+
+def record_from_txt(properties: dict[bytes, bytes | None], address: str) -> PeerRecord | None:
+    """Parse a TXT record; None when anything is missing or malformed."""
+    try:
+        txt = {k.decode(): (v or b"").decode() for k, v in properties.items()}
+        start, end = (int(x) for x in txt["span"].split(":"))
+        sessions, max_sessions = (int(x) for x in txt["load"].split("/"))
+        record = PeerRecord(
+            node_id=txt["id"], address=address, package_id=txt["model"], start=start, end=end,
+            swarm_id=txt.get("sw", ""), protocol_version=int(txt["v"]), sessions=sessions,
+            max_sessions=max_sessions, free_memory=int(txt.get("mem", "0")), speed=float(txt.get("speed", "0")),
+            draining=txt.get("drain") == "1",
+        )  # fmt: skip
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
+    valid = 0 <= start < end <= 100_000 and 0 < len(record.node_id) <= 64 and len(record.package_id) == 64
+    return record if valid else None
+
+
+class Announcer:
+    """A node's own announcement: register, refresh (the heartbeat), withdraw."""
+
+    def __init__(self, zeroconf: AsyncZeroconf, addresses: Sequence[str], port: int) -> None:
+        self._zeroconf, self._addresses, self._port = zeroconf, list(addresses), port
+        self._info: ServiceInfo | None = None
+        self._beat = 0
+
+    def _service(self, record: PeerRecord) -> ServiceInfo:
+        return ServiceInfo(
+            SERVICE_TYPE,
+            service_name(record.node_id),
+            addresses=[socket.inet_aton(a) for a in self._addresses],
+            port=self._port,
+            properties={**txt_record(record), "beat": str(self._beat)},
+            server=f"{record.node_id}.local.",
+        )
+
+    async def announce(self, record: PeerRecord) -> None:
+        """Publish `record`; each call is a heartbeat (the `beat` field changes every time)."""
+        self._beat += 1
+        info = self._service(record)
+        if self._info is None:
+            broadcast = await self._zeroconf.async_register_service(info, allow_name_change=False)
+        else:
+            broadcast = await self._zeroconf.async_update_service(info)
+        self._info = info
+        await broadcast  # zeroconf hands back the task that sends the packets
+
+    async def withdraw(self) -> None:
+        if self._info is not None:
+            await (await self._zeroconf.async_unregister_service(self._info))
+            self._info = None
+
+
+class MdnsBrowser:
+    """Turns mDNS announcements into membership events for `on_event`."""
+
+    def __init__(self, zeroconf: AsyncZeroconf, on_event: Callable[[Event], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self._zeroconf, self._on_event, self._clock = zeroconf, on_event, clock
+        self._browser: AsyncServiceBrowser | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._browser = AsyncServiceBrowser(self._zeroconf.zeroconf, [SERVICE_TYPE], handlers=[self._changed])
+
+    def _changed(self, zeroconf: object, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+        if state_change is ServiceStateChange.Removed:
+            self._on_event(PeerGone(name.removesuffix("." + SERVICE_TYPE), self._clock()))
+            return
+        task = asyncio.get_running_loop().create_task(self._resolve(name))
+        self._tasks.add(task)  # keep a reference until it finishes
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(self, name: str) -> None:
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+        if not await info.async_request(self._zeroconf.zeroconf, RESOLVE_TIMEOUT_MS):
+            return
+        addresses = info.parsed_addresses(IPVersion.V4Only)
+        if not addresses or not info.port:
+            return
+        record = record_from_txt(info.properties, f"{addresses[0]}:{info.port}")
+        if record is None:
+            log.debug("ignoring malformed announcement %s", name)
+            return
+        self._on_event(PeerSeen(record, self._clock()))
+
+    async def stop(self) -> None:
+        if self._browser is not None:
+            await self._browser.async_cancel()
+            self._browser = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
