@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     join.add_argument("--no-mdns", action="store_true", help="do not announce or browse on the local network")
     join.add_argument("--mdns-interface", action="append", default=[], metavar="IP",
                       help="interface address for mDNS (repeatable; default: all IPv4)")  # fmt: skip
+    join.add_argument("--announce-interval", type=float, default=5.0,
+                      help="seconds between mDNS refreshes (the heartbeat; default 5)")  # fmt: skip
+    join.add_argument("--drain-timeout", type=float, default=30.0,
+                      help="on SIGINT/SIGTERM, seconds to let live sessions finish (default 30)")  # fmt: skip
     join.add_argument("--discovery-wait", type=float, default=5.0, help="seconds to look for the swarm (default 5)")
     join.add_argument("--blocks", metavar="A:B", help="serve layers [A, B) (default: the whole model)")
     join.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -62,6 +66,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         cache_dir=args.cache_dir,
         cache_limit=parse_bytes(args.cache_limit),
         discovery_wait_s=args.discovery_wait,
+        announce_interval_s=args.announce_interval,
+        drain_timeout_s=args.drain_timeout,
     )
 
 
@@ -78,8 +84,8 @@ async def run(config: NodeConfig) -> None:
         # one line on stdout that scripts can wait for
         print(f"serving {m.name} layers {span.start}:{span.end} at {node.address} as {node.node_id}", flush=True)
         await stop.wait()
-        log.info("leaving: unannounced; draining %d sessions (at most %gs)", len(node.sessions.sessions),
-                 config.drain_timeout_s)  # fmt: skip
+        log.info("leaving: withdrawing the announcement, draining %d sessions (at most %gs)",
+                 len(node.sessions.sessions), config.drain_timeout_s)  # fmt: skip
     log.info("node stopped")
 
 

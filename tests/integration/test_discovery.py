@@ -1,0 +1,164 @@
+"""Zero-config swarms on 127.0.0.1: mDNS discovery, heartbeats, leaving, joining with no model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from node.config import NodeConfig
+from node.join import prepare
+from swarm import Swarm
+from swarm._proto import swarm_pb2 as pb
+from swarm._proto import swarm_pb2_grpc as pb_grpc
+from swarm.errors import NoRouteError
+from swarm.generation import GenerationRequest
+from swarm.package import ModelPackage
+from tests.cluster import LocalCluster
+from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
+
+LOOPBACK = ("127.0.0.1",)
+MDNS = {"mdns": True, "mdns_interfaces": LOOPBACK, "announce_interval_s": 0.5}
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
+
+
+def greedy(swarm: Swarm) -> list[int]:
+    return list(swarm.generate_ids(GenerationRequest(tuple(STORIES_PROMPT_IDS), 40)))
+
+
+def test_client_finds_the_swarm_with_no_peers(cluster: LocalCluster, stories_package: ModelPackage) -> None:
+    cluster.start(stories_package.root, (0, 2), **MDNS)
+    cluster.start(stories_package.root, (2, 5), **MDNS)
+    with Swarm(mdns_interfaces=LOOPBACK) as swarm:
+        assert greedy(swarm) == STORIES_REFERENCE_IDS
+        assert {p.address for p in swarm.swarm.peers} == set(cluster.addresses)
+
+
+def test_no_swarm_is_a_clear_error() -> None:
+    with pytest.raises(NoRouteError, match=r"found no swarm on the local network within 0\.5s"):
+        Swarm(mdns_interfaces=LOOPBACK, discovery_timeout_s=0.5)
+
+
+def test_members_see_each_other_and_a_leaving_node_is_dropped(cluster: LocalCluster,
+                                                              stories_package: ModelPackage) -> None:  # fmt: skip
+    a = cluster.start(stories_package.root, (0, 2), **MDNS)
+    b = cluster.start(stories_package.root, (2, 5), **MDNS)
+    assert a.presence is not None and b.presence is not None
+    assert wait_for(lambda: a.presence.known_addresses() == [b.address])
+    assert wait_for(lambda: b.presence.known_addresses() == [a.address])
+    cluster.loop.run(b.presence.leave())  # what SIGTERM does first
+    assert wait_for(lambda: a.presence.known_addresses() == [], timeout_s=3.0)
+
+
+NODE_CMD = [sys.executable, "-m", "node.cli", "join", "--host", "127.0.0.1", "--mdns-interface", "127.0.0.1",
+            "--announce-interval", "0.5", "--threads", "1"]  # fmt: skip
+
+
+def start_node(*args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([*NODE_CMD, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("serving "), (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc
+
+
+def test_a_crashed_node_expires(cluster: LocalCluster, stories_package: ModelPackage) -> None:
+    a = cluster.start(stories_package.root, (0, 2), **MDNS)
+    assert a.presence is not None
+    crashed = start_node("--model", str(stories_package.root), "--blocks", "2:5")
+    try:
+        assert wait_for(lambda: len(a.presence.known_addresses()) == 1)
+        crashed.send_signal(signal.SIGKILL)  # no goodbye: only the missing heartbeats tell
+        crashed.wait()
+        started = time.monotonic()
+        assert wait_for(lambda: a.presence.known_addresses() == [], timeout_s=5.0)
+        assert time.monotonic() - started >= 0.5  # it took the heartbeat timeout, not a goodbye
+    finally:
+        crashed.kill()
+
+
+def test_sigterm_unannounces_drains_and_exits(cluster: LocalCluster, stories_package: ModelPackage) -> None:
+    a = cluster.start(stories_package.root, (0, 2), **MDNS)
+    assert a.presence is not None
+    leaving = start_node("--model", str(stories_package.root), "--blocks", "2:5", "--drain-timeout", "10")
+    try:
+        assert wait_for(lambda: len(a.presence.known_addresses()) == 1)
+        with Swarm(peers=[a.address, a.presence.known_addresses()[0]]) as swarm:
+            stream = swarm.stream("Once upon a time", max_tokens=60, stop_on_eos=False)
+            first = next(stream)
+            leaving.send_signal(signal.SIGTERM)
+            assert wait_for(lambda: a.presence.known_addresses() == [], timeout_s=3.0)  # unannounced at once
+            rest = "".join(stream)  # the session in flight still finishes while the node drains
+        assert (first + rest).startswith(", there was a little girl named Lily")
+        assert leaving.wait(timeout=15) == 0
+        assert "draining 1 sessions" in (leaving.stderr.read() if leaving.stderr else "")
+    finally:
+        leaving.kill()
+
+
+def test_join_with_no_model_fetches_blocks_and_serves(cluster: LocalCluster, stories_package: ModelPackage,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    seed = cluster.start(stories_package.root, (0, 2), **MDNS)
+    config = NodeConfig(model=None, host="127.0.0.1", mdns_interfaces=LOOPBACK, discovery_wait_s=2.0,
+                        cache_dir=tmp_path / "blocks", threads=1, announce_interval_s=0.5)  # fmt: skip
+    prepared = cluster.loop.run(prepare(config, quiet=True))
+    assert prepared.span == (2, 5)  # the layers nobody served
+    assert prepared.model is not None and prepared.model.parent == tmp_path / "blocks"
+    assert prepared.model.name == stories_package.package_id
+    held = sorted(p.name for p in prepared.model.iterdir())
+    assert held == ["block_002.onnx", "block_003.onnx", "block_004.onnx", "head.onnx", "manifest.json",
+                    "tokenizer.json"]  # fmt: skip
+    cluster.start(prepared.model, prepared.span, **MDNS)
+    with Swarm(peers=[seed.address]) as swarm:
+        assert greedy(swarm) == STORIES_REFERENCE_IDS
+
+
+def test_fetch_serves_only_package_files(cluster: LocalCluster, stories_package: ModelPackage) -> None:
+    node = cluster.start(stories_package.root)
+
+    async def fetch(name: str, package_id: str = stories_package.package_id, offset: int = 0) -> tuple[int, str]:
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            request = pb.FetchFileRequest(package_id=package_id, file=name, offset=offset)
+            try:
+                data = b"".join([c.data async for c in pb_grpc.SwarmNodeStub(channel).FetchFile(request)])
+            except grpc.aio.AioRpcError as exc:
+                return -1, f"{exc.code().name}: {exc.details()}"
+            return len(data), ""
+
+    run = asyncio.run
+    size = stories_package.manifest.blocks[1].bytes
+    assert run(fetch("block_001.onnx")) == (size, "")
+    assert run(fetch("block_001.onnx", offset=1000)) == (size - 1000, "")
+    assert run(fetch("../../../etc/passwd"))[1].startswith("NOT_FOUND")
+    assert run(fetch("block_001.onnx", package_id="0" * 64))[1].startswith("NOT_FOUND")
+    assert run(fetch("block_001.onnx", offset=size + 1))[1].startswith("OUT_OF_RANGE")
+
+
+def test_cli_join_with_no_model(cluster: LocalCluster, stories_package: ModelPackage, tmp_path: Path) -> None:
+    seed = cluster.start(stories_package.root, (0, 3), **MDNS)
+    joined = start_node("--cache-dir", str(tmp_path), "--discovery-wait", "2")
+    try:
+        with Swarm(peers=[seed.address]) as swarm:
+            assert greedy(swarm) == STORIES_REFERENCE_IDS
+    finally:
+        joined.send_signal(signal.SIGINT)
+        assert joined.wait(timeout=15) == 0
+    stderr = joined.stderr.read() if joined.stderr else ""
+    assert "joining model stories260K" in stderr and "with layers [3, 5)" in stderr
+    assert "MiB" in stderr or "head.onnx" in stderr  # the download showed progress
+    assert os.path.isdir(tmp_path / stories_package.package_id)
