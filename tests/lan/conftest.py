@@ -1,0 +1,57 @@
+"""Hosts of our own: network namespaces joined by a bridge that leads nowhere else.
+
+Every test here needs root and iproute2; without them the tests fail (they are part of CI),
+they never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+SUBNET = "10.77.{tag}.{host}"
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True, text=True)
+
+
+@dataclass(frozen=True)
+class Host:
+    namespace: str
+    address: str
+
+    def command(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace, *args]
+
+
+@pytest.fixture
+def lan() -> Iterator[list[Host]]:
+    """Two hosts, 10.77.X.1 and 10.77.X.2, on a private bridge."""
+    if os.geteuid() != 0:
+        raise RuntimeError("the LAN tests need root to create network namespaces (CI runs as root)")
+    tag = os.getpid() % 200 + 20
+    bridge = f"swbr{tag}"
+    hosts = [Host(f"swarm-{tag}-{i}", SUBNET.format(tag=tag, host=i)) for i in (1, 2)]
+    sh("ip", "link", "add", bridge, "type", "bridge")
+    try:
+        sh("ip", "link", "set", bridge, "up")
+        for i, host in enumerate(hosts, start=1):
+            inside, outside = f"sw{tag}h{i}", f"sw{tag}b{i}"
+            sh("ip", "netns", "add", host.namespace)
+            sh("ip", "link", "add", inside, "type", "veth", "peer", "name", outside)
+            sh("ip", "link", "set", inside, "netns", host.namespace)
+            sh("ip", "link", "set", outside, "master", bridge, "up")
+            sh(*host.command("ip", "addr", "add", f"{host.address}/24", "dev", inside))
+            sh(*host.command("ip", "link", "set", inside, "up", "multicast", "on"))
+            sh(*host.command("ip", "link", "set", "lo", "up"))
+            sh(*host.command("ip", "route", "add", "224.0.0.0/4", "dev", inside))
+        yield hosts
+    finally:
+        for host in hosts:
+            subprocess.run(["ip", "netns", "del", host.namespace], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)

@@ -1,0 +1,52 @@
+"""A swarm across two hosts: a seed node on one, a fresh node joining with no files on the other,
+and a client that finds them by mDNS alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from swarm.package import ModelPackage
+from tests.conftest import REPO, STORIES_REFERENCE_IDS
+from tests.lan.conftest import Host
+
+CLIENT = """
+import json, sys
+from swarm import Swarm
+from swarm.generation import GenerationRequest, GenerationStats
+with Swarm(mdns_interfaces=(sys.argv[1],), discovery_timeout_s=20) as swarm:
+    stats = GenerationStats()
+    ids = list(swarm.generate_ids(GenerationRequest((1, 403, 407, 261, 378), 40), stats))
+print(json.dumps({"ids": ids, "route": stats.route}))
+"""
+
+
+def node(host: Host, *args: str) -> subprocess.Popen[str]:
+    cmd = host.command(sys.executable, "-m", "node.cli", "join", "--host", host.address, "--mdns-interface",
+                       host.address, "--announce-interval", "1", "--threads", "1", *args)  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("serving "), (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc
+
+
+def test_zero_config_swarm_across_two_hosts(lan: list[Host], stories_package: ModelPackage, tmp_path: Path) -> None:
+    first, second = lan
+    procs = [node(first, "--model", str(stories_package.root), "--blocks", "0:2")]
+    try:
+        procs.append(node(second, "--cache-dir", str(tmp_path / "blocks"), "--discovery-wait", "10"))
+        client = subprocess.run(first.command(sys.executable, "-c", CLIENT, first.address), cwd=REPO,
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert client.returncode == 0, client.stderr
+        result = json.loads(client.stdout)
+        assert result["ids"] == STORIES_REFERENCE_IDS
+        assert [hop.split(":")[0] for hop in result["route"]] == [first.address, second.address]
+        assert (tmp_path / "blocks" / stories_package.package_id / "head.onnx").is_file()
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=20)
