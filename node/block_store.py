@@ -35,13 +35,17 @@ class BlockStore:
         root.mkdir(parents=True, exist_ok=True)
 
     def package_dir(self, package_id: str) -> Path:
-        if len(package_id) != 64 or not all(c in "0123456789abcdef" for c in package_id):
+        if not _is_package_id(package_id):
             raise InvalidPackage(f"not a package id: {package_id!r}")
         return self.root / package_id
 
     def save_meta(self, manifest_json: bytes, tokenizer_json: bytes) -> ModelPackage:
         """Store a package's manifest and tokenizer after checking them against each other."""
-        manifest = Manifest.from_dict(json.loads(manifest_json))
+        try:
+            raw = json.loads(manifest_json)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidPackage(f"peer sent a manifest that is not JSON: {exc}") from exc
+        manifest = Manifest.from_dict(raw)
         if hashlib.sha256(tokenizer_json).hexdigest() != manifest.tokenizer.sha256:
             raise InvalidPackage("the tokenizer does not match the manifest")
         folder = self.package_dir(manifest.package_id)
@@ -71,7 +75,11 @@ class BlockStore:
             except OSError as exc:
                 errors.append(f"{address}: {exc}")
                 continue
-            if part.stat().st_size == entry.bytes and sha256_file(part) == entry.sha256:
+            size = part.stat().st_size if part.exists() else 0
+            if size < entry.bytes:  # the stream ended early: the next source resumes from here
+                errors.append(f"{address}: stopped after {size} of {entry.bytes} bytes")
+                continue
+            if sha256_file(part) == entry.sha256:
                 part.rename(target)
                 return
             part.unlink(missing_ok=True)  # corrupt: start over from the next source
@@ -81,7 +89,8 @@ class BlockStore:
     def evict(self, keep: str) -> list[str]:
         """Remove least recently used packages (never `keep`) until the store fits its limit."""
         removed = []
-        folders = sorted((p for p in self.root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        folders = sorted((p for p in self.root.iterdir() if p.is_dir() and _is_package_id(p.name)),
+                         key=lambda p: p.stat().st_mtime)  # fmt: skip
         for folder in folders:
             if self.size() <= self.limit_bytes:
                 break
@@ -92,6 +101,10 @@ class BlockStore:
 
     def size(self) -> int:
         return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+
+
+def _is_package_id(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 def _complete(path: Path, entry: FileRef) -> bool:

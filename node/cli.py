@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from node.config import NodeConfig, parse_bytes, parse_span
+from node.config import NodeConfig, check_node_id, parse_bytes, parse_span
 from node.join import prepare
 from node.server import serve
 from swarm.errors import SwarmError
@@ -59,7 +59,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         max_context=args.max_context,
         idle_timeout_s=args.idle_timeout,
         threads=args.threads,
-        node_id=args.node_id,
+        node_id=check_node_id(args.node_id) if args.node_id else None,
         mdns=not args.no_mdns,
         mdns_interfaces=tuple(args.mdns_interface),
         model_id=args.model_id,

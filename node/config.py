@@ -20,6 +20,13 @@ def parse_bytes(text: str) -> int:
     return round(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+def check_node_id(text: str) -> str:
+    """A node id is a DNS label (it names the mDNS service): 1-63 letters, digits, '-' or '_'."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,63}", text):
+        raise InvalidRequest(f"--node-id must be 1 to 63 letters, digits, '-' or '_', got {text!r}")
+    return text
+
+
 def parse_span(text: str) -> tuple[int, int]:
     """'A:B' -> (A, B), the half-open layer range [A, B)."""
     match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from swarm.membership import Event, PeerGone, PeerRecord, PeerSeen
 
 SERVICE_TYPE = "_swarm-llm._tcp.local."
+MAX_NODE_ID = 63  # the longest DNS label: the node id is the service instance name
 RESOLVE_TIMEOUT_MS = 3000
 log = logging.getLogger("swarm.discovery")
 
@@ -62,7 +64,15 @@ def record_from_txt(properties: dict[bytes, bytes | None], address: str) -> Peer
         )  # fmt: skip
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
-    valid = 0 <= start < end <= 100_000 and 0 < len(record.node_id) <= 64 and len(record.package_id) == 64
+    valid = (
+        0 <= start < end <= 100_000
+        and 0 < len(record.node_id) <= MAX_NODE_ID
+        and len(record.package_id) == 64
+        and 0 <= sessions <= max_sessions
+        and record.free_memory >= 0
+        and math.isfinite(record.speed)
+        and record.speed >= 0
+    )
     return record if valid else None
 
 

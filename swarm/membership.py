@@ -72,6 +72,8 @@ class Membership:
 def apply(state: Membership, event: Event) -> Membership:
     if isinstance(event, PeerSeen):
         record = event.record
+        if event.at < state.last_seen.get(record.node_id, float("-inf")):
+            return state  # an older announcement arriving late changes nothing
         peers = {**state.peers, record.node_id: record}
         return replace(state, peers=peers, last_seen={**state.last_seen, record.node_id: event.at})
     if isinstance(event, PeerGone):

@@ -121,7 +121,9 @@ class Manifest:
         return chosen
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Manifest:
+    def from_dict(cls, raw: Any) -> Manifest:
+        if not isinstance(raw, dict):
+            raise InvalidPackage("malformed manifest: not a JSON object")
         try:
             if raw.get("format") != FORMAT_NAME or raw.get("format_version") != FORMAT_VERSION:
                 raise InvalidPackage(
@@ -130,7 +132,7 @@ class Manifest:
                 )
             tok = dict(raw["tokenizer"])
             tok["eos_token_ids"] = tuple(tok["eos_token_ids"])
-            return cls(
+            manifest = cls(
                 name=raw["name"],
                 architecture=Architecture(**raw["architecture"]),
                 dtype=raw["dtype"],
@@ -143,8 +145,23 @@ class Manifest:
                 head=FileEntry(**raw["head"]),
                 source=dict(raw.get("source", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidPackage(f"malformed manifest: {exc!r}") from exc
+        for name in manifest.file_names():
+            _check_file_name(name)
+        return manifest
+
+    def file_names(self) -> list[str]:
+        """Every file the package consists of, manifest included."""
+        stages = [self.embedding.file, *(b.file for b in self.blocks), self.head.file]
+        return [MANIFEST_NAME, self.tokenizer.file, *stages]
+
+
+def _check_file_name(name: object) -> None:
+    """Package files are plain names inside the package folder: manifests come from peers, and a
+    name like '../x' would let a peer write or read outside it."""
+    if not isinstance(name, str) or not 0 < len(name) <= 255 or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise InvalidPackage(f"manifest names an invalid file {name!r}: files must be plain names")
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:

@@ -161,7 +161,8 @@ def test_apply_never_mutates_the_old_state() -> None:
 
 def test_apply_keeps_ttl() -> None:
     state = Membership(ttl_s=7.0)
-    for event in [PeerSeen(rec("a"), at=0.0), PeerGone("a", at=1.0), PeerSeen(rec("a"), at=2.0), Tick(at=100.0)]:
+    events: list[Event] = [PeerSeen(rec("a"), at=0.0), PeerGone("a", at=1.0), PeerSeen(rec("a"), at=2.0), Tick(at=99.0)]
+    for event in events:
         state = apply(state, event)
         assert state.ttl_s == 7.0
 
@@ -321,3 +322,9 @@ def test_simulated_swarm_of_1000_nodes() -> None:
     assert all(fate[n] != "leave" for n in state.peers)
     assert ids(state, PKG_B) == [n for n in survivors if int(n[4:]) % 4 == 0]
     assert elapsed < 2.0, f"1,000-node simulation took {elapsed:.2f}s"
+
+
+def test_an_announcement_arriving_late_changes_nothing() -> None:
+    fresh, stale = rec("a", sessions=3), rec("a", sessions=0)
+    state = run([PeerSeen(fresh, at=10.0), PeerSeen(stale, at=9.0)])
+    assert state.peers["a"] == fresh and state.last_seen["a"] == 10.0

@@ -1,0 +1,157 @@
+"""Assignment: which span of blocks a joining node takes (`coverage`, `choose_span`)."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from swarm.assignment import choose_span, coverage
+
+ONE_LAYER = [0, 1, 2, 3, 4, 5]  # five one-layer blocks
+TWO_LAYER = [0, 2, 4, 5]  # blocks [0,2) [2,4) [4,5)
+
+
+# ---------------------------------------------------------------- coverage
+
+
+def test_coverage_counts_each_layer() -> None:
+    assert coverage(5, []) == [0, 0, 0, 0, 0]
+    assert coverage(5, [(0, 2), (1, 5), (1, 2)]) == [1, 3, 1, 1, 1]
+
+
+def test_coverage_clips_spans_outside_the_model() -> None:
+    assert coverage(4, [(-3, 1), (3, 10), (7, 9), (3, 2)]) == [1, 0, 0, 1]
+
+
+# ---------------------------------------------------------------- choose_span
+
+
+def test_empty_swarm_gets_the_whole_model() -> None:
+    assert choose_span(ONE_LAYER, []) == (0, 5)
+    assert choose_span(TWO_LAYER, []) == (0, 5)
+
+
+def test_empty_swarm_with_memory_limit_gets_the_first_blocks_that_fit() -> None:
+    assert choose_span(ONE_LAYER, [], max_layers=2) == (0, 2)
+    assert choose_span(ONE_LAYER, [], max_layers=5) == (0, 5)
+    assert choose_span(ONE_LAYER, [], max_layers=100) == (0, 5)
+    assert choose_span(TWO_LAYER, [], max_layers=3) == (0, 2)
+    assert choose_span(TWO_LAYER, [], max_layers=4) == (0, 4)
+
+
+def test_uncovered_tail_is_taken_first() -> None:
+    assert choose_span(ONE_LAYER, [(0, 2)]) == (2, 5)
+
+
+def test_uncovered_head_is_taken_first() -> None:
+    assert choose_span(ONE_LAYER, [(3, 5), (3, 5)]) == (0, 3)
+
+
+def test_gap_in_the_middle() -> None:
+    assert choose_span(ONE_LAYER, [(0, 2), (3, 5)]) == (2, 3)
+    assert choose_span(ONE_LAYER, [(0, 1), (4, 5)]) == (1, 4)
+
+
+def test_first_of_several_gaps() -> None:
+    assert choose_span(ONE_LAYER, [(1, 2), (3, 4)]) == (0, 1)
+    assert choose_span(ONE_LAYER, [(0, 1), (2, 3), (4, 5)]) == (1, 2)
+
+
+def test_fully_covered_swarm_adds_a_replica_where_fewest_serve() -> None:
+    assert choose_span(ONE_LAYER, [(0, 5), (0, 2)]) == (2, 5)
+    assert choose_span(ONE_LAYER, [(0, 5), (0, 5), (1, 5), (0, 1), (0, 1), (3, 5)]) == (1, 3)
+    assert choose_span(ONE_LAYER, [(0, 5), (0, 5)]) == (0, 5)
+
+
+def test_memory_limit_shortens_the_span() -> None:
+    assert choose_span(ONE_LAYER, [(0, 1)], max_layers=2) == (1, 3)
+    assert choose_span(ONE_LAYER, [(0, 5), (0, 2)], max_layers=1) == (2, 3)
+
+
+@pytest.mark.parametrize("max_layers", [0, 1, -5])
+def test_memory_limit_never_gives_less_than_one_block(max_layers: int) -> None:
+    assert choose_span(ONE_LAYER, [], max_layers=max_layers) == (0, 1)
+    assert choose_span(TWO_LAYER, [], max_layers=max_layers) == (0, 2)
+    assert choose_span(TWO_LAYER, [(0, 2)], max_layers=max_layers) == (2, 4)
+
+
+def test_two_layer_blocks_are_never_cut() -> None:
+    assert choose_span(TWO_LAYER, [(0, 2)]) == (2, 5)
+    assert choose_span(TWO_LAYER, [(0, 4)]) == (4, 5)
+    assert choose_span(TWO_LAYER, [(2, 5)]) == (0, 2)
+    assert choose_span(TWO_LAYER, [(0, 2), (4, 5)], max_layers=1) == (2, 4)
+
+
+def test_partly_covered_block_counts_as_uncovered() -> None:
+    # someone serves layer 0 only (e.g. a package with other edges): block [0,2) is still missing a layer
+    assert choose_span(TWO_LAYER, [(0, 1)]) == (0, 5)
+    assert choose_span(TWO_LAYER, [(0, 3)]) == (2, 5)
+
+
+def test_served_spans_outside_the_model_are_ignored() -> None:
+    assert choose_span(ONE_LAYER, [(5, 9), (-2, 0)]) == (0, 5)
+
+
+# ---------------------------------------------------------------- properties
+
+
+@st.composite
+def block_edges(draw: st.DrawFn) -> list[int]:
+    sizes = draw(st.lists(st.integers(1, 4), min_size=1, max_size=12))
+    edges = [0]
+    for size in sizes:
+        edges.append(edges[-1] + size)
+    return edges
+
+
+@st.composite
+def swarms(draw: st.DrawFn) -> tuple[list[int], list[tuple[int, int]], int | None]:
+    edges = draw(block_edges())
+    pairs = st.tuples(st.sampled_from(edges), st.sampled_from(edges)).filter(lambda s: s[0] < s[1])
+    served = draw(st.lists(pairs, max_size=8))
+    max_layers = draw(st.none() | st.integers(0, edges[-1] + 2))
+    return edges, served, max_layers
+
+
+def block_need(edges: list[int], served: list[tuple[int, int]]) -> list[int]:
+    counts = coverage(edges[-1], served)
+    return [min(counts[s:e]) for s, e in pairwise(edges)]
+
+
+@settings(max_examples=500, deadline=None)
+@given(swarm=swarms())
+def test_span_is_on_block_edges_non_empty_and_least_covered(
+    swarm: tuple[list[int], list[tuple[int, int]], int | None],
+) -> None:
+    edges, served, max_layers = swarm
+    start, end = choose_span(edges, served, max_layers)
+    assert start in edges and end in edges
+    assert 0 <= start < end <= edges[-1]
+    need = block_need(edges, served)
+    first, last = edges.index(start), edges.index(end) - 1  # block indices inside the span
+    assert first == need.index(min(need))  # the first least covered block
+    assert all(n == min(need) for n in need[first : last + 1])
+    if max_layers is not None and last > first:
+        assert end - start <= max_layers
+    # maximal: the next block is better covered, or past the end, or would not fit
+    if last + 1 < len(need):
+        grown = edges[last + 2] - start
+        assert need[last + 1] != min(need) or (max_layers is not None and grown > max_layers)
+
+
+@settings(max_examples=200, deadline=None)
+@given(edges=block_edges(), max_layers=st.none() | st.integers(1, 10), joins=st.integers(1, 30))
+def test_successive_joins_keep_coverage_balanced(edges: list[int], max_layers: int | None, joins: int) -> None:
+    """Nodes joining one after another fill the model front to back, then add replicas evenly."""
+    served: list[tuple[int, int]] = []
+    for _ in range(joins):
+        served.append(choose_span(edges, served, max_layers))
+        need = block_need(edges, served)
+        assert max(need) - min(need) <= 1
+        assert need == sorted(need, reverse=True)  # better covered blocks come first
+    # everything is covered once there are at least as many nodes as blocks
+    if joins >= len(edges) - 1:
+        assert min(block_need(edges, served)) >= 1
