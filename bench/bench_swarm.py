@@ -96,20 +96,35 @@ def run_in_process(args: list[str]) -> dict[str, Any]:
     return result
 
 
-def bench_model(name: str, cache: Path, generations: int) -> dict[str, Any]:
+SETUPS = {"local runner": 0, "1-node swarm": 1, "2-node swarm": 2, "3-node swarm": 3}
+
+
+def bench_model(name: str, cache: Path, generations: int, rounds: int) -> dict[str, Any]:
+    """Rounds of every setup in turn, so slow drift of the machine hits all setups alike."""
     package = export(checkpoint(name, cache), "float32", cache)
     print(f"== {name}", file=sys.stderr)
-    rows = [{"setup": "local runner", **run_in_process(["--one", str(package), "0", str(generations)])}]
-    for nodes in (1, 2, 3):
-        print(f"  {nodes} node(s)", file=sys.stderr)
-        row = run_in_process(["--one", str(package), str(nodes), str(generations)])
-        rows.append({"setup": f"{nodes}-node swarm", **row})
-    return {"model": name, "rows": rows}
+    runs: dict[str, list[dict[str, Any]]] = {setup: [] for setup in SETUPS}
+    for round_ in range(rounds):
+        for setup, nodes in SETUPS.items():
+            print(f"  round {round_ + 1}: {setup}", file=sys.stderr)
+            runs[setup].append(run_in_process(["--one", str(package), str(nodes), str(generations)]))
+    rows = [{"setup": setup, **combine(results)} for setup, results in runs.items()]
+    return {"model": name, "rounds": rounds, "generations_per_round": generations, "rows": rows}
+
+
+def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median over rounds of each figure; the rounds' decode speeds kept for the record."""
+    numeric = [k for k, v in results[0].items() if isinstance(v, int | float)]
+    merged: dict[str, Any] = {k: statistics.median(r[k] for r in results) for k in numeric}
+    merged["decode_tok_s_rounds"] = [r["decode_tok_s"] for r in results]
+    merged["route"] = results[-1]["route"]
+    return merged
 
 
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}; prompt {PROMPT_LEN} tokens, {NEW_TOKENS} new, "
-             "greedy; nodes are separate processes on 127.0.0.1 with 2 threads each).", ""]  # fmt: skip
+             "greedy; nodes are separate processes on 127.0.0.1 with 2 threads each; every setup once per round, "
+             "figures are medians over rounds).", ""]  # fmt: skip
     for r in results:
         local = r["rows"][0]["decode_tok_s"]
         lines += [f"### {r['model']}", "",
@@ -128,7 +143,8 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="stories260K,tinyllama-1.1b")
-    p.add_argument("--generations", type=int, default=5)
+    p.add_argument("--generations", type=int, default=3, help="generations per setup per round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over all setups")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: PACKAGE NODES GENERATIONS
     args = p.parse_args()
@@ -137,7 +153,7 @@ def main() -> None:
         result = measure_local(package, generations) if nodes == 0 else measure_swarm(package, nodes, generations)
         print(json.dumps(result))
         return
-    results = [bench_model(m, args.cache, args.generations) for m in args.models.split(",")]
+    results = [bench_model(m, args.cache, args.generations, args.rounds) for m in args.models.split(",")]
     out = REPO / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "swarm.json").write_text(json.dumps(results, indent=2))

@@ -31,6 +31,7 @@ from swarm.transport import FAILED_NODE_KEY, failed_node, insecure_channel, stat
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
 FILE_CHUNK_BYTES = 1 << 20
 MAX_GOSSIP = 256  # addresses in one Peers reply
+INLINE_COMPUTE_BYTES = 8 << 20
 _PASSED_THROUGH = (
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -86,6 +87,9 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         self.draining = False
         # one compute thread: sessions take turns, so onnxruntime never oversubscribes the cores
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-compute")
+        # a span this small computes a step in well under a millisecond: handing it to the
+        # worker thread would cost more than it saves, so it runs on the loop itself
+        self._inline = span.weight_bytes < INLINE_COMPUTE_BYTES
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.known_peers: Callable[[], list[str]] = lambda: list(settings.peers)
 
@@ -268,7 +272,10 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         if step.position != session.length:
             raise InvalidRequest(f"step starts at position {step.position} but the session holds {session.length}")
         started = time.perf_counter()
-        output = await asyncio.get_running_loop().run_in_executor(self._compute, self._compute_step, session, step)
+        if self._inline:
+            output = self._compute_step(session, step)
+        else:
+            output = await asyncio.get_running_loop().run_in_executor(self._compute, self._compute_step, session, step)
         compute_ms = (time.perf_counter() - started) * 1000
         session.next_step += 1
         timing = pb.HopTiming(node_id=self.settings.node_id, compute_ms=compute_ms)

@@ -6,6 +6,8 @@ The async API is the real one; sync methods hand their coroutine to this loop an
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -23,22 +25,42 @@ class BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
-        """Iterate an async iterator from sync code; closing the sync iterator closes it too."""
-        done = object()
+        """Iterate an async iterator from sync code.
 
-        async def next_item() -> Any:
+        A task on the loop pulls items into a queue while the caller consumes them, so the
+        producer never waits for the consumer to ask (one thread hand-off per item, not two).
+        Closing the sync iterator early cancels the task, which closes the async iterator.
+        """
+        items: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+
+        async def pump() -> None:
             try:
-                return await agen.__anext__()
-            except StopAsyncIteration:
-                return done
+                async for item in agen:
+                    items.put((True, item))
+                items.put((False, None))
+            except BaseException as exc:  # handed to the consumer, re-raised there
+                items.put((False, exc))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            finally:
+                aclose = getattr(agen, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
+        task = asyncio.run_coroutine_threadsafe(pump(), self._loop)
         try:
-            while (item := self.run(next_item())) is not done:
+            while True:
+                more, item = items.get()
+                if not more:
+                    if item is not None and not isinstance(item, asyncio.CancelledError):
+                        raise item
+                    return
                 yield item
         finally:
-            aclose = getattr(agen, "aclose", None)
-            if aclose is not None:
-                self.run(aclose())
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    task.result(timeout=10)  # let the cancellation finish closing the iterator
 
     def close(self) -> None:
         if self._loop.is_closed():
