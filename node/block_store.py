@@ -19,7 +19,7 @@ import grpc
 
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
-from swarm.errors import InvalidPackage, PeerUnavailable
+from swarm.errors import CapacityExceeded, InvalidPackage, PeerUnavailable, SwarmError
 from swarm.package import MANIFEST_NAME, BlockEntry, FileEntry, Manifest, ModelPackage, load_package, sha256_file
 from swarm.transport import insecure_channel
 
@@ -28,11 +28,37 @@ Progress = Callable[[str, int, int], None]
 FileRef = FileEntry | BlockEntry
 
 
+class StoreError(SwarmError):
+    """The block store's folder cannot be used or written."""
+
+
+class BadPeerData(Exception):
+    """A peer's stream did not fit the request (wrong offset, too long)."""
+
+
 class BlockStore:
     def __init__(self, root: Path, limit_bytes: int) -> None:
         self.root = root
         self.limit_bytes = limit_bytes
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / ".writable"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(f"cannot use {root} as the block store: {exc.strerror or exc}") from exc
+
+    def make_room(self, package_id: str, needed: int) -> None:
+        """Evict other packages for `needed` more bytes; refuse clearly when even that is not enough."""
+        if self.size() + needed <= self.limit_bytes:
+            return
+        self.evict(keep=package_id, extra=needed)
+        if self.size() + needed > self.limit_bytes:
+            raise CapacityExceeded(
+                f"the block store {self.root} needs {needed / 2**20:.1f} MiB more, but it holds "
+                f"{self.size() / 2**20:.1f} MiB of its {self.limit_bytes / 2**20:.1f} MiB limit; "
+                "raise --cache-limit or serve fewer layers"
+            )
 
     def package_dir(self, package_id: str) -> Path:
         if not _is_package_id(package_id):
@@ -72,7 +98,7 @@ class BlockStore:
             except grpc.aio.AioRpcError as exc:
                 errors.append(f"{address}: {exc.details()}")
                 continue
-            except OSError as exc:
+            except BadPeerData as exc:
                 errors.append(f"{address}: {exc}")
                 continue
             size = part.stat().st_size if part.exists() else 0
@@ -86,13 +112,14 @@ class BlockStore:
             errors.append(f"{address}: sent data that does not match the manifest sha256")
         raise PeerUnavailable(f"could not fetch {entry.file}: " + ("; ".join(errors) or "no peer has it"))
 
-    def evict(self, keep: str) -> list[str]:
-        """Remove least recently used packages (never `keep`) until the store fits its limit."""
+    def evict(self, keep: str, extra: int = 0) -> list[str]:
+        """Remove least recently used packages (never `keep`) until the store fits its limit
+        with `extra` bytes to spare."""
         removed = []
         folders = sorted((p for p in self.root.iterdir() if p.is_dir() and _is_package_id(p.name)),
                          key=lambda p: p.stat().st_mtime)  # fmt: skip
         for folder in folders:
-            if self.size() <= self.limit_bytes:
+            if self.size() + extra <= self.limit_bytes:
                 break
             if folder.name != keep:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -121,7 +148,7 @@ async def _download(address: str, package_id: str, entry: FileRef, part: Path, p
         with part.open("ab") as out:
             async for chunk in pb_grpc.SwarmNodeStub(channel).FetchFile(request, timeout=600):
                 if chunk.offset != offset or offset + len(chunk.data) > entry.bytes:
-                    raise OSError(f"peer sent bytes at {chunk.offset}, expected {offset}")
+                    raise BadPeerData(f"sent bytes at {chunk.offset}, expected {offset}")
                 out.write(chunk.data)
                 offset += len(chunk.data)
                 progress(entry.file, offset, entry.bytes)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from node.block_store import BlockStore, FileRef
+from node.block_store import BlockStore, FileRef, StoreError
 from node.config import NodeConfig
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
@@ -113,8 +113,11 @@ async def prepare(config: NodeConfig, quiet: bool = False) -> NodeConfig:
     start, end = config.span or choose_span(edges, served, _max_layers(package, config.max_memory))
     log.info("joining model %s (%s) with layers [%d, %d)", m.name, package_id[:12], start, end)
     missing = store.missing(package, _needed_files(package, start, end))
+    store.make_room(package_id, sum(e.bytes for e in missing))
     progress = ProgressLine(quiet=quiet)
-    for entry in missing:
-        await store.fetch(package, entry, _sources(infos, package_id, entry), progress)
-    store.evict(keep=package_id)
+    try:
+        for entry in missing:
+            await store.fetch(package, entry, _sources(infos, package_id, entry), progress)
+    except OSError as exc:
+        raise StoreError(f"cannot write to the block store {store.root}: {exc.strerror or exc}") from exc
     return replace(config, model=package.root, span=(start, end), peers=tuple(dict.fromkeys([*config.peers, *peers])))

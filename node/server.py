@@ -16,6 +16,7 @@ from node.presence import Presence
 from node.servicer import NodeServicer, ServicerSettings
 from node.sessions import Limits, SessionTable
 from node.span import SpanRuntime
+from node.throughput import measure_steps_per_s
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.errors import CapacityExceeded, InvalidRequest
 from swarm.membership import PeerRecord
@@ -32,6 +33,7 @@ class RunningNode:
     servicer: NodeServicer
     port: int
     config: NodeConfig
+    speed: float = 0.0  # decode steps per second through the span, measured at start
     presence: Presence | None = None
 
     @property
@@ -75,6 +77,7 @@ async def serve(config: NodeConfig) -> AsyncIterator[RunningNode]:
         raise InvalidRequest(f"layers [{start}, {end}) are outside the model's [0, {m.num_layers})")
     options = RuntimeOptions(threads=config.threads)
     span = await asyncio.to_thread(SpanRuntime, package, start, end, options)
+    speed = await asyncio.to_thread(measure_steps_per_s, span)
     limits = _limits(config, span, m.max_context)
     message_bytes = max_message_bytes(m.architecture.hidden_size, limits.max_context)
     settings = ServicerSettings(
@@ -89,7 +92,7 @@ async def serve(config: NodeConfig) -> AsyncIterator[RunningNode]:
     pb_grpc.add_SwarmNodeServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()
-    node = RunningNode(server, servicer, port, config)
+    node = RunningNode(server, servicer, port, config, speed=speed)
     log.info("node %s serving layers [%d, %d) of %s on port %d", node.node_id, start, end, m.name, port)
     try:
         if config.mdns:
@@ -119,6 +122,7 @@ def own_record(node: RunningNode, address: str) -> PeerRecord:
         max_sessions=limits.max_sessions,
         free_memory=max(limits.memory_budget - servicer.table.memory_used, 0),
         draining=servicer.draining,
+        speed=node.speed,
     )
 
 

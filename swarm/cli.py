@@ -17,10 +17,14 @@ from swarm.textgen import SyncTextGenerator
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--local", metavar="PKG", help="run the model package PKG in this process")
-    where.add_argument("--peer", action="append", metavar="HOST:PORT", help="a swarm node (repeatable)")
-    p.add_argument("--model-id", help="package id (prefix) when the peers serve several models")
+    where.add_argument("--peer", action="append", metavar="HOST:PORT",
+                       help="a swarm node (repeatable; default: find the swarm on the local network)")  # fmt: skip
+    p.add_argument("--model-id", help="package id (prefix) when the swarm serves several models")
+    p.add_argument("--mdns-interface", action="append", default=[], metavar="IP",
+                   help="interface address to look for the swarm on (repeatable; default: all IPv4)")  # fmt: skip
+    p.add_argument("--discovery-timeout", type=float, default=5.0, help="seconds to look for the swarm")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --local (0 = one per core)")
 
 
@@ -63,7 +67,12 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
         return LocalModel(args.local, RuntimeOptions(threads=args.threads))
     from swarm.client import Swarm
 
-    return Swarm(peers=args.peer, model_id=args.model_id)
+    return Swarm(
+        peers=args.peer or (),
+        model_id=args.model_id,
+        mdns_interfaces=tuple(args.mdns_interface),
+        discovery_timeout_s=args.discovery_timeout,
+    )
 
 
 def _write_stream(pieces: Iterator[str]) -> None:

@@ -8,21 +8,25 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 
+from node.block_store import StoreError
 from node.config import NodeConfig
 from node.join import prepare
 from swarm import Swarm
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
-from swarm.errors import NoRouteError
+from swarm.discovery import SERVICE_TYPE
+from swarm.errors import CapacityExceeded, NoRouteError
 from swarm.generation import GenerationRequest
 from swarm.package import ModelPackage
 from tests.cluster import LocalCluster
-from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
+from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
+from tests.mdns_probe import browse
 
 LOOPBACK = ("127.0.0.1",)
 MDNS = {"mdns": True, "mdns_interfaces": LOOPBACK, "announce_interval_s": 0.5}
@@ -162,3 +166,77 @@ def test_cli_join_with_no_model(cluster: LocalCluster, stories_package: ModelPac
     assert "joining model stories260K" in stderr and "with layers [3, 5)" in stderr
     assert "MiB" in stderr or "head.onnx" in stderr  # the download showed progress
     assert os.path.isdir(tmp_path / stories_package.package_id)
+
+
+def test_seeder_and_two_empty_joiners_serve_the_whole_model(cluster: LocalCluster, stories_package: ModelPackage,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    seeder = start_node("--model", str(stories_package.root), "--blocks", "0:2")
+    layer_bytes = stories_package.manifest.blocks[2].bytes
+    nodes = [seeder]
+    try:
+        # the first joiner has memory for two layers, the second for the rest
+        nodes.append(start_node("--cache-dir", str(tmp_path / "j1"), "--discovery-wait", "2",
+                                "--max-memory", str(int(2.2 * layer_bytes / 0.8) + 200_000)))  # fmt: skip
+        time.sleep(1.5)  # let the first joiner's announcement reach everyone
+        nodes.append(start_node("--cache-dir", str(tmp_path / "j2"), "--discovery-wait", "2"))
+        client = subprocess.run(
+            [sys.executable, "-m", "swarm.cli", "generate", "--mdns-interface", "127.0.0.1", "--max-tokens", "40",
+             "Once upon a time"],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert client.returncode == 0, client.stderr
+        assert "Once upon a time" + client.stdout.rstrip("\n") == STORIES_REFERENCE_TEXT
+        assert "-> " in client.stderr and ":2-4" in client.stderr and ":4-5" in client.stderr  # the route used both
+    finally:
+        for proc in nodes:
+            proc.terminate()
+        for proc in nodes:
+            proc.wait(timeout=15)
+
+
+def test_an_independent_mdns_browser_reads_the_announcement(cluster: LocalCluster,
+                                                            stories_package: ModelPackage) -> None:  # fmt: skip
+    node = cluster.start(stories_package.root, (0, 2), **MDNS)
+    services = {}
+    assert wait_for(lambda: bool(services.update(browse(SERVICE_TYPE, "127.0.0.1", wait_s=0.5)) or services))
+    txt = services[f"{node.node_id}.{SERVICE_TYPE}"]
+    assert txt["id"] == node.node_id and txt["model"] == stories_package.package_id
+    assert txt["span"] == "0:2" and txt["load"] == "0/32" and txt["v"] == "1" and float(txt["speed"]) > 0
+
+
+def join_config(tmp_path: Path, **options: object) -> NodeConfig:
+    return NodeConfig(model=None, host="127.0.0.1", mdns_interfaces=LOOPBACK, discovery_wait_s=2.0,
+                      cache_dir=tmp_path / "blocks", threads=1, **options)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_damaged_or_partial_blocks_are_fetched_again(cluster: LocalCluster, stories_package: ModelPackage,
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    cluster.start(stories_package.root, (0, 2), **MDNS)
+    prepared = cluster.loop.run(prepare(join_config(tmp_path), quiet=True))
+    assert prepared.model is not None
+    block = prepared.model / "block_003.onnx"
+    good = block.read_bytes()
+    block.write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])  # altered on disk
+    head = prepared.model / "head.onnx"
+    (prepared.model / "head.onnx.part").write_bytes(head.read_bytes()[:5000])  # a transfer cut halfway
+    head.unlink()
+    again = cluster.loop.run(prepare(join_config(tmp_path), quiet=True))
+    assert again.model == prepared.model
+    assert block.read_bytes() == good
+    assert head.read_bytes() == (stories_package.root / "head.onnx").read_bytes()
+    assert not list(prepared.model.glob("*.part"))
+
+
+def test_a_full_or_unusable_cache_is_a_clear_error(cluster: LocalCluster, stories_package: ModelPackage,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    cluster.start(stories_package.root, (0, 2), **MDNS)
+    with pytest.raises(CapacityExceeded, match=r"needs .* MiB more.*raise --cache-limit"):
+        cluster.loop.run(prepare(join_config(tmp_path, cache_limit=50_000), quiet=True))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match=r"cannot use .* as the block store"):
+        cluster.loop.run(prepare(replace(join_config(tmp_path), cache_dir=blocker / "blocks"), quiet=True))
+    result = subprocess.run([*NODE_CMD, "--cache-dir", str(blocker / "blocks"), "--discovery-wait", "2"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "swarm-node: error: cannot use" in result.stderr

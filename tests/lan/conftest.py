@@ -31,12 +31,12 @@ class Host:
 
 @pytest.fixture
 def lan() -> Iterator[list[Host]]:
-    """Two hosts, 10.77.X.1 and 10.77.X.2, on a private bridge."""
+    """Three hosts, 10.77.X.1 to 10.77.X.3, on a private bridge."""
     if os.geteuid() != 0:
         raise RuntimeError("the LAN tests need root to create network namespaces (CI runs as root)")
     tag = os.getpid() % 200 + 20
     bridge = f"swbr{tag}"
-    hosts = [Host(f"swarm-{tag}-{i}", SUBNET.format(tag=tag, host=i)) for i in (1, 2)]
+    hosts = [Host(f"swarm-{tag}-{i}", SUBNET.format(tag=tag, host=i)) for i in (1, 2, 3)]
     sh("ip", "link", "add", bridge, "type", "bridge")
     try:
         sh("ip", "link", "set", bridge, "up")

@@ -1,5 +1,5 @@
-"""A swarm across two hosts: a seed node on one, a fresh node joining with no files on the other,
-and a client that finds them by mDNS alone."""
+"""A swarm across hosts: a seed node on one, a fresh node joining with no files on another, and a
+client on a third that finds them by mDNS alone."""
 
 from __future__ import annotations
 
@@ -33,12 +33,12 @@ def node(host: Host, *args: str) -> subprocess.Popen[str]:
     return proc
 
 
-def test_zero_config_swarm_across_two_hosts(lan: list[Host], stories_package: ModelPackage, tmp_path: Path) -> None:
-    first, second = lan
+def test_zero_config_swarm_across_hosts(lan: list[Host], stories_package: ModelPackage, tmp_path: Path) -> None:
+    first, second, third = lan
     procs = [node(first, "--model", str(stories_package.root), "--blocks", "0:2")]
     try:
         procs.append(node(second, "--cache-dir", str(tmp_path / "blocks"), "--discovery-wait", "10"))
-        client = subprocess.run(first.command(sys.executable, "-c", CLIENT, first.address), cwd=REPO,
+        client = subprocess.run(third.command(sys.executable, "-c", CLIENT, third.address), cwd=REPO,
                                 capture_output=True, text=True, timeout=120)  # fmt: skip
         assert client.returncode == 0, client.stderr
         result = json.loads(client.stdout)
