@@ -1,12 +1,13 @@
 """Hosts of our own: network namespaces joined by a bridge that leads nowhere else.
 
-Every test here needs root and iproute2; without them the tests fail (they are part of CI),
-they never skip.
+Every test here needs root and iproute2. In CI their absence fails the run; elsewhere the
+tests are skipped with a message saying what went untested.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,8 +33,11 @@ class Host:
 @pytest.fixture
 def lan() -> Iterator[list[Host]]:
     """Three hosts, 10.77.X.1 to 10.77.X.3, on a private bridge."""
-    if os.geteuid() != 0:
-        raise RuntimeError("the LAN tests need root to create network namespaces (CI runs as root)")
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        message = "the LAN tests need root and iproute2 to create network namespaces"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (CI runs as root; this machine cannot)")
+        pytest.skip(f"NOT TESTED: {message}; run as root to cover multi-host discovery")
     tag = os.getpid() % 200 + 20
     bridge = f"swbr{tag}"
     hosts = [Host(f"swarm-{tag}-{i}", SUBNET.format(tag=tag, host=i)) for i in (1, 2, 3)]
