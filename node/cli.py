@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     join.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", help="another node (repeatable)")
     join.add_argument("--max-memory", metavar="SIZE", help="bytes for weights + KV caches, e.g. 2GB")
     join.add_argument("--max-sessions", type=int, default=32, help="live sessions at once (default 32)")
+    join.add_argument("--max-batch", type=int, default=16, help="decode steps batched across sessions (default 16)")
     join.add_argument("--max-context", type=int, help="tokens per session (default: the model's)")
     join.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle session closes")
     join.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: one per core)")
@@ -56,6 +57,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         peers=tuple(args.peer),
         max_memory=parse_bytes(args.max_memory) if args.max_memory else None,
         max_sessions=args.max_sessions,
+        max_batch=args.max_batch,
         max_context=args.max_context,
         idle_timeout_s=args.idle_timeout,
         threads=args.threads,

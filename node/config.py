@@ -44,6 +44,7 @@ class NodeConfig:
     peers: tuple[str, ...] = ()  # host:port of other nodes
     max_memory: int | None = None  # bytes for weights + KV caches; None = weights + 1 GiB
     max_sessions: int = 32  # live sessions at once
+    max_batch: int = 16  # decode steps of different sessions run together in one pass, at most
     max_context: int | None = None  # tokens per session; None = the package's max context
     idle_timeout_s: float = 300.0  # a session with no step for this long is closed
     hop_timeout_s: float = 60.0  # the next hop must answer a step within this

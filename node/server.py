@@ -86,8 +86,10 @@ async def serve(config: NodeConfig) -> AsyncIterator[RunningNode]:
         hop_timeout_s=config.hop_timeout_s,
         max_message_bytes=message_bytes,
         peers=config.peers,
+        max_batch=config.max_batch,
     )
     servicer = NodeServicer(span, SessionTable(limits), settings)
+    servicer.steps_per_s = speed
     server = grpc.aio.server(options=channel_options(message_bytes))
     pb_grpc.add_SwarmNodeServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")

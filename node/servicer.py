@@ -14,12 +14,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
 
+from node.batcher import DecodeBatcher
 from node.sessions import NodeSession, SessionTable
-from node.span import SpanRuntime, StepOutput
+from node.span import SpanRuntime
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.errors import InvalidRequest, PeerUnavailable, SessionExpired, SwarmError
@@ -46,6 +48,7 @@ class ServicerSettings:
     hop_timeout_s: float  # the next hop must answer a step within this
     max_message_bytes: int
     peers: tuple[str, ...] = ()  # other nodes' host:port, told to anyone who asks
+    max_batch: int = 16  # single-token steps of different sessions run together, at most this many
 
 
 class HopFailed(SwarmError):
@@ -86,17 +89,19 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         self.span, self.table, self.settings = span, table, settings
         self.draining = False
         # one compute thread: sessions take turns, so onnxruntime never oversubscribes the cores
-        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-compute")
+        self._compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-compute")
         # a span this small computes a step in well under a millisecond: handing it to the
         # worker thread would cost more than it saves, so it runs on the loop itself
         self._inline = span.weight_bytes < INLINE_COMPUTE_BYTES
+        self.batcher = DecodeBatcher(span, self._compute, settings.max_batch)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.known_peers: Callable[[], list[str]] = lambda: list(settings.peers)
+        self.steps_per_s = 0.0  # measured at start by the server
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
-        self._compute.shutdown(wait=True)
+        self._compute_thread.shutdown(wait=True)
 
     # --- small RPCs ---------------------------------------------------------------------
 
@@ -118,6 +123,7 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             memory_used=self.table.memory_used,
             kv_cache_bytes=self.table.cache_bytes,
             hidden_size=m.architecture.hidden_size,
+            steps_per_s=self.steps_per_s,
         )
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:
@@ -272,10 +278,12 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         if step.position != session.length:
             raise InvalidRequest(f"step starts at position {step.position} but the session holds {session.length}")
         started = time.perf_counter()
-        if self._inline:
-            output = self._compute_step(session, step)
+        hidden = self._step_input(session, step)
+        if hidden.shape[1] == 1:
+            output = await self.batcher.step(session, hidden)
         else:
-            output = await asyncio.get_running_loop().run_in_executor(self._compute, self._compute_step, session, step)
+            sampling, logits = session.sampling, session.return_logits
+            output = await self._compute(self.span.forward, hidden, session.caches, sampling, logits)
         compute_ms = (time.perf_counter() - started) * 1000
         session.next_step += 1
         timing = pb.HopTiming(node_id=self.settings.node_id, compute_ms=compute_ms)
@@ -292,7 +300,13 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         reply.result.timings.insert(0, timing)
         return reply
 
-    def _compute_step(self, session: NodeSession, step: pb.Step) -> StepOutput:
+    async def _compute(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._inline:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._compute_thread, fn, *args)
+
+    def _step_input(self, session: NodeSession, step: pb.Step) -> np.ndarray:
+        """The step's hidden states (1, S, H), checked against the span and the session."""
         room = session.max_length - session.length
         which = step.WhichOneof("input")
         if self.span.is_first:
@@ -308,7 +322,7 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             hidden = from_wire(step.hidden, (1, None, self.span.arch.hidden_size))
             if hidden.shape[1] > room:
                 raise InvalidRequest(f"step has {hidden.shape[1]} positions; the session has room for {room}")
-        return self.span.forward(np.ascontiguousarray(hidden), session.caches, session.sampling, session.return_logits)
+        return np.ascontiguousarray(hidden)
 
 
 def _sampling(msg: pb.Sampling) -> SamplingParams:

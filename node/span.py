@@ -73,8 +73,25 @@ class SpanRuntime:
         """Run the blocks; on the last span also the head and the sampler."""
         for block, cache in zip(self.blocks, caches, strict=True):
             hidden = block.forward(hidden, cache)
+        return self._finish(hidden, [caches], [sampling], [want_logits])[0]
+
+    def forward_batch(
+        self, hidden: np.ndarray, caches: list[list[KVCache]], samplings: list[SamplingParams], want_logits: list[bool]
+    ) -> list[StepOutput]:
+        """One decode step for several sessions in one pass: `hidden` (B, 1, H), row i with `caches[i]`."""
+        for index, block in enumerate(self.blocks):
+            hidden = block.forward_batch(hidden, [session[index] for session in caches])
+        return self._finish(hidden, caches, samplings, want_logits)
+
+    def _finish(
+        self, hidden: np.ndarray, caches: list[list[KVCache]], samplings: list[SamplingParams], want_logits: list[bool]
+    ) -> list[StepOutput]:
+        """Hand the hidden states on, or (last span) apply the head and sample each row."""
         if self.head is None:
-            return StepOutput(hidden=hidden)
-        logits = self.head.forward(hidden[:, -1:, :])[0, -1]
-        token = sample(logits, sampling, position=caches[0].length)
-        return StepOutput(token=token, logits=logits if want_logits else None)
+            return [StepOutput(hidden=hidden[i : i + 1]) for i in range(hidden.shape[0])]
+        logits = self.head.forward(hidden[:, -1:, :])[:, -1]
+        outputs = []
+        for row, (session, params, want) in enumerate(zip(caches, samplings, want_logits, strict=True)):
+            token = sample(logits[row], params, position=session[0].length)
+            outputs.append(StepOutput(token=token, logits=logits[row] if want else None))
+        return outputs

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -95,6 +96,7 @@ class AsyncSwarm:
         self.manifest: Manifest | None = None
         self.package_id = ""
         self._text: TextGenerator | None = None
+        self._in_flight: dict[str, int] = {}  # node id -> this client's open sessions through it
 
     @classmethod
     async def connect(cls, peers: Sequence[str] = (), **options: Any) -> AsyncSwarm:
@@ -117,12 +119,16 @@ class AsyncSwarm:
             self._channels[address] = insecure_channel(address)
         return self._channels[address]
 
-    async def _info(self, address: str) -> pb.NodeInfo | None:
+    async def _info(self, address: str) -> tuple[pb.NodeInfo, float] | None:
+        """The peer's Info and the round trip it took, in ms."""
         stub = pb_grpc.SwarmNodeStub(self._channel(address))
         try:
-            return await stub.Info(pb.InfoRequest(), timeout=self.config.connect_timeout_s)
+            await stub.Health(pb.HealthRequest(), timeout=self.config.connect_timeout_s)  # connect first
+            started = time.perf_counter()
+            info = await stub.Info(pb.InfoRequest(), timeout=self.config.connect_timeout_s)
         except grpc.aio.AioRpcError:
             return None
+        return info, (time.perf_counter() - started) * 1000
 
     async def _peers_of(self, address: str) -> list[str]:
         stub = pb_grpc.SwarmNodeStub(self._channel(address))
@@ -149,8 +155,9 @@ class AsyncSwarm:
         found = [] if self.config.peers else await discover(self.config)
         addresses = list(dict.fromkeys([*self.config.peers, *found]))
         addresses = await self._known_addresses(addresses)
-        infos = await asyncio.gather(*(self._info(a) for a in addresses))
-        live = [(a, i) for a, i in zip(addresses, infos, strict=True) if i is not None]
+        answers = await asyncio.gather(*(self._info(a) for a in addresses))
+        live = [(a, answer[0]) for a, answer in zip(addresses, answers, strict=True) if answer is not None]
+        latency = {a: answer[1] for a, answer in zip(addresses, answers, strict=True) if answer is not None}
         if not live:
             if not addresses:
                 raise NoRouteError(
@@ -160,10 +167,11 @@ class AsyncSwarm:
             raise PeerUnavailable(f"none of the peers answered: {', '.join(addresses)}")
         package_id = self._choose_model([i for _, i in live])
         self.peers = [
-            PeerView(i.node_id, address, i.start, i.end, i.sessions, i.max_sessions)
+            PeerView(i.node_id, address, i.start, i.end, i.sessions, i.max_sessions,
+                     step_ms=1000 / i.steps_per_s if i.steps_per_s > 0 else 0.0, latency_ms=latency[address])
             for address, i in live
             if i.package_id == package_id
-        ]
+        ]  # fmt: skip
         if package_id != self.package_id:
             await self._load_model(package_id, next(a for a, i in live if i.package_id == package_id))
 
@@ -194,12 +202,17 @@ class AsyncSwarm:
         self._text = TextGenerator(manifest, codec, self._open_stepper)
 
     def route(self) -> list[PeerView]:
+        """The best route now, counting the sessions this client has in flight on each peer."""
         assert self.manifest is not None
-        return plan_route(self.peers, self.manifest.num_layers)
+        mine = self._in_flight
+        peers = [replace(p, sessions=p.sessions + mine.get(p.node_id, 0)) for p in self.peers]
+        return plan_route(peers, self.manifest.num_layers)
 
     @asynccontextmanager
     async def _open_stepper(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[RemoteSession]:
         route = self.route()
+        for peer in route:
+            self._in_flight[peer.node_id] = self._in_flight.get(peer.node_id, 0) + 1
         session = RemoteSession(
             self._channel(route[0].address),
             route,
@@ -214,6 +227,8 @@ class AsyncSwarm:
             yield session
         finally:
             await session.close()
+            for peer in route:
+                self._in_flight[peer.node_id] -= 1
 
     # the text API, forwarded to the core
     def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncIterator[str]:

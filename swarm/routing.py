@@ -21,28 +21,43 @@ class PeerView:
     end: int
     sessions: int = 0  # live sessions now
     max_sessions: int = 1
+    step_ms: float = 0.0  # measured compute for one decode step through its span; 0 = unknown
+    latency_ms: float = 0.0  # measured round trip from the client; 0 = unknown
+
+
+HOP_MS = 1.0  # fixed cost of a hop (serialisation, a network message each way) when nothing is measured
 
 
 def _load(peer: PeerView) -> float:
-    return peer.sessions / max(peer.max_sessions, 1)
+    return max(peer.sessions, 0) / max(peer.max_sessions, 1)
+
+
+def expected_ms(peer: PeerView) -> float:
+    """Expected time a step spends at `peer`: compute and hop overhead, stretched by how busy it
+    is (its sessions share its cores), plus the link."""
+    return (max(peer.step_ms, 0.0) + HOP_MS) * (1 + _load(peer)) + max(peer.latency_ms, 0.0)
 
 
 def plan_route(peers: Sequence[PeerView], num_layers: int) -> list[PeerView]:
-    """The chain from layer 0 to `num_layers` with the fewest hops, then the least loaded peers."""
-    # best[layer] = (hops, load, chain) of the best chain covering [0, layer)
-    best: dict[int, tuple[int, float, list[PeerView]]] = {0: (0, 0.0, [])}
+    """The chain from layer 0 to `num_layers` with the lowest expected step time.
+
+    Ties go to fewer hops, then to the less loaded peers, so concurrent sessions spread over
+    equal replicas.
+    """
+    # best[layer] = (expected ms, hops, load, chain) of the best chain covering [0, layer)
+    best: dict[int, tuple[float, int, float, list[PeerView]]] = {0: (0.0, 0, 0.0, [])}
     for boundary in sorted({0} | {p.start for p in peers}):
         if boundary not in best:
             continue
-        hops, load, chain = best[boundary]
+        cost, hops, load, chain = best[boundary]
         for peer in peers:
             if peer.start != boundary or peer.end > num_layers:
                 continue
-            candidate = (hops + 1, load + _load(peer), [*chain, peer])
-            if peer.end not in best or candidate[:2] < best[peer.end][:2]:
+            candidate = (cost + expected_ms(peer), hops + 1, load + _load(peer), [*chain, peer])
+            if peer.end not in best or candidate[:3] < best[peer.end][:3]:
                 best[peer.end] = candidate
     if num_layers in best:
-        return best[num_layers][2]
+        return best[num_layers][3]
     raise NoRouteError(_missing_message(peers, num_layers))
 
 

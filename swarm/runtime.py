@@ -11,6 +11,7 @@ so a decode step writes one new position in place instead of copying the cache.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,9 @@ class KVCache:
     def ortvalues(self, layer: int) -> tuple[ort.OrtValue, ort.OrtValue]:
         return self._values[layer]
 
+    def arrays(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._arrays[layer]
+
 
 class BlockRunner:
     """One ONNX block of layers [start, end)."""
@@ -96,6 +100,51 @@ class BlockRunner:
             binding.bind_ortvalue_output(f"present.{layer}.value", value)
         self._session.run_with_iobinding(binding)
         cache.length = total
+        out: np.ndarray = binding.get_outputs()[0].numpy()
+        return out
+
+    def forward_batch(self, hidden: np.ndarray, caches: Sequence[KVCache]) -> np.ndarray:
+        """One decode step for each of B sessions at once: `hidden` (B, 1, H), row i belongs to
+        `caches[i]`, whose length may differ from the others'. Each cache gains one position.
+
+        The rows' caches are gathered into one (B, n_kv, T, D) buffer per layer, the graph runs
+        once with per-row positions (GroupQueryAttention takes a length per row), and each row's
+        new key and value are written back. Reading every weight once for B tokens is what makes
+        batching pay on memory-bound devices.
+        """
+        lengths = [c.length for c in caches]
+        if any(c.length + 1 > c.capacity for c in caches):
+            raise InvalidRequest("a session in the batch has no room for another token")
+        width = max(lengths) + 1
+        rows = range(len(caches))
+        binding = self._session.io_binding()
+        binding.bind_output("hidden_states_out")
+        binding.bind_cpu_input("hidden_states", np.ascontiguousarray(hidden, dtype=np.float32))
+        binding.bind_cpu_input("position_ids", np.array(lengths, np.int64)[:, None])
+        binding.bind_cpu_input("seqlens_k", np.array(lengths, np.int32))  # per row: tokens before this step
+        binding.bind_cpu_input("total_sequence_length", np.array(width, np.int32))
+        gathered = {}
+        shape = (len(caches), self.arch.num_kv_heads, width, self.arch.cache_head_dim)
+        for layer in self.layers:
+            keys, values = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+            for i in rows:
+                k, v = caches[i].arrays(layer)
+                keys[i, :, : lengths[i]] = k[0, :, : lengths[i]]
+                values[i, :, : lengths[i]] = v[0, :, : lengths[i]]
+            key, value = ort.OrtValue.ortvalue_from_numpy(keys), ort.OrtValue.ortvalue_from_numpy(values)
+            binding.bind_ortvalue_input(f"past_key_values.{layer}.key", key)
+            binding.bind_ortvalue_input(f"past_key_values.{layer}.value", value)
+            binding.bind_ortvalue_output(f"present.{layer}.key", key)
+            binding.bind_ortvalue_output(f"present.{layer}.value", value)
+            gathered[layer] = (keys, values)
+        self._session.run_with_iobinding(binding)
+        for layer, (keys, values) in gathered.items():
+            for i in rows:
+                k, v = caches[i].arrays(layer)
+                k[0, :, lengths[i]] = keys[i, :, lengths[i]]
+                v[0, :, lengths[i]] = values[i, :, lengths[i]]
+        for cache in caches:
+            cache.length += 1
         out: np.ndarray = binding.get_outputs()[0].numpy()
         return out
 

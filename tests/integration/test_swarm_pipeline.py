@@ -63,7 +63,7 @@ def test_seeded_sampling_matches_local_runner(cluster: LocalCluster, stories_pac
 
 
 def test_eight_concurrent_sessions(cluster: LocalCluster, stories_package: ModelPackage, local: LocalModel) -> None:
-    cluster.start_chain(stories_package.root, SPANS[3])
+    nodes = cluster.start_chain(stories_package.root, SPANS[3])
     texts = ["Once upon a time", "The dog", "Lily and Ben", "One day", "A little bird", "Tom had a", "The sun",
              "Mom said"]  # fmt: skip
     all_ids = [local.codec.encode(t) for t in texts]
@@ -83,6 +83,9 @@ def test_eight_concurrent_sessions(cluster: LocalCluster, stories_package: Model
             await swarm.close()
 
     assert asyncio.run(run_all()) == expected
+    for node in nodes:  # the sessions' decode steps really ran batched
+        batcher = node.servicer.batcher
+        assert batcher.rows >= 8 * 29 and batcher.batches < batcher.rows / 2
 
 
 def test_logits_only_when_asked(cluster: LocalCluster, stories_package: ModelPackage, local: LocalModel) -> None:
@@ -123,3 +126,24 @@ def test_missing_layers_name_the_gap(cluster: LocalCluster, stories_package: Mod
     cluster.start_chain(stories_package.root, [(0, 2), (3, 5)])
     with Swarm(peers=cluster.addresses) as swarm, pytest.raises(NoRouteError, match=r"layers \[2, 3\) of 5"):
         swarm.generate("Once upon a time", max_tokens=5)
+
+
+def test_concurrent_sessions_spread_over_replicas(cluster: LocalCluster, stories_package: ModelPackage,
+                                                  local: LocalModel) -> None:  # fmt: skip
+    replicas = cluster.start_chain(stories_package.root, [(0, 5), (0, 5)])
+    expected = greedy(local, STORIES_PROMPT_IDS, 20)
+
+    async def run_all() -> list[list[int]]:
+        swarm = await AsyncSwarm.connect(cluster.addresses)
+        try:
+            request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 20, stop_on_eos=False)
+
+            async def one() -> list[int]:
+                return [t async for t in swarm.text.generate_ids(request)]
+
+            return await asyncio.gather(*(one() for _ in range(4)))
+        finally:
+            await swarm.close()
+
+    assert asyncio.run(run_all()) == [expected] * 4
+    assert [node.servicer.batcher.rows for node in replicas] == [38, 38]  # 2 sessions x 19 decode steps each

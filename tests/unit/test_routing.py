@@ -189,3 +189,31 @@ def test_route_chains_iff_a_chain_exists(case: tuple[list[PeerView], int]) -> No
     assert all(p in peers for p in route)
     load = sum(p.sessions / p.max_sessions for p in route)
     assert load == pytest.approx(min_load_among_shortest(peers, num_layers, expected_hops))
+
+
+# ---------------------------------------------------------------- expected time (measured speeds)
+
+
+def test_faster_replica_wins_over_a_slow_one() -> None:
+    slow = PeerView("slow", "s:1", 0, 5, step_ms=40.0)
+    fast = PeerView("fast", "f:1", 0, 5, step_ms=10.0)
+    assert plan_route([slow, fast], 5) == [fast]
+
+
+def test_two_fast_hops_beat_one_slow_hop() -> None:
+    phone = PeerView("phone", "p:1", 0, 4, step_ms=200.0)
+    laptop_a = PeerView("a", "a:1", 0, 2, step_ms=20.0)
+    laptop_b = PeerView("b", "b:1", 2, 4, step_ms=20.0)
+    assert plan_route([phone, laptop_a, laptop_b], 4) == [laptop_a, laptop_b]
+
+
+def test_a_far_link_counts() -> None:
+    near = PeerView("near", "n:1", 0, 3, step_ms=30.0, latency_ms=1.0)
+    far = PeerView("far", "f:1", 0, 3, step_ms=20.0, latency_ms=50.0)
+    assert plan_route([near, far], 3) == [near]
+
+
+def test_busy_replica_is_avoided_when_speeds_are_equal() -> None:
+    busy = PeerView("busy", "b:1", 0, 3, sessions=6, max_sessions=8, step_ms=10.0)
+    idle = PeerView("idle", "i:1", 0, 3, sessions=1, max_sessions=8, step_ms=10.0)
+    assert plan_route([busy, idle], 3) == [idle]
