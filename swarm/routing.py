@@ -26,6 +26,9 @@ class PeerView:
 
 
 HOP_MS = 1.0  # fixed cost of a hop (serialisation, a network message each way) when nothing is measured
+# Each session already on a node stretches a step there by this share: batched decode reads the
+# weights once for all sessions, so a neighbour costs far less than a whole step.
+SESSION_SLOWDOWN = 0.25
 
 
 def _load(peer: PeerView) -> float:
@@ -33,9 +36,10 @@ def _load(peer: PeerView) -> float:
 
 
 def expected_ms(peer: PeerView) -> float:
-    """Expected time a step spends at `peer`: compute and hop overhead, stretched by how busy it
-    is (its sessions share its cores), plus the link."""
-    return (max(peer.step_ms, 0.0) + HOP_MS) * (1 + _load(peer)) + max(peer.latency_ms, 0.0)
+    """Expected time a step spends at `peer`: compute and hop overhead, stretched by the sessions
+    it already serves, plus the link."""
+    busy = 1 + SESSION_SLOWDOWN * max(peer.sessions, 0)
+    return (max(peer.step_ms, 0.0) + HOP_MS) * busy + max(peer.latency_ms, 0.0)
 
 
 def plan_route(peers: Sequence[PeerView], num_layers: int) -> list[PeerView]:

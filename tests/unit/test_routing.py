@@ -31,9 +31,12 @@ def test_chain_of_peers_in_layer_order() -> None:
     assert names(plan_route(peers, 6)) == ["a", "b", "c"]
 
 
-def test_fewest_hops_wins_even_over_load() -> None:
+def test_without_measurements_a_hop_costs_more_than_a_neighbour_session() -> None:
+    # nothing measured: a hop costs 1 ms; each session already on a node stretches its step by a quarter
+    peers = [peer("a", 0, 2), peer("b", 2, 4), peer("whole", 0, 4, sessions=3, max_sessions=10)]
+    assert names(plan_route(peers, 4)) == ["whole"]  # 1.75 ms < 2 ms
     peers = [peer("a", 0, 2), peer("b", 2, 4), peer("whole", 0, 4, sessions=9, max_sessions=10)]
-    assert names(plan_route(peers, 4)) == ["whole"]
+    assert names(plan_route(peers, 4)) == ["a", "b"]  # 3.25 ms > 2 ms
 
 
 def test_three_hops_lose_to_two() -> None:
@@ -53,10 +56,10 @@ def test_equal_hops_prefer_less_loaded_peers() -> None:
     assert names(plan_route(peers, 4)) == ["idle_front", "idle_back"]
 
 
-def test_load_is_relative_to_max_sessions() -> None:
-    # 4 of 16 sessions (0.25) is less loaded than 1 of 2 (0.5)
+def test_sessions_count_whatever_the_capacity() -> None:
+    # a node's cores are shared by the sessions it has, however many more it would admit
     peers = [peer("small", 0, 2, sessions=1, max_sessions=2), peer("big", 0, 2, sessions=4, max_sessions=16)]
-    assert names(plan_route(peers, 2)) == ["big"]
+    assert names(plan_route(peers, 2)) == ["small"]
 
 
 def test_zero_max_sessions_does_not_divide_by_zero() -> None:
