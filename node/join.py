@@ -18,7 +18,7 @@ from node.block_store import BlockStore, FileRef, StoreError
 from node.config import NodeConfig
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
-from swarm.assignment import choose_span
+from swarm.assignment import Served, choose_span
 from swarm.client import ClientConfig, discover
 from swarm.errors import NoRouteError
 from swarm.package import ModelPackage
@@ -108,7 +108,8 @@ async def prepare(config: NodeConfig, quiet: bool = False) -> NodeConfig:
     peers = [a for a, i in infos.items() if i.package_id == package_id]
     package = await _fetch_meta(store, peers[0])
     m = package.manifest
-    served = [(i.start, i.end) for i in infos.values() if i.package_id == package_id]
+    served = [Served(i.start, i.end, 1000 / i.steps_per_s if i.steps_per_s > 0 else 0.0)
+              for i in infos.values() if i.package_id == package_id]  # fmt: skip
     edges = [b.start for b in m.blocks] + [m.num_layers]
     start, end = config.span or choose_span(edges, served, _max_layers(package, config.max_memory))
     log.info("joining model %s (%s) with layers [%d, %d)", m.name, package_id[:12], start, end)

@@ -1,13 +1,37 @@
-"""Which layers a joining node should serve. Pure functions over plain data.
+"""Which layers each node serves. Pure functions over plain data: no sockets, no clocks.
 
-The rule here is simple: cover layers nobody serves first, otherwise add a replica where the
-fewest nodes serve; take as many whole blocks of that region as the node's memory allows.
+Rules, in order: cover layers nobody serves; then relieve the bottleneck (the layers with the
+least decode capacity, where capacity sums 1/step-time over the nodes serving a layer); then add
+replicas where memory allows. A node only moves when the gain is clear and has persisted
+(hysteresis), so measurement noise cannot make spans flap.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+UNKNOWN_LAYER_MS = 1.0  # per-layer step time assumed for a node that has not measured itself
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """What assignment knows of a node."""
+
+    node_id: str
+    layer_ms: float  # measured decode-step time per layer
+    max_layers: int  # layers its memory budget holds (weights + KV for its expected sessions)
+    link_ms: float = 0.0  # round trip to the rest of the swarm
+
+
+@dataclass(frozen=True)
+class Served:
+    """A span some node serves, with that node's measured step time through it."""
+
+    start: int
+    end: int
+    step_ms: float = 0.0  # 0 = unknown
 
 
 def coverage(num_layers: int, served: Sequence[tuple[int, int]]) -> list[int]:
@@ -19,20 +43,29 @@ def coverage(num_layers: int, served: Sequence[tuple[int, int]]) -> list[int]:
     return counts
 
 
-def choose_span(
-    block_edges: Sequence[int], served: Sequence[tuple[int, int]], max_layers: int | None = None
-) -> tuple[int, int]:
-    """A span `[start, end)` on block edges for a node joining a swarm that serves `served`.
+def capacity(num_layers: int, served: Sequence[Served]) -> list[float]:
+    """Decode steps per ms each layer can take, summed over the nodes that serve it."""
+    per_layer = [0.0] * num_layers
+    for s in served:
+        step_ms = s.step_ms if s.step_ms > 0 else UNKNOWN_LAYER_MS * (s.end - s.start)
+        for layer in range(max(s.start, 0), min(s.end, num_layers)):
+            per_layer[layer] += 1.0 / step_ms
+    return per_layer
 
-    `block_edges` are the package's block boundaries, from 0 to the number of layers.
-    """
+
+def choose_span(
+    block_edges: Sequence[int], served: Sequence[tuple[int, int] | Served], max_layers: int | None = None
+) -> tuple[int, int]:
+    """A span `[start, end)` on block edges for a node joining a swarm that serves `served`:
+    the block with the least capacity (uncovered blocks have none), grown over neighbouring
+    blocks that are as poor, as far as `max_layers` allows (always at least one block)."""
     edges = list(block_edges)
-    counts = coverage(edges[-1], served)
+    spans = [s if isinstance(s, Served) else Served(*s) for s in served]
+    layer_capacity = capacity(edges[-1], spans)
     blocks = list(itertools.pairwise(edges))
-    need = [min(counts[s:e]) for s, e in blocks]  # how well each block is covered
+    need = [min(layer_capacity[s:e]) for s, e in blocks]
     first = need.index(min(need))
     last = first
-    # grow over neighbouring blocks that are as poorly covered, while the memory allows
     while (
         last + 1 < len(blocks)
         and need[last + 1] == need[first]
@@ -40,3 +73,77 @@ def choose_span(
     ):
         last += 1
     return blocks[first][0], blocks[last][1]
+
+
+def _cut(edges: Sequence[int], start: int, most: int) -> int:
+    """The furthest block edge after `start` within `most` layers, or the next edge if none fits."""
+    fitting = [e for e in edges if start < e <= start + most]
+    return fitting[-1] if fitting else min(e for e in edges if e > start)
+
+
+def plan_assignment(block_edges: Sequence[int], nodes: Sequence[NodeProfile]) -> dict[str, tuple[int, int]]:
+    """Spans for a whole swarm.
+
+    The chain that serves one session is filled from the fastest nodes down, each taking as many
+    layers as its memory holds: a decode step crosses every layer once, so a layer on a fast node
+    is time saved, and fewer hops save link time. The remaining nodes become replicas of the
+    stage with the least capacity that they can hold, so concurrent sessions find spare capacity
+    where it is scarcest. Nodes that can hold no block get nothing.
+    """
+    edges = list(block_edges)
+    num_layers, smallest = edges[-1], min(b - a for a, b in itertools.pairwise(edges))
+    fastest_first = sorted(nodes, key=lambda n: (n.layer_ms + n.link_ms / max(n.max_layers, 1), n.node_id))
+    plan: dict[str, tuple[int, int]] = {}
+    start = 0
+    spare = []
+    for node in fastest_first:
+        if start >= num_layers or node.max_layers < smallest:
+            spare.append(node)
+            continue
+        end = _cut(edges, start, node.max_layers)
+        plan[node.node_id] = (start, end)
+        start = end
+    if start < num_layers:
+        return plan  # not enough memory in the swarm: the rest stays uncovered
+    profiles = {n.node_id: n for n in nodes}
+    for node in spare:
+        if node.max_layers < smallest:
+            continue
+        served = [Served(a, b, profiles[i].layer_ms * (b - a)) for i, (a, b) in plan.items()]
+        plan[node.node_id] = choose_span(edges, served, node.max_layers)
+    return plan
+
+
+def chain_ms(block_edges: Sequence[int], nodes: Sequence[NodeProfile], plan: dict[str, tuple[int, int]]) -> float:
+    """Time of one decode step along the fastest chain of `plan` (compute + links), in ms;
+    infinite when the plan leaves layers uncovered."""
+    profiles = {n.node_id: n for n in nodes}
+    best = {0: 0.0}
+    for edge in sorted(set(block_edges)):
+        if edge not in best:
+            continue
+        for node_id, (a, b) in plan.items():
+            if a == edge:
+                cost = best[edge] + profiles[node_id].layer_ms * (b - a) + profiles[node_id].link_ms
+                best[b] = min(best.get(b, float("inf")), cost)
+    return best.get(block_edges[-1], float("inf"))
+
+
+@dataclass(frozen=True)
+class MoveAdvice:
+    """A node's running record of how much better another span would be."""
+
+    candidate: tuple[int, int] | None = None
+    streak: int = 0  # consecutive checks that favoured `candidate`
+
+
+def advise_move(
+    advice: MoveAdvice, current_ms: float, candidate: tuple[int, int], candidate_ms: float,
+    min_gain: float = 0.2, patience: int = 3,
+) -> tuple[MoveAdvice, bool]:  # fmt: skip
+    """One check of the hysteresis rule: move only after `patience` consecutive checks in which
+    the same candidate span was at least `min_gain` (a share) faster than the current one."""
+    if candidate_ms > current_ms * (1 - min_gain):
+        return MoveAdvice(), False
+    streak = advice.streak + 1 if advice.candidate == candidate else 1
+    return MoveAdvice(candidate, streak), streak >= patience

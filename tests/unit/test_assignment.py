@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm.assignment import choose_span, coverage
+from swarm.assignment import (
+    MoveAdvice,
+    NodeProfile,
+    Served,
+    advise_move,
+    capacity,
+    chain_ms,
+    choose_span,
+    coverage,
+    plan_assignment,
+)
 
 ONE_LAYER = [0, 1, 2, 3, 4, 5]  # five one-layer blocks
 TWO_LAYER = [0, 2, 4, 5]  # blocks [0,2) [2,4) [4,5)
@@ -116,9 +126,10 @@ def swarms(draw: st.DrawFn) -> tuple[list[int], list[tuple[int, int]], int | Non
     return edges, served, max_layers
 
 
-def block_need(edges: list[int], served: list[tuple[int, int]]) -> list[int]:
-    counts = coverage(edges[-1], served)
-    return [min(counts[s:e]) for s, e in pairwise(edges)]
+def block_need(edges: list[int], served: list[tuple[int, int]]) -> list[float]:
+    """Per block, the least decode capacity of its layers (nodes of unknown speed: 1 ms per layer)."""
+    layer_capacity = capacity(edges[-1], [Served(a, b) for a, b in served])
+    return [min(layer_capacity[s:e]) for s, e in pairwise(edges)]
 
 
 @settings(max_examples=500, deadline=None)
@@ -144,14 +155,68 @@ def test_span_is_on_block_edges_non_empty_and_least_covered(
 
 @settings(max_examples=200, deadline=None)
 @given(edges=block_edges(), max_layers=st.none() | st.integers(1, 10), joins=st.integers(1, 30))
-def test_successive_joins_keep_coverage_balanced(edges: list[int], max_layers: int | None, joins: int) -> None:
-    """Nodes joining one after another fill the model front to back, then add replicas evenly."""
+def test_successive_joins_raise_the_bottleneck(edges: list[int], max_layers: int | None, joins: int) -> None:
+    """Nodes joining one after another fill the model front to back, then each relieves the
+    scarcest capacity: the swarm's bottleneck never gets worse."""
     served: list[tuple[int, int]] = []
+    bottleneck = 0.0
     for _ in range(joins):
         served.append(choose_span(edges, served, max_layers))
-        need = block_need(edges, served)
-        assert max(need) - min(need) <= 1
-        assert need == sorted(need, reverse=True)  # better covered blocks come first
+        assert min(block_need(edges, served)) >= bottleneck
+        bottleneck = min(block_need(edges, served))
     # everything is covered once there are at least as many nodes as blocks
     if joins >= len(edges) - 1:
-        assert min(block_need(edges, served)) >= 1
+        assert min(block_need(edges, served)) > 0
+
+
+# ---------------------------------------------------------------- whole-swarm plans, hand-made swarms
+
+ONE_LAYER_BLOCKS = list(range(23))  # a 22-layer model, one layer per block
+
+
+def test_a_slow_phone_is_kept_out_of_the_chain() -> None:
+    laptops = [NodeProfile("laptop1", 5.0, 22), NodeProfile("laptop2", 5.0, 22)]
+    phone = NodeProfile("phone", 40.0, 22)
+    plan = plan_assignment(ONE_LAYER_BLOCKS, [phone, *laptops])
+    assert plan["laptop1"] == (0, 22)  # the fastest node holds everything it can
+    assert chain_ms(ONE_LAYER_BLOCKS, [phone, *laptops], plan) == 22 * 5.0
+
+
+def test_memory_limits_spread_the_chain_fastest_first() -> None:
+    nodes = [NodeProfile("slow", 20.0, 22), NodeProfile("fast", 2.0, 8), NodeProfile("mid", 6.0, 10)]
+    plan = plan_assignment(ONE_LAYER_BLOCKS, nodes)
+    assert plan == {"fast": (0, 8), "mid": (8, 18), "slow": (18, 22)}
+    assert chain_ms(ONE_LAYER_BLOCKS, nodes, plan) == 8 * 2.0 + 10 * 6.0 + 4 * 20.0
+
+
+def test_computed_plan_beats_the_equal_split_with_a_throttled_node() -> None:
+    nodes = [NodeProfile("a", 5.0, 22), NodeProfile("b", 5.0, 22), NodeProfile("phone", 40.0, 22)]
+    equal = {"a": (0, 8), "b": (8, 15), "phone": (15, 22)}
+    computed = plan_assignment(ONE_LAYER_BLOCKS, nodes)
+    assert chain_ms(ONE_LAYER_BLOCKS, nodes, equal) / chain_ms(ONE_LAYER_BLOCKS, nodes, computed) > 3
+
+
+def test_spare_nodes_replicate_the_scarcest_stage() -> None:
+    nodes = [NodeProfile("a", 5.0, 11), NodeProfile("b", 10.0, 11), NodeProfile("c", 10.0, 11)]
+    plan = plan_assignment(ONE_LAYER_BLOCKS, nodes)
+    assert plan["a"] == (0, 11) and plan["b"] == (11, 22)
+    assert plan["c"] == (11, 22)  # the slower stage gets the replica
+
+
+def test_not_enough_memory_leaves_layers_uncovered() -> None:
+    nodes = [NodeProfile("a", 5.0, 5), NodeProfile("b", 5.0, 5)]
+    plan = plan_assignment(ONE_LAYER_BLOCKS, nodes)
+    assert chain_ms(ONE_LAYER_BLOCKS, nodes, plan) == float("inf")
+
+
+def test_moves_need_a_clear_and_persistent_gain() -> None:
+    advice = MoveAdvice()
+    advice, move = advise_move(advice, 100.0, (0, 4), 90.0)  # 10 %: not clear
+    assert not move and advice == MoveAdvice()
+    for expected in (False, False, True):
+        advice, move = advise_move(advice, 100.0, (0, 4), 70.0)
+        assert move is expected
+    advice, move = advise_move(MoveAdvice((0, 4), 2), 100.0, (4, 8), 70.0)  # another candidate: start over
+    assert not move and advice.streak == 1
+    advice, move = advise_move(MoveAdvice((0, 4), 2), 100.0, (0, 4), 95.0)  # the gain faded: start over
+    assert not move and advice == MoveAdvice()
