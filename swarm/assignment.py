@@ -61,7 +61,10 @@ def choose_span(
     blocks that are as poor, as far as `max_layers` allows (always at least one block)."""
     edges = list(block_edges)
     spans = [s if isinstance(s, Served) else Served(*s) for s in served]
-    layer_capacity = capacity(edges[-1], spans)
+    return _scarcest_span(edges, capacity(edges[-1], spans), max_layers)
+
+
+def _scarcest_span(edges: list[int], layer_capacity: list[float], max_layers: int | None) -> tuple[int, int]:
     blocks = list(itertools.pairwise(edges))
     need = [min(layer_capacity[s:e]) for s, e in blocks]
     first = need.index(min(need))
@@ -106,11 +109,13 @@ def plan_assignment(block_edges: Sequence[int], nodes: Sequence[NodeProfile]) ->
     if start < num_layers:
         return plan  # not enough memory in the swarm: the rest stays uncovered
     profiles = {n.node_id: n for n in nodes}
+    layer_capacity = capacity(num_layers, [Served(a, b, profiles[i].layer_ms * (b - a)) for i, (a, b) in plan.items()])
     for node in spare:
         if node.max_layers < smallest:
             continue
-        served = [Served(a, b, profiles[i].layer_ms * (b - a)) for i, (a, b) in plan.items()]
-        plan[node.node_id] = choose_span(edges, served, node.max_layers)
+        a, b = plan[node.node_id] = _scarcest_span(edges, layer_capacity, node.max_layers)
+        for layer in range(a, b):
+            layer_capacity[layer] += 1.0 / (node.layer_ms * (b - a))
     return plan
 
 
