@@ -240,3 +240,20 @@ def test_a_full_or_unusable_cache_is_a_clear_error(cluster: LocalCluster, storie
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "swarm-node: error: cannot use" in result.stderr
+
+
+def test_a_joining_node_relieves_the_bottleneck_while_sessions_run(cluster: LocalCluster,
+                                                                   stories_package: ModelPackage,
+                                                                   tmp_path: Path) -> None:  # fmt: skip
+    front = cluster.start(stories_package.root, (0, 2), **MDNS)
+    back = cluster.start(stories_package.root, (2, 5), **MDNS)
+    with Swarm(peers=[front.address, back.address]) as swarm:
+        in_flight = swarm.stream("Once upon a time", max_tokens=40)
+        first = next(in_flight)
+        # three layers behind one node make [2, 5) the scarcest capacity: the newcomer replicates it
+        prepared = cluster.loop.run(prepare(join_config(tmp_path), quiet=True))
+        assert prepared.span == (2, 5)
+        joined = cluster.start(prepared.model, prepared.span, **MDNS)  # type: ignore[arg-type]
+        assert "Once upon a time" + first + "".join(in_flight) == STORIES_REFERENCE_TEXT
+    with Swarm(peers=[front.address, back.address, joined.address]) as swarm:
+        assert greedy(swarm) == STORIES_REFERENCE_IDS
