@@ -28,6 +28,7 @@ from swarm.errors import InvalidPackage, NoRouteError, PeerUnavailable, SwarmErr
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.membership import Event, PeerGone, PeerRecord, PeerSeen
 from swarm.package import Manifest
+from swarm.recovery import Bans, RecoveringSession
 from swarm.remote import RemoteSession
 from swarm.routing import PeerView, plan_route
 from swarm.textgen import SyncTextGenerator, TextGenerator
@@ -45,7 +46,11 @@ class ClientConfig:
     mdns: bool = True  # with no peers given, find the swarm on the local network
     mdns_interfaces: tuple[str, ...] = ()  # interface addresses to browse on; () = all IPv4
     discovery_timeout_s: float = 5.0  # how long to look for a complete swarm
-    step_timeout_s: float = 120.0  # a whole route must answer one step within this
+    step_timeout_s: float = 120.0  # deadline for a step before any step time was measured
+    min_step_deadline_s: float = 2.0  # later deadlines follow measured step times, never below this
+    open_deadline_s: float = 5.0  # opening a session along a route (allocating its caches) takes less
+    max_recoveries: int = 8  # reroutes one step may need before the generation fails
+    recovery_wait_s: float = 30.0  # how long to wait for the swarm to cover lost layers again
 
 
 async def discover(config: ClientConfig) -> list[str]:
@@ -97,6 +102,8 @@ class AsyncSwarm:
         self.package_id = ""
         self._text: TextGenerator | None = None
         self._in_flight: dict[str, int] = {}  # node id -> this client's open sessions through it
+        self._known: list[str] = []  # every node address learned so far
+        self.bans = Bans()
 
     @classmethod
     async def connect(cls, peers: Sequence[str] = (), **options: Any) -> AsyncSwarm:
@@ -148,13 +155,16 @@ class AsyncSwarm:
             known += frontier[: MAX_PEERS - len(known)]
         return known
 
-    async def refresh(self) -> None:
-        """Ask every known peer what it serves; learn the model from one of them."""
+    async def refresh(self, rediscover: bool = True) -> None:
+        """Ask every known peer what it serves; learn the model from one of them.
+
+        `rediscover=False` skips the mDNS wait and asks the peers already known (and theirs)."""
         if not self.config.peers and not self.config.mdns:
             raise NoRouteError("no peers given and mDNS discovery is off; pass peers=['host:port', ...]")
-        found = [] if self.config.peers else await discover(self.config)
-        addresses = list(dict.fromkeys([*self.config.peers, *found]))
+        found = await discover(self.config) if rediscover and not self.config.peers else []
+        addresses = list(dict.fromkeys([*self.config.peers, *self._known, *found]))
         addresses = await self._known_addresses(addresses)
+        self._known = list(dict.fromkeys([*self._known, *addresses]))[:MAX_PEERS]
         answers = await asyncio.gather(*(self._info(a) for a in addresses))
         live = [(a, answer[0]) for a, answer in zip(addresses, answers, strict=True) if answer is not None]
         latency = {a: answer[1] for a, answer in zip(addresses, answers, strict=True) if answer is not None}
@@ -202,33 +212,63 @@ class AsyncSwarm:
         self._text = TextGenerator(manifest, codec, self._open_stepper)
 
     def route(self) -> list[PeerView]:
-        """The best route now, counting the sessions this client has in flight on each peer."""
+        """The best route now, around banned nodes, counting this client's sessions on each peer."""
         assert self.manifest is not None
-        mine = self._in_flight
-        peers = [replace(p, sessions=p.sessions + mine.get(p.node_id, 0)) for p in self.peers]
+        mine, banned = self._in_flight, self.bans.banned(time.monotonic())
+        peers = [
+            replace(p, sessions=p.sessions + mine.get(p.node_id, 0)) for p in self.peers if p.node_id not in banned
+        ]
         return plan_route(peers, self.manifest.num_layers)
 
-    @asynccontextmanager
-    async def _open_stepper(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[RemoteSession]:
-        route = self.route()
+    async def open_session(
+        self,
+        request: GenerationRequest,
+        stats: GenerationStats,
+        route: list[PeerView] | None = None,
+        timeout_s: float | None = None,
+    ) -> RemoteSession:
+        """A session opened along `route` (default: the best now). No recovery: see RecoveringSession."""
+        route = route or self.route()
+        session = RemoteSession(self._channel(route[0].address), route, self.package_id, request.total_tokens,
+                                request.sampling, stats, self.config.step_timeout_s)  # fmt: skip
         for peer in route:
             self._in_flight[peer.node_id] = self._in_flight.get(peer.node_id, 0) + 1
-        session = RemoteSession(
-            self._channel(route[0].address),
-            route,
-            self.package_id,
-            request.total_tokens,
-            request.sampling,
-            stats,
-            self.config.step_timeout_s,
-        )
+        session.on_close = self._release
+        try:
+            await session.open(timeout_s)
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+    def _release(self, route: list[PeerView]) -> None:
+        for peer in route:
+            self._in_flight[peer.node_id] -= 1
+
+    async def unresponsive(self, addresses: Sequence[str], timeout_s: float = 1.0) -> set[str]:
+        """The addresses that do not answer a health check in time."""
+
+        async def silent(address: str) -> bool:
+            stub = pb_grpc.SwarmNodeStub(self._channel(address))
+            try:
+                await stub.Health(pb.HealthRequest(), timeout=timeout_s)
+            except grpc.aio.AioRpcError:
+                return True
+            return False
+
+        answers = await asyncio.gather(*(silent(a) for a in addresses))
+        return {a for a, quiet in zip(addresses, answers, strict=True) if quiet}
+
+    @asynccontextmanager
+    async def _open_stepper(
+        self, request: GenerationRequest, stats: GenerationStats
+    ) -> AsyncIterator[RecoveringSession]:
+        session = RecoveringSession(self, request, stats)
         try:
             await session.open()
             yield session
         finally:
             await session.close()
-            for peer in route:
-                self._in_flight[peer.node_id] -= 1
 
     # the text API, forwarded to the core
     def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncIterator[str]:

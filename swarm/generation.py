@@ -28,7 +28,8 @@ class GenerationStats:
     ttft_s: float = 0.0  # prompt submitted -> first token back
     decode_s: float = 0.0  # first token -> last token
     step_s: list[float] = field(default_factory=list)  # each decode step's latency
-    route: list[str] = field(default_factory=list)  # who ran which layers
+    route: list[str] = field(default_factory=list)  # who ran which layers (the last route, after recoveries)
+    recoveries: list[float] = field(default_factory=list)  # seconds each reroute + replay took
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -67,11 +68,17 @@ class GenerationRequest:
 
 
 async def generate_ids(
-    stepper: TokenStepper, request: GenerationRequest, eos_ids: Sequence[int], stats: GenerationStats
+    stepper: TokenStepper,
+    request: GenerationRequest,
+    eos_ids: Sequence[int],
+    stats: GenerationStats,
+    started: float | None = None,
 ) -> AsyncIterator[int]:
-    """Yield new token ids until max tokens or (if asked) an end-of-sequence token, which is yielded too."""
+    """Yield new token ids until max tokens or (if asked) an end-of-sequence token, which is yielded too.
+
+    `started` (perf_counter) is when the request began, if before the stepper was opened."""
     stats.prompt_tokens = len(request.prompt_ids)
-    started = time.perf_counter()
+    started = started or time.perf_counter()
     token = await stepper.step(request.prompt_ids, request.sampling)
     first = time.perf_counter()
     stats.ttft_s = first - started

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 import numpy as np
@@ -20,6 +20,10 @@ from swarm.tensors import from_wire
 from swarm.transport import FAILED_NODE_KEY, error_from_rpc, error_from_status
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
+
+
+class StepTimeout(PeerUnavailable):
+    """A step got no answer within its deadline: some hop of the route stalled."""
 
 
 def _sampling_message(params: SamplingParams) -> pb.Sampling:
@@ -48,6 +52,8 @@ class RemoteSession:
         self._timeout = step_timeout_s
         self._step = 0
         self.length = 0
+        self.on_close: Callable[[list[PeerView]], None] | None = None  # told once, when the session closes
+        self._closed = False
         self._call = pb_grpc.SwarmNodeStub(channel).Session()
         self._open = pb.OpenSession(
             protocol_version=PROTOCOL_VERSION,
@@ -59,17 +65,17 @@ class RemoteSession:
             return_logits=return_logits,
         )
 
-    async def open(self) -> None:
-        reply = await self._exchange(pb.SessionRequest(open=self._open))
+    async def open(self, timeout: float | None = None) -> None:
+        reply = await self._exchange(pb.SessionRequest(open=self._open), timeout)
         if reply.WhichOneof("kind") != "opened":
             raise PeerUnavailable(f"{self.route[0].address} did not open the session")
         self._stats.route = [f"{p.address}:{p.start}-{p.end}" for p in self.route]
 
-    async def step(self, ids: Sequence[int], params: SamplingParams) -> int:
+    async def step(self, ids: Sequence[int], params: SamplingParams, timeout: float | None = None) -> int:
         if params != self.sampling:
             raise InvalidRequest("sampling parameters are fixed when a session opens")
         step = pb.Step(step=self._step, position=self.length, tokens=pb.TokenIds(ids=list(ids)))
-        reply = await self._exchange(pb.SessionRequest(step=step))
+        reply = await self._exchange(pb.SessionRequest(step=step), timeout)
         if reply.WhichOneof("kind") != "result" or reply.result.step != self._step:
             raise PeerUnavailable(f"{self.route[0].address} answered out of turn")
         self._step += 1
@@ -78,17 +84,18 @@ class RemoteSession:
             self.last_logits = from_wire(reply.result.logits, (None,))
         return int(reply.result.token)
 
-    async def _exchange(self, request: pb.SessionRequest) -> pb.SessionReply:
+    async def _exchange(self, request: pb.SessionRequest, timeout: float | None = None) -> pb.SessionReply:
         first = self.route[0].address
+        timeout = timeout or self._timeout
         try:
             await self._call.write(request)
-            reply = await asyncio.wait_for(self._call.read(), self._timeout)
+            reply = await asyncio.wait_for(self._call.read(), timeout)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, first) from exc
         except asyncio.InvalidStateError:  # the node already ended the stream
             reply = grpc.aio.EOF
         except TimeoutError as exc:
-            raise PeerUnavailable(f"route through {first} did not answer within {self._timeout:.0f}s") from exc
+            raise StepTimeout(f"route through {first} did not answer within {timeout:.1f}s") from exc
         if reply is grpc.aio.EOF:
             # the stream ended without an answer: its status says why
             code, details = await self._call.code(), await self._call.details()
@@ -98,6 +105,9 @@ class RemoteSession:
         return reply
 
     async def close(self) -> None:
+        if not self._closed and self.on_close is not None:
+            self.on_close(self.route)
+        self._closed = True
         if not self._call.done():
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await self._call.done_writing()

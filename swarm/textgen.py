@@ -7,6 +7,7 @@ Sampling keywords are those of `SamplingParams`: temperature, top_k, top_p, seed
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -31,8 +32,10 @@ class TextGenerator:
     ) -> AsyncIterator[int]:
         request.check(self.manifest.max_context)
         stats = stats or GenerationStats()
+        started = time.perf_counter()  # time to first token includes opening the route
         async with self._open_stepper(request, stats) as stepper:
-            async for token in generate_ids(stepper, request, self.manifest.tokenizer.eos_token_ids, stats):
+            eos = self.manifest.tokenizer.eos_token_ids
+            async for token in generate_ids(stepper, request, eos, stats, started):
                 yield token
 
     async def stream_ids(

@@ -1,0 +1,161 @@
+"""Keeping a generation alive when nodes fail: detect, ban, reroute, replay.
+
+The client keeps every step it sent (the prompt chunk, then each token). When a hop fails or
+stalls past its deadline, the node to blame is banned for a while, a new route is planned
+around it, and the new route's nodes rebuild their KV caches by replaying those steps in the
+original chunking. The same graphs see the same inputs in the same order, so with greedy
+sampling the generation continues exactly as a fault-free run, and seeded sampling draws the
+same numbers because each draw depends only on (seed, position).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from swarm.errors import NoRouteError, PeerUnavailable, SessionExpired, SwarmError
+from swarm.generation import GenerationRequest, GenerationStats
+from swarm.remote import RemoteSession, StepTimeout
+from swarm.routing import PeerView
+from swarm.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from swarm.client import AsyncSwarm
+
+log = logging.getLogger("swarm.recovery")
+RECOVERABLE = (PeerUnavailable, SessionExpired, StepTimeout)
+
+
+@dataclass
+class Bans:
+    """Nodes to route around, each for a time that doubles with every strike (times passed in)."""
+
+    base_s: float = 2.0
+    max_s: float = 60.0
+    until: dict[str, float] = field(default_factory=dict)
+    strikes: dict[str, int] = field(default_factory=dict)
+
+    def ban(self, node_id: str, now: float) -> float:
+        self.strikes[node_id] = self.strikes.get(node_id, 0) + 1
+        length = min(self.base_s * 2 ** (self.strikes[node_id] - 1), self.max_s)
+        self.until[node_id] = now + length
+        return length
+
+    def banned(self, now: float) -> set[str]:
+        return {node for node, until in self.until.items() if until > now}
+
+
+@dataclass
+class Deadlines:
+    """Per-step deadlines that follow the measured step times: generous before anything is
+    measured, then a multiple of the typical step, never below `floor_s`."""
+
+    floor_s: float = 2.0
+    first_s: float = 60.0  # before any step was measured (loading, a long prefill)
+    multiple: float = 8.0
+    recent: list[float] = field(default_factory=list)
+
+    def observe(self, seconds: float, tokens: int) -> None:
+        self.recent = [*self.recent[-31:], seconds / max(tokens, 1)]
+
+    def for_step(self, tokens: int) -> float:
+        if not self.recent:
+            return self.first_s
+        per_token = statistics.median(self.recent)
+        return max(self.floor_s, self.multiple * per_token * max(tokens, 1))
+
+
+class RecoveringSession:
+    """A `TokenStepper` over the swarm that survives node failures."""
+
+    def __init__(self, swarm: AsyncSwarm, request: GenerationRequest, stats: GenerationStats) -> None:
+        self._swarm, self._request, self._stats = swarm, request, stats
+        self._history: list[list[int]] = []  # every step sent and answered, as sent
+        self._session: RemoteSession | None = None
+        self._deadlines = Deadlines(floor_s=swarm.config.min_step_deadline_s, first_s=swarm.config.step_timeout_s)
+
+    async def open(self) -> None:
+        self._session = await self._reopen(record_recovery=True)
+
+    async def step(self, ids: Sequence[int], params: SamplingParams) -> int:
+        attempts = 0
+        while True:
+            assert self._session is not None
+            try:
+                token = await self._timed_step(self._session, list(ids), params)
+            except RECOVERABLE as exc:
+                attempts += 1
+                if attempts > self._swarm.config.max_recoveries:
+                    raise
+                await self._recover(exc)
+                continue
+            self._history.append(list(ids))
+            return token
+
+    async def _timed_step(self, session: RemoteSession, ids: list[int], params: SamplingParams) -> int:
+        started = time.perf_counter()
+        token = await session.step(ids, params, timeout=self._deadlines.for_step(len(ids)))
+        self._deadlines.observe(time.perf_counter() - started, len(ids))
+        return token
+
+    async def _recover(self, error: SwarmError) -> None:
+        started = time.perf_counter()
+        failed = self._session
+        assert failed is not None
+        culprit = await self._culprit(error, failed.route)
+        length = self._swarm.bans.ban(culprit, time.monotonic())
+        log.warning("route failed at %s (%s); banned for %.0fs, rerouting", culprit, error, length)
+        await failed.close()
+        self._session = None
+        session = await self._reopen()
+        for chunk in self._history:  # replay in the original chunking: same graphs, same numbers
+            await self._timed_step(session, chunk, self._request.sampling)
+        self._session = session
+        self._stats.recoveries.append(time.perf_counter() - started)
+
+    async def _culprit(self, error: SwarmError, route: Sequence[PeerView]) -> str:
+        named = getattr(error, "node_id", None)
+        if named:
+            return str(named)
+        if isinstance(error, StepTimeout):  # a stall: the hop that does not answer a health check
+            silent = await self._swarm.unresponsive([p.address for p in route])
+            for peer in route:
+                if peer.address in silent:
+                    return peer.node_id
+        return route[0].node_id
+
+    async def _reopen(self, record_recovery: bool = False) -> RemoteSession:
+        """A session over a route without banned nodes, waiting (bounded) for the swarm to cover
+        every layer again; a route that fails to open gets its culprit banned and is replaced."""
+        deadline = time.monotonic() + self._swarm.config.recovery_wait_s
+        failed_at: float | None = None
+        while True:
+            try:
+                if failed_at is not None:
+                    await self._swarm.refresh(rediscover=False)
+                route = self._swarm.route()
+                session = await self._swarm.open_session(
+                    self._request, self._stats, route, self._swarm.config.open_deadline_s
+                )
+            except NoRouteError:
+                if time.monotonic() >= deadline:
+                    raise
+            except RECOVERABLE as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                self._swarm.bans.ban(await self._culprit(exc, route), time.monotonic())
+            else:
+                if record_recovery and failed_at is not None:
+                    self._stats.recoveries.append(time.perf_counter() - failed_at)
+                return session
+            failed_at = failed_at or time.perf_counter()
+            await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

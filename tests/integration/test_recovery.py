@@ -1,0 +1,148 @@
+"""A generation survives the loss of nodes: kill -9, SIGSTOP, restarts, on 127.0.0.1 with replicas."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from swarm import Swarm
+from swarm.errors import NoRouteError
+from swarm.generation import GenerationRequest, GenerationStats
+from swarm.local import LocalModel
+from swarm.package import ModelPackage
+from tests.conftest import REPO
+
+SPANS = [(0, 2), (2, 3), (3, 5)]
+PROMPT_TEXT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
+
+
+@dataclass
+class NodeProcess:
+    span: tuple[int, int]
+    package: ModelPackage
+    port: int = 0
+    proc: subprocess.Popen[str] | None = None
+    address: str = ""
+
+    def start(self) -> NodeProcess:
+        cmd = [sys.executable, "-m", "node.cli", "join", "--model", str(self.package.root), "--blocks",
+               f"{self.span[0]}:{self.span[1]}", "--host", "127.0.0.1", "--port", str(self.port), "--threads", "1",
+               "--no-mdns", "--drain-timeout", "0"]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("serving "), line
+        self.address = line.split(" at ")[1].split()[0]
+        self.port = int(self.address.rsplit(":", 1)[1])
+        return self
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def replicated(stories_package: ModelPackage) -> Iterator[list[NodeProcess]]:
+    """Two nodes for each of three spans, as separate processes."""
+    nodes = [NodeProcess(span, stories_package).start() for span in SPANS for _ in range(2)]
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+def expected(stories_package: ModelPackage) -> dict[str, list[int]]:
+    model = LocalModel(stories_package)
+    ids = model.codec.encode(PROMPT_TEXT)
+    return {"prompt": ids, "tokens": list(model.generate_ids(GenerationRequest(tuple(ids), 60, stop_on_eos=False)))}
+
+
+def on_route(nodes: list[NodeProcess], stats: GenerationStats, hop: int) -> NodeProcess:
+    address = stats.route[hop].rsplit(":", 1)[0]
+    return next(n for n in nodes if n.address == address)
+
+
+def generate_with_fault(nodes: list[NodeProcess], expected: dict[str, list[int]], hop: int, after: int,
+                        fault: signal.Signals) -> GenerationStats:  # fmt: skip
+    stats = GenerationStats()
+    with Swarm(peers=[n.address for n in nodes], min_step_deadline_s=1.0, open_deadline_s=1.0) as swarm:
+        tokens = []
+        request = GenerationRequest(tuple(expected["prompt"]), 60, stop_on_eos=False)
+        for token in swarm.generate_ids(request, stats):
+            tokens.append(token)
+            if len(tokens) == after:
+                on_route(nodes, stats, hop).signal(fault)
+    assert tokens == expected["tokens"]
+    assert len(stats.recoveries) == 1
+    return stats
+
+
+@pytest.mark.parametrize("hop, after", [(0, 1), (1, 17), (2, 40)], ids=["first", "middle", "last"])
+def test_kill_a_node_mid_decode(replicated: list[NodeProcess], expected: dict[str, list[int]], hop: int,
+                                after: int) -> None:  # fmt: skip
+    stats = generate_with_fault(replicated, expected, hop, after, signal.SIGKILL)
+    assert stats.recoveries[0] < 2.0
+
+
+@pytest.mark.parametrize("hop", [0, 1, 2])
+def test_kill_a_node_during_prefill(replicated: list[NodeProcess], expected: dict[str, list[int]], hop: int) -> None:
+    # stopped first, so the prompt is certainly in flight at this node when it dies
+    with Swarm(peers=[n.address for n in replicated], min_step_deadline_s=1.0, open_deadline_s=1.0) as swarm:
+        stats = GenerationStats()
+        first_route = swarm.swarm.route()
+        victim = next(n for n in replicated if n.address == first_route[hop].address)
+        victim.signal(signal.SIGSTOP)
+        request = GenerationRequest(tuple(expected["prompt"]), 60, stop_on_eos=False)
+        tokens = []
+        for token in swarm.generate_ids(request, stats):
+            if not tokens:
+                victim.signal(signal.SIGKILL)
+            tokens.append(token)
+    assert tokens == expected["tokens"]
+    assert len(stats.recoveries) >= 1
+
+
+def test_a_paused_node_is_routed_around(replicated: list[NodeProcess], expected: dict[str, list[int]]) -> None:
+    stats = generate_with_fault(replicated, expected, hop=1, after=10, fault=signal.SIGSTOP)
+    assert 1.0 <= stats.recoveries[0] < 4.0  # the step deadline, then the reroute
+
+
+def test_a_restarted_node_rejoins(replicated: list[NodeProcess], expected: dict[str, list[int]]) -> None:
+    first, replica = replicated[0], replicated[1]  # both serve layers [0, 2)
+    first.signal(signal.SIGKILL)
+    first.start()  # same port: it comes back
+    replica.signal(signal.SIGKILL)
+    stats = GenerationStats()
+    with Swarm(peers=[n.address for n in replicated]) as swarm:
+        tokens = list(swarm.generate_ids(GenerationRequest(tuple(expected["prompt"]), 60, stop_on_eos=False), stats))
+    assert tokens == expected["tokens"]
+    assert stats.route[0].startswith(first.address)
+
+
+def test_lost_layers_fail_clearly_after_the_wait(replicated: list[NodeProcess], expected: dict[str, list[int]]) -> None:
+    with Swarm(
+        peers=[n.address for n in replicated], min_step_deadline_s=1.0, open_deadline_s=1.0, recovery_wait_s=1.5
+    ) as swarm:
+        request = GenerationRequest(tuple(expected["prompt"]), 60, stop_on_eos=False)
+        stream = swarm.generate_ids(request)
+        next(stream)
+        for node in replicated[2:4]:  # both nodes of layers [2, 3)
+            node.signal(signal.SIGKILL)
+        with pytest.raises(NoRouteError, match=r"layers \[2, 3\)"):
+            list(stream)
