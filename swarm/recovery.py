@@ -52,22 +52,29 @@ class Bans:
 
 @dataclass
 class Deadlines:
-    """Per-step deadlines that follow the measured step times: generous before anything is
-    measured, then a multiple of the typical step, never below `floor_s`."""
+    """Per-step deadlines that follow measured step times: generous until a step of that kind
+    (one token, or a chunk) was measured, then a multiple of the typical time, never below
+    `floor_s`. Decode steps and prompt chunks are measured apart: a prompt's time per token says
+    little about a single token's, which pays for reading every weight on its own."""
 
     floor_s: float = 2.0
-    first_s: float = 60.0  # before any step was measured (loading, a long prefill)
+    first_s: float = 60.0  # before anything of the kind was measured (loading, a long prefill)
     multiple: float = 8.0
-    recent: list[float] = field(default_factory=list)
+    decode_s: list[float] = field(default_factory=list)  # recent single-token step times
+    chunk_per_token_s: list[float] = field(default_factory=list)  # recent multi-token chunks, per token
 
     def observe(self, seconds: float, tokens: int) -> None:
-        self.recent = [*self.recent[-31:], seconds / max(tokens, 1)]
+        if tokens == 1:
+            self.decode_s = [*self.decode_s[-31:], seconds]
+        else:
+            self.chunk_per_token_s = [*self.chunk_per_token_s[-7:], seconds / tokens]
 
     def for_step(self, tokens: int) -> float:
-        if not self.recent:
+        history = self.decode_s if tokens == 1 else self.chunk_per_token_s
+        if not history:
             return self.first_s
-        per_token = statistics.median(self.recent)
-        return max(self.floor_s, self.multiple * per_token * max(tokens, 1))
+        typical = statistics.median(history) * (1 if tokens == 1 else tokens)
+        return max(self.floor_s, self.multiple * typical)
 
 
 class RecoveringSession:

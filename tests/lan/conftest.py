@@ -25,6 +25,10 @@ def sh(*args: str) -> None:
 class Host:
     namespace: str
     address: str
+    link: str  # the bridge side of its veth: set it down to cut the host off
+
+    def cut(self) -> None:
+        sh("ip", "link", "set", self.link, "down")
 
     def command(self, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.namespace, *args]
@@ -40,7 +44,7 @@ def lan() -> Iterator[list[Host]]:
         pytest.skip(f"NOT TESTED: {message}; run as root to cover multi-host discovery")
     tag = os.getpid() % 200 + 20
     bridge = f"swbr{tag}"
-    hosts = [Host(f"swarm-{tag}-{i}", SUBNET.format(tag=tag, host=i)) for i in (1, 2, 3)]
+    hosts = [Host(f"swarm-{tag}-{i}", SUBNET.format(tag=tag, host=i), f"sw{tag}b{i}") for i in (1, 2, 3)]
     sh("ip", "link", "add", bridge, "type", "bridge")
     try:
         sh("ip", "link", "set", bridge, "up")

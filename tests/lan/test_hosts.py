@@ -50,3 +50,49 @@ def test_zero_config_swarm_across_hosts(lan: list[Host], stories_package: ModelP
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=20)
+
+
+RECOVERING_CLIENT = """
+import json, sys
+from swarm import Swarm
+from swarm.generation import GenerationRequest, GenerationStats
+peers = sys.argv[1:]
+with Swarm(peers=peers, min_step_deadline_s=1.0, open_deadline_s=1.0) as swarm:
+    stats = GenerationStats()
+    ids = []
+    for token in swarm.generate_ids(GenerationRequest((1, 403, 407, 261, 378), 40), stats):
+        ids.append(token)
+        if len(ids) == 10:
+            print("cut", flush=True)
+            input()  # the test cuts the link, then lets us go on
+print(json.dumps({"ids": ids, "route": stats.route, "recoveries": stats.recoveries}))
+"""
+
+
+def test_a_generation_survives_a_cut_link(lan: list[Host], stories_package: ModelPackage) -> None:
+    first, second, third = lan
+    model = ["--model", str(stories_package.root), "--no-mdns", "--port", "7001"]
+    procs = [node(first, *model, "--blocks", "0:2"), node(second, *model, "--blocks", "2:5")]
+    addresses = [f"{host.address}:7001" for host in lan]
+    try:
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        command = first.command(sys.executable, "-c", RECOVERING_CLIENT, *addresses)
+        client = subprocess.Popen(command, cwd=REPO, text=True, **pipes)  # type: ignore[call-overload]
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "cut", client.stderr.read() if client.stderr else ""
+        procs.append(node(third, *model, "--blocks", "2:5"))  # a replica appears; then the route's node is cut off
+        second.cut()
+        out, err = client.communicate("\n", timeout=60)
+        assert client.returncode == 0, err
+        result = json.loads(out)
+        assert result["ids"] == STORIES_REFERENCE_IDS
+        assert len(result["recoveries"]) == 1
+        assert [hop.rsplit(":", 2)[0] for hop in result["route"]] == [first.address, third.address]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
