@@ -8,6 +8,7 @@ session never waits for company. Prompt prefills and lone steps take the ordinar
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -27,26 +28,53 @@ class _Waiting:
 
 
 class DecodeBatcher:
-    def __init__(self, span: SpanRuntime, run: Runner, max_batch: int = 16) -> None:
+    """`live_sessions` tells how many sessions could join a pass: when steps of several sessions
+    are in flight, a pass waits a moment (a small share of a pass, at most `max_wait_s`) for the
+    others to arrive instead of running the first one alone."""
+
+    def __init__(
+        self, span: SpanRuntime, run: Runner, live_sessions: Callable[[], int], max_batch: int = 16,
+        max_wait_s: float = 0.005,
+    ) -> None:  # fmt: skip
         self._span, self._run, self._max_batch = span, run, max_batch
+        self._live_sessions, self._max_wait_s = live_sessions, max_wait_s
         self._queue: list[_Waiting] = []
+        self._arrived = asyncio.Event()
         self._draining: asyncio.Task[None] | None = None
+        self._last_pass_s = 0.0
         self.batches = 0  # passes run, and rows in them: for stats and tests
         self.rows = 0
 
     async def step(self, session: NodeSession, hidden: np.ndarray) -> StepOutput:
         done: asyncio.Future[StepOutput] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(session, hidden, done))
+        self._arrived.set()
         if self._draining is None or self._draining.done():
             self._draining = asyncio.get_running_loop().create_task(self._drain())
         return await done
 
+    async def _gather(self) -> None:
+        """Wait (briefly) until every live session's step is queued."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(self._max_wait_s, self._last_pass_s / 4)
+        while len(self._queue) < min(self._live_sessions(), self._max_batch):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
     async def _drain(self) -> None:
         while self._queue:
+            await self._gather()
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             batch = [w for w in batch if not w.done.cancelled()]  # its client went away meanwhile
             if not batch:
                 continue
+            started = time.perf_counter()
             try:
                 outputs = await self._pass(batch)
             except Exception as exc:  # the whole pass failed: every step in it gets the error
@@ -54,6 +82,7 @@ class DecodeBatcher:
                     if not waiting.done.done():
                         waiting.done.set_exception(exc)
                 continue
+            self._last_pass_s = time.perf_counter() - started
             for waiting, output in zip(batch, outputs, strict=True):
                 if not waiting.done.done():
                     waiting.done.set_result(output)

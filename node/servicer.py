@@ -93,7 +93,7 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         # a span this small computes a step in well under a millisecond: handing it to the
         # worker thread would cost more than it saves, so it runs on the loop itself
         self._inline = span.weight_bytes < INLINE_COMPUTE_BYTES
-        self.batcher = DecodeBatcher(span, self._compute, settings.max_batch)
+        self.batcher = DecodeBatcher(span, self._compute, lambda: len(table.sessions), settings.max_batch)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.known_peers: Callable[[], list[str]] = lambda: list(settings.peers)
         self.steps_per_s = 0.0  # measured at start by the server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -124,8 +125,11 @@ def test_one_peer_is_enough_to_find_the_rest(cluster: LocalCluster, stories_pack
 
 def test_missing_layers_name_the_gap(cluster: LocalCluster, stories_package: ModelPackage) -> None:
     cluster.start_chain(stories_package.root, [(0, 2), (3, 5)])
-    with Swarm(peers=cluster.addresses) as swarm, pytest.raises(NoRouteError, match=r"layers \[2, 3\) of 5"):
-        swarm.generate("Once upon a time", max_tokens=5)
+    with Swarm(peers=cluster.addresses, recovery_wait_s=0.5) as swarm:
+        started = time.monotonic()
+        with pytest.raises(NoRouteError, match=r"layers \[2, 3\) of 5"):
+            swarm.generate("Once upon a time", max_tokens=5)
+        assert 0.5 <= time.monotonic() - started < 5  # it waited for the swarm to fill the gap, then gave up
 
 
 def test_concurrent_sessions_spread_over_replicas(cluster: LocalCluster, stories_package: ModelPackage,
