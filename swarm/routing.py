@@ -26,9 +26,11 @@ class PeerView:
 
 
 HOP_MS = 1.0  # fixed cost of a hop (serialisation, a network message each way) when nothing is measured
-# Each session already on a node stretches a step there by this share: batched decode reads the
-# weights once for all sessions, so a neighbour costs far less than a whole step.
+# Each session already on a node stretches a step there by a share of the step (batched decode
+# reads the weights once for all sessions, so a neighbour costs far less than a whole step) plus
+# the handling of its messages, which batching does not share.
 SESSION_SLOWDOWN = 0.25
+SESSION_MS = 0.5
 
 
 def _load(peer: PeerView) -> float:
@@ -38,8 +40,9 @@ def _load(peer: PeerView) -> float:
 def expected_ms(peer: PeerView) -> float:
     """Expected time a step spends at `peer`: compute and hop overhead, stretched by the sessions
     it already serves, plus the link."""
-    busy = 1 + SESSION_SLOWDOWN * max(peer.sessions, 0)
-    return (max(peer.step_ms, 0.0) + HOP_MS) * busy + max(peer.latency_ms, 0.0)
+    step_ms = max(peer.step_ms, 0.0)
+    neighbours = max(peer.sessions, 0) * (SESSION_SLOWDOWN * step_ms + SESSION_MS)
+    return step_ms + HOP_MS + neighbours + max(peer.latency_ms, 0.0)
 
 
 def plan_route(peers: Sequence[PeerView], num_layers: int) -> list[PeerView]:
