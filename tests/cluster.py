@@ -23,7 +23,8 @@ class LocalCluster:
 
     def start(self, model: Path, span: tuple[int, int] | None = None, **options: Any) -> RunningNode:
         options.setdefault("mdns", False)  # tests that want discovery turn it on, on 127.0.0.1 only
-        config = NodeConfig(model=model, span=span, host="127.0.0.1", port=0, threads=1, **options)
+        options.setdefault("threads", 1)
+        config = NodeConfig(model=model, span=span, host="127.0.0.1", port=0, **options)
 
         async def enter() -> RunningNode:
             return await self._stack.enter_async_context(serve(config))
