@@ -27,16 +27,22 @@ class BackgroundLoop:
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """Iterate an async iterator from sync code.
 
-        A task on the loop pulls items into a queue while the caller consumes them, so the
-        producer never waits for the consumer to ask (one thread hand-off per item, not two).
-        Closing the sync iterator early cancels the task, which closes the async iterator.
+        A task on the loop pulls items into a queue while the caller consumes them, at most
+        `ahead` items ahead of the caller: the next item is being made while the caller handles
+        this one, but a caller that stops reading stops the producer too. Closing the sync
+        iterator early cancels the task, which closes the async iterator.
         """
         items: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        ahead = 2
+        room: asyncio.Semaphore | None = None
 
         async def pump() -> None:
+            nonlocal room
+            room = asyncio.Semaphore(ahead)
             try:
                 async for item in agen:
                     items.put((True, item))
+                    await room.acquire()
                 items.put((False, None))
             except BaseException as exc:  # handed to the consumer, re-raised there
                 items.put((False, exc))
@@ -56,6 +62,8 @@ class BackgroundLoop:
                         raise item
                     return
                 yield item
+                if room is not None:
+                    self._loop.call_soon_threadsafe(room.release)
         finally:
             if not task.done():
                 task.cancel()
