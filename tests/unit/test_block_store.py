@@ -363,14 +363,14 @@ def test_fetch_reports_every_failed_source(
     rpc_error = grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "no file")
     peers = FakePeers(
         {"a:1": data, "b:2": data, "c:3": corrupt(data)},
-        fail_after={"a:1": (0, rpc_error), "b:2": (10, OSError("peer sent bytes at 7, expected 10"))},
+        fail_after={"a:1": (0, rpc_error), "b:2": (10, block_store.BadPeerData("sent bytes at 7, expected 10"))},
     )
     monkeypatch.setattr(block_store, "_download", peers.download)
     with pytest.raises(PeerUnavailable) as caught:
         fetch(store, saved, block, ["a:1", "b:2", "c:3"], peers)
     message = str(caught.value)
     assert "a:1: no file" in message
-    assert "b:2: peer sent bytes at 7" in message
+    assert "b:2: sent bytes at 7" in message
     assert "c:3: sent data that does not match" in message
     assert [(c[0], c[3]) for c in peers.calls] == [("a:1", 0), ("b:2", 0), ("c:3", 10)]
     assert not saved.path(block.file).exists()
