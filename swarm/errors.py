@@ -30,6 +30,11 @@ class PeerUnavailable(SwarmError):
     """A peer could not be reached or stopped answering."""
 
 
+class StaleRoute(PeerUnavailable):
+    """The route names a node or span that is not there any more (a node restarted, moved or
+    was replaced): refresh the view of the swarm and plan again."""
+
+
 class SessionExpired(SwarmError):
     """The session is unknown to the peer: closed, timed out, or never opened."""
 

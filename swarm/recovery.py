@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from swarm.errors import NoRouteError, PeerUnavailable, SessionExpired, SwarmError
+from swarm.errors import NoRouteError, PeerUnavailable, SessionExpired, StaleRoute, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.remote import RemoteSession, StepTimeout
 from swarm.routing import PeerView
@@ -114,9 +114,12 @@ class RecoveringSession:
         started = time.perf_counter()
         failed = self._session
         assert failed is not None
-        culprit = await self._culprit(error, failed.route)
-        length = self._swarm.bans.ban(culprit, time.monotonic())
-        log.warning("route failed at %s (%s); banned for %.0fs, rerouting", culprit, error, length)
+        if isinstance(error, StaleRoute):  # our view of the swarm is old: nobody to blame
+            log.info("route is stale (%s); refreshing", error)
+        else:
+            culprit = await self._culprit(error, failed.route)
+            length = self._swarm.bans.ban(culprit, time.monotonic())
+            log.warning("route failed at %s (%s); banned for %.0fs, rerouting", culprit, error, length)
         await failed.close()
         self._session = None
         session = await self._reopen()
@@ -155,7 +158,8 @@ class RecoveringSession:
             except RECOVERABLE as exc:
                 if time.monotonic() >= deadline:
                     raise
-                self._swarm.bans.ban(await self._culprit(exc, route), time.monotonic())
+                if not isinstance(exc, StaleRoute):
+                    self._swarm.bans.ban(await self._culprit(exc, route), time.monotonic())
             else:
                 if record_recovery and failed_at is not None:
                     self._stats.recoveries.append(time.perf_counter() - failed_at)

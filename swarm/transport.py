@@ -9,6 +9,7 @@ from swarm.errors import (
     InvalidRequest,
     PeerUnavailable,
     SessionExpired,
+    StaleRoute,
     SwarmError,
 )
 
@@ -33,6 +34,7 @@ def insecure_channel(address: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_
 
 
 _STATUS_FOR_ERROR: list[tuple[type[SwarmError], grpc.StatusCode]] = [
+    (StaleRoute, grpc.StatusCode.FAILED_PRECONDITION),  # before PeerUnavailable, its parent
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (CapacityExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (SessionExpired, grpc.StatusCode.NOT_FOUND),
@@ -66,6 +68,8 @@ def error_from_status(code: grpc.StatusCode, details: str, peer: str, node_id: s
         return CapacityExceeded(f"{peer} is out of capacity: {details}")
     if code == grpc.StatusCode.NOT_FOUND:
         return SessionExpired(f"{peer}: {details}")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return StaleRoute(f"{peer}: {details}")
     failed = PeerUnavailable(f"{peer} failed ({code.name}): {details}")
     failed.node_id = node_id  # type: ignore[attr-defined]
     return failed

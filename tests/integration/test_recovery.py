@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -125,13 +126,14 @@ def test_a_paused_node_is_routed_around(replicated: list[NodeProcess], expected:
 
 def test_a_restarted_node_rejoins(replicated: list[NodeProcess], expected: dict[str, list[int]]) -> None:
     first, replica = replicated[0], replicated[1]  # both serve layers [0, 2)
-    first.signal(signal.SIGKILL)
-    first.start()  # same port: it comes back
-    replica.signal(signal.SIGKILL)
-    stats = GenerationStats()
-    with Swarm(peers=[n.address for n in replicated]) as swarm:
-        tokens = list(swarm.generate_ids(GenerationRequest(tuple(expected["prompt"]), 60, stop_on_eos=False), stats))
-    assert tokens == expected["tokens"]
+    request = GenerationRequest(tuple(expected["prompt"]), 60, stop_on_eos=False)
+    with Swarm(peers=[n.address for n in replicated], min_step_deadline_s=1.0, open_deadline_s=1.0) as swarm:
+        assert list(swarm.generate_ids(request)) == expected["tokens"]
+        first.signal(signal.SIGKILL)
+        first.start()  # same port, new node id: the client's view of the swarm is now stale
+        replica.signal(signal.SIGKILL)
+        stats = GenerationStats()
+        assert list(swarm.generate_ids(request, stats)) == expected["tokens"]
     assert stats.route[0].startswith(first.address)
 
 
@@ -146,3 +148,29 @@ def test_lost_layers_fail_clearly_after_the_wait(replicated: list[NodeProcess], 
             node.signal(signal.SIGKILL)
         with pytest.raises(NoRouteError, match=r"layers \[2, 3\)"):
             list(stream)
+
+
+def live_sessions(address: str) -> int:
+    import asyncio
+
+    import grpc
+
+    from swarm._proto import swarm_pb2 as pb
+    from swarm._proto import swarm_pb2_grpc as pb_grpc
+
+    async def ask() -> int:
+        async with grpc.aio.insecure_channel(address) as channel:
+            info = await pb_grpc.SwarmNodeStub(channel).Info(pb.InfoRequest(), timeout=2)
+            return int(info.sessions)
+
+    return asyncio.run(ask())
+
+
+def test_nothing_leaks_on_the_old_route(replicated: list[NodeProcess], expected: dict[str, list[int]]) -> None:
+    generate_with_fault(replicated, expected, hop=1, after=20, fault=signal.SIGKILL)
+    survivors = [n for n in replicated if n.proc is not None and n.proc.poll() is None]
+    assert len(survivors) == 5
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(live_sessions(n.address) for n in survivors):
+        time.sleep(0.1)
+    assert [live_sessions(n.address) for n in survivors] == [0] * 5
