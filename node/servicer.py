@@ -24,7 +24,7 @@ from node.sessions import NodeSession, SessionTable
 from node.span import SpanRuntime
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
-from swarm.errors import InvalidRequest, PeerUnavailable, SessionExpired, SwarmError
+from swarm.errors import InvalidRequest, PeerUnavailable, SessionExpired, StaleRoute, SwarmError
 from swarm.package import MANIFEST_NAME
 from swarm.sampling import SamplingParams
 from swarm.tensors import from_wire, to_wire
@@ -233,11 +233,8 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         if not route or len(route) > self.span.arch.num_layers:
             raise InvalidRequest(f"route must have 1 to {self.span.arch.num_layers} hops, got {len(route)}")
         me = route[0]
-        if (me.start, me.end) != (self.span.start, self.span.end) or me.node_id not in (
-            "",
-            self.settings.node_id,
-        ):
-            raise InvalidRequest(
+        if (me.start, me.end) != (self.span.start, self.span.end) or me.node_id not in ("", self.settings.node_id):
+            raise StaleRoute(
                 f"route sends layers [{me.start}, {me.end}) of node {me.node_id or '?'} here; this node is "
                 f"{self.settings.node_id} with layers [{self.span.start}, {self.span.end})"
             )
