@@ -51,7 +51,8 @@ class BackgroundLoop:
             finally:
                 aclose = getattr(agen, "aclose", None)
                 if aclose is not None:
-                    await aclose()
+                    with contextlib.suppress(RuntimeError):  # already closed or closing: nothing to do
+                        await aclose()
 
         task = asyncio.run_coroutine_threadsafe(pump(), self._loop)
         try:
