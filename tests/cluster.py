@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,3 @@ class LocalCluster:
             self.loop.run(close())
         finally:
             self.loop.close()
-
-
-def config_for(model: Path, **options: Any) -> NodeConfig:
-    return replace(NodeConfig(model=model), **options)

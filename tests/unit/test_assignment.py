@@ -19,6 +19,7 @@ from swarm.assignment import (
     coverage,
     plan_assignment,
 )
+from tests.strategies import block_edges
 
 ONE_LAYER = [0, 1, 2, 3, 4, 5]  # five one-layer blocks
 TWO_LAYER = [0, 2, 4, 5]  # blocks [0,2) [2,4) [4,5)
@@ -106,15 +107,6 @@ def test_served_spans_outside_the_model_are_ignored() -> None:
 
 
 # ---------------------------------------------------------------- properties
-
-
-@st.composite
-def block_edges(draw: st.DrawFn) -> list[int]:
-    sizes = draw(st.lists(st.integers(1, 4), min_size=1, max_size=12))
-    edges = [0]
-    for size in sizes:
-        edges.append(edges[-1] + size)
-    return edges
 
 
 @st.composite

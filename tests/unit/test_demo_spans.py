@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarm.demo import split_spans
+from tests.strategies import block_edges
 
 
 def check_spans(spans: list[tuple[int, int]], edges: Sequence[int], nodes: int) -> None:
@@ -75,15 +76,6 @@ def test_as_many_spans_as_nodes_when_blocks_allow(nodes: int) -> None:
 
 def test_single_block() -> None:
     assert split_spans([0, 8], 4) == [(0, 8)]
-
-
-@st.composite
-def block_edges(draw: st.DrawFn) -> list[int]:
-    sizes = draw(st.lists(st.integers(1, 4), min_size=1, max_size=12))
-    edges = [0]
-    for size in sizes:
-        edges.append(edges[-1] + size)
-    return edges
 
 
 @settings(max_examples=300, deadline=None)
