@@ -36,6 +36,7 @@ from swarm.assignment import NodeProfile, plan_assignment  # noqa: E402
 from swarm.client import AsyncSwarm  # noqa: E402
 from swarm.demo import split_spans  # noqa: E402
 from swarm.generation import GenerationRequest  # noqa: E402
+from swarm.keys import SWARM_KEY_ENV, SwarmKey  # noqa: E402
 from swarm.package import load_package  # noqa: E402
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
@@ -192,6 +193,8 @@ def main() -> None:
     p.add_argument("--max-layers", type=int, default=12)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = p.parse_args()
+    # a swarm key for this run, in the environment every node process and client reads
+    os.environ.setdefault(SWARM_KEY_ENV, SwarmKey.generate().join_code)
     result = bench(args.model, args.cache, args.max_layers)
     print(result)
     command = ("python bench/bench_balance.py " + " ".join(sys.argv[1:])).strip()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from bench.bench_local import checkpoint, export  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 from swarm.demo import NodeProcesses, split_spans  # noqa: E402
 from swarm.generation import GenerationRequest, GenerationStats  # noqa: E402
+from swarm.keys import SWARM_KEY_ENV, SwarmKey, load_swarm_key  # noqa: E402
 from swarm.package import load_package  # noqa: E402
 from swarm.textgen import SyncTextGenerator  # noqa: E402
 
@@ -85,7 +87,7 @@ def measure_swarm(package: Path, nodes: int, generations: int) -> dict[str, Any]
 
     manifest = load_package(package).manifest
     spans = split_spans([b.start for b in manifest.blocks] + [manifest.num_layers], nodes)
-    with NodeProcesses(package, spans, threads=2) as procs, Swarm(peers=procs.addresses) as swarm:
+    with NodeProcesses(package, spans, load_swarm_key(None), threads=2) as procs, Swarm(peers=procs.addresses) as swarm:
         return measure(swarm, manifest.architecture.vocab_size, generations)
 
 
@@ -148,6 +150,8 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: PACKAGE NODES GENERATIONS
     args = p.parse_args()
+    # a swarm key for this run, in the environment every node process and client reads
+    os.environ.setdefault(SWARM_KEY_ENV, SwarmKey.generate().join_code)
     if args.one:
         package, nodes, generations = Path(args.one[0]), int(args.one[1]), int(args.one[2])
         result = measure_local(package, generations) if nodes == 0 else measure_swarm(package, nodes, generations)

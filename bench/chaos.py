@@ -31,6 +31,7 @@ from bench.bench_local import STORIES, export  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 from swarm import LocalModel, Swarm  # noqa: E402
 from swarm.generation import GenerationRequest, GenerationStats  # noqa: E402
+from swarm.keys import SWARM_KEY_ENV, SwarmKey  # noqa: E402
 
 SPANS = [(0, 2), (2, 3), (3, 5)]
 PROMPTS = ["Once upon a time", "The little dog", "Lily and Ben", "One day, a bird", "Tom had a big red"]
@@ -152,6 +153,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = p.parse_args()
+    # a swarm key for this run, in the environment every node process and client reads
+    os.environ.setdefault(SWARM_KEY_ENV, SwarmKey.generate().join_code)
     result = run(args.generations, args.seed, args.cache)
     print(result)
     command = ("python bench/chaos.py " + " ".join(sys.argv[1:])).strip()

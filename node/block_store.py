@@ -19,9 +19,10 @@ import grpc
 
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
+from swarm.auth import Credentials
 from swarm.errors import CapacityExceeded, InvalidPackage, PeerUnavailable, SwarmError
 from swarm.package import MANIFEST_NAME, BlockEntry, FileEntry, Manifest, ModelPackage, load_package, sha256_file
-from swarm.transport import insecure_channel
+from swarm.transport import checked_stream, insecure_channel
 
 log = logging.getLogger("swarm.node")
 Progress = Callable[[str, int, int], None]
@@ -30,6 +31,11 @@ FileRef = FileEntry | BlockEntry
 
 class StoreError(SwarmError):
     """The block store's folder cannot be used or written."""
+
+
+class DownloadPaused(SwarmError):
+    """The caller's `allowed()` said stop (e.g. a metered network): the `.part` file stays and the
+    next fetch resumes from its size, so no byte already written is fetched again."""
 
 
 class BadPeerData(Exception):
@@ -87,18 +93,26 @@ class BlockStore:
     def missing(self, package: ModelPackage, entries: Sequence[FileRef]) -> list[FileRef]:
         return [e for e in entries if not _complete(package.path(e.file), e)]
 
-    async def fetch(self, package: ModelPackage, entry: FileRef, sources: Sequence[str], progress: Progress) -> None:
-        """Download one file from the first source that has it, resuming a partial download."""
+    async def fetch(self, package: ModelPackage, entry: FileRef, sources: Sequence[str], progress: Progress,
+                    credentials: Credentials | None = None,
+                    allowed: Callable[[], bool] | None = None) -> None:  # fmt: skip
+        """Download one file from the first source that has it, resuming a partial download.
+        `allowed()` is asked before and after every chunk; False raises DownloadPaused."""
         target = package.path(entry.file)
         part = target.with_name(target.name + ".part")
         errors = []
+        if allowed is not None:
+            progress = _pausable(progress, allowed)
+            progress(entry.file, part.stat().st_size if part.exists() else 0, entry.bytes)
         for address in sources:
             try:
-                await _download(address, package.package_id, entry, part, progress)
+                await _download(address, package.package_id, entry, part, progress, credentials)
+            except DownloadPaused:
+                raise
             except grpc.aio.AioRpcError as exc:
                 errors.append(f"{address}: {exc.details()}")
                 continue
-            except BadPeerData as exc:
+            except (BadPeerData, SwarmError) as exc:  # incl. a peer failing authentication
                 errors.append(f"{address}: {exc}")
                 continue
             size = part.stat().st_size if part.exists() else 0
@@ -134,19 +148,38 @@ def _is_package_id(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
+def _pausable(progress: Progress, allowed: Callable[[], bool]) -> Progress:
+    """`progress` that stops the download (after the chunk just written) when `allowed()` says so."""
+
+    def report(name: str, done: int, total: int) -> None:
+        progress(name, done, total)
+        if done < total and not allowed():  # a complete file is checked and kept, not paused
+            raise DownloadPaused(f"download of {name} paused at {done} of {total} bytes")
+
+    return report
+
+
 def _complete(path: Path, entry: FileRef) -> bool:
     return path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256
 
 
-async def _download(address: str, package_id: str, entry: FileRef, part: Path, progress: Progress) -> None:
+async def _download(address: str, package_id: str, entry: FileRef, part: Path, progress: Progress,
+                    credentials: Credentials | None) -> None:  # fmt: skip
     offset = part.stat().st_size if part.exists() else 0
     if offset > entry.bytes:
         part.unlink()
         offset = 0
     async with insecure_channel(address) as channel:
         request = pb.FetchFileRequest(package_id=package_id, file=entry.file, offset=offset)
+        stub = pb_grpc.SwarmNodeStub(channel)
+        if credentials is None:
+            call = stub.FetchFile(request, timeout=600)
+        else:
+            metadata, transcript = credentials.call("FetchFile")
+            call = stub.FetchFile(request, metadata=metadata, timeout=600)
+            await checked_stream(call, "FetchFile", transcript, credentials, address)
         with part.open("ab") as out:
-            async for chunk in pb_grpc.SwarmNodeStub(channel).FetchFile(request, timeout=600):
+            async for chunk in call:
                 if chunk.offset != offset or offset + len(chunk.data) > entry.bytes:
                     raise BadPeerData(f"sent bytes at {chunk.offset}, expected {offset}")
                 out.write(chunk.data)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swarm.errors import InvalidRequest
+from swarm.keys import SwarmKey
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
           "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}  # fmt: skip
@@ -18,13 +19,6 @@ def parse_bytes(text: str) -> int:
     if not match or match.group(2).lower() not in _UNITS:
         raise InvalidRequest(f"not a size: {text!r} (examples: 2GB, 512MiB, 1500000000)")
     return round(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def check_node_id(text: str) -> str:
-    """A node id is a DNS label (it names the mDNS service): 1-63 letters, digits, '-' or '_'."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,63}", text):
-        raise InvalidRequest(f"--node-id must be 1 to 63 letters, digits, '-' or '_', got {text!r}")
-    return text
 
 
 def parse_span(text: str) -> tuple[int, int]:
@@ -49,7 +43,10 @@ class NodeConfig:
     idle_timeout_s: float = 300.0  # a session with no step for this long is closed
     hop_timeout_s: float = 60.0  # the next hop must answer a step within this
     threads: int = 0  # onnxruntime threads; 0 = one per core
-    node_id: str | None = None  # None = random
+    identity_file: Path | None = None  # the node's Ed25519 key (its id); None = a new one for this run
+    swarm_key: SwarmKey | None = None  # membership secret; None = an open swarm (no auth, plain frames)
+    max_sessions_per_peer: int = 0  # sessions one peer may hold here; 0 = only max_sessions
+    max_calls_per_s: float = 2000.0  # calls (not steps) per peer, bursts of twice that; 0 = unlimited
     drain_timeout_s: float = 30.0  # on shutdown, wait this long for live sessions
     mdns: bool = True  # announce on the local network and browse for other nodes
     mdns_interfaces: tuple[str, ...] = ()  # interface addresses for mDNS; () = all IPv4
@@ -58,6 +55,7 @@ class NodeConfig:
     cache_dir: Path | None = None  # block store for fetched packages; None = ~/.cache/swarm/blocks
     cache_limit: int = 20 * 10**9  # bytes the block store may hold
     discovery_wait_s: float = 5.0  # with no model: how long to look for the swarm
+    metrics_port: int | None = None  # Prometheus metrics over HTTP on the node's host; 0 = any free port
 
 
 DEFAULT_KV_HEADROOM = 1 << 30  # bytes for KV caches when --max-memory is not given

@@ -9,21 +9,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 
-from node.block_store import BlockStore, FileRef, StoreError
+from node.block_store import BlockStore, FileRef, Progress, StoreError
 from node.config import NodeConfig
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.assignment import Served, choose_span
-from swarm.client import ClientConfig, discover
-from swarm.errors import NoRouteError
+from swarm.auth import Credentials
+from swarm.client import ClientConfig, discover, fetch_package_meta
+from swarm.errors import NoRouteError, SwarmError
+from swarm.keys import Identity
 from swarm.package import ModelPackage
 from swarm.progress import ProgressLine
-from swarm.transport import error_from_rpc, insecure_channel
+from swarm.transport import insecure_channel, unary
 
 log = logging.getLogger("swarm.node")
 INFO_TIMEOUT_S = 5.0
@@ -34,12 +37,18 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "swarm" / "blocks"
 
 
-async def _infos(addresses: list[str]) -> dict[str, pb.NodeInfo]:
+async def _infos(addresses: list[str], credentials: Credentials | None) -> dict[str, pb.NodeInfo]:
     async def info(address: str) -> pb.NodeInfo | None:
         async with insecure_channel(address) as channel:
+            stub = pb_grpc.SwarmNodeStub(channel)
             try:
-                return await pb_grpc.SwarmNodeStub(channel).Info(pb.InfoRequest(), timeout=INFO_TIMEOUT_S)
-            except grpc.aio.AioRpcError:
+                return await unary(stub.Info, "Info", pb.InfoRequest(), credentials, INFO_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    log.warning("%s refused us: %s (is the swarm key right?)", address, exc.details())
+                return None
+            except SwarmError as exc:
+                log.warning("ignoring %s: %s", address, exc)
                 return None
 
     found = await asyncio.gather(*(info(a) for a in addresses))
@@ -57,20 +66,23 @@ def choose_model(infos: dict[str, pb.NodeInfo], wanted: str | None) -> str:
     return ranked[0][0]
 
 
-async def _fetch_meta(store: BlockStore, address: str) -> ModelPackage:
+async def _fetch_meta(store: BlockStore, address: str, credentials: Credentials | None) -> ModelPackage:
     async with insecure_channel(address) as channel:
-        try:
-            meta = await pb_grpc.SwarmNodeStub(channel).GetPackageMeta(pb.PackageMetaRequest(), timeout=30)
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, address) from exc
+        meta = await fetch_package_meta(pb_grpc.SwarmNodeStub(channel), address, credentials, timeout=30)
     return store.save_meta(meta.manifest_json, meta.tokenizer_json)
 
 
-def _max_layers(package: ModelPackage, max_memory: int | None) -> int | None:
+def max_layers(package: ModelPackage, max_memory: int | None) -> int | None:
+    """The most layers whose weights fit the share of `max_memory` kept for weights."""
     if max_memory is None:
         return None
     per_layer = max(b.bytes / b.num_layers for b in package.manifest.blocks)
     return max(1, int(max_memory * HEADROOM // per_layer))
+
+
+def missing_files(package: ModelPackage, start: int, end: int) -> list[FileRef]:
+    """The files serving layers [start, end) needs that the package folder does not hold."""
+    return [f for f in _needed_files(package, start, end) if not package.path(f.file).is_file()]
 
 
 def _needed_files(package: ModelPackage, start: int, end: int) -> list[FileRef]:
@@ -92,12 +104,17 @@ def _sources(infos: dict[str, pb.NodeInfo], package_id: str, entry: FileRef) -> 
     return list(dict.fromkeys([*holders, *(a for a, i in infos.items() if i.package_id == package_id)]))
 
 
-async def prepare(config: NodeConfig, quiet: bool = False) -> NodeConfig:
-    """The config to serve with: a package fetched into the block store, and a span."""
+async def prepare(config: NodeConfig, quiet: bool = False, progress: Progress | None = None,
+                  allowed: Callable[[], bool] | None = None) -> NodeConfig:  # fmt: skip
+    """The config to serve with: a package fetched into the block store, and a span.
+    `progress` replaces the progress line; `allowed()` False pauses the downloads (DownloadPaused)."""
     discovery = ClientConfig(mdns=config.mdns, mdns_interfaces=config.mdns_interfaces,
                              discovery_timeout_s=config.discovery_wait_s, model_id=config.model_id)  # fmt: skip
-    addresses = list(dict.fromkeys([*config.peers, *(await discover(discovery) if config.mdns else [])]))
-    infos = await _infos(addresses)
+    # fetching needs no long-lived identity: a throwaway one proves membership just as well
+    credentials = Credentials(config.swarm_key, Identity.generate()) if config.swarm_key else None
+    found = await discover(discovery, credentials) if config.mdns else []
+    addresses = list(dict.fromkeys([*config.peers, *found]))
+    infos = await _infos(addresses, credentials)
     if not infos:
         raise NoRouteError(
             f"found no swarm to join within {config.discovery_wait_s:g}s; give --model PKG to seed one, "
@@ -106,19 +123,19 @@ async def prepare(config: NodeConfig, quiet: bool = False) -> NodeConfig:
     package_id = choose_model(infos, config.model_id)
     store = BlockStore(config.cache_dir or default_cache_dir(), config.cache_limit)
     peers = [a for a, i in infos.items() if i.package_id == package_id]
-    package = await _fetch_meta(store, peers[0])
+    package = await _fetch_meta(store, peers[0], credentials)
     m = package.manifest
     served = [Served(i.start, i.end, 1000 / i.steps_per_s if i.steps_per_s > 0 else 0.0)
               for i in infos.values() if i.package_id == package_id]  # fmt: skip
     edges = [b.start for b in m.blocks] + [m.num_layers]
-    start, end = config.span or choose_span(edges, served, _max_layers(package, config.max_memory))
+    start, end = config.span or choose_span(edges, served, max_layers(package, config.max_memory))
     log.info("joining model %s (%s) with layers [%d, %d)", m.name, package_id[:12], start, end)
     missing = store.missing(package, _needed_files(package, start, end))
     store.make_room(package_id, sum(e.bytes for e in missing))
-    progress = ProgressLine(quiet=quiet)
+    report = progress or ProgressLine(quiet=quiet)
     try:
         for entry in missing:
-            await store.fetch(package, entry, _sources(infos, package_id, entry), progress)
+            await store.fetch(package, entry, _sources(infos, package_id, entry), report, credentials, allowed)
     except OSError as exc:
         raise StoreError(f"cannot write to the block store {store.root}: {exc.strerror or exc}") from exc
     return replace(config, model=package.root, span=(start, end), peers=tuple(dict.fromkeys([*config.peers, *peers])))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import ifaddr
 
+from swarm.auth import Credentials
 from swarm.discovery import Announcer, MdnsBrowser, open_zeroconf
 from swarm.membership import Event, Membership, PeerRecord, Tick, apply
 
@@ -37,6 +38,7 @@ class Presence:
         interfaces: Sequence[str] = (),
         announce_addresses: Sequence[str] = (),
         interval_s: float = 5.0,
+        credentials: Credentials | None = None,
     ) -> None:
         self._record, self._port = record, port
         self._static = list(static_peers)
@@ -45,8 +47,8 @@ class Presence:
         self._interval = interval_s
         self.membership = Membership(ttl_s=3 * interval_s)
         self._zeroconf = open_zeroconf(self._interfaces)
-        self._announcer = Announcer(self._zeroconf, self._addresses, port)
-        self._browser = MdnsBrowser(self._zeroconf, self._on_event)
+        self._announcer = Announcer(self._zeroconf, self._addresses, port, credentials)
+        self._browser = MdnsBrowser(self._zeroconf, self._on_event, credentials=credentials)
         self._heartbeat: asyncio.Task[None] | None = None
 
     def _on_event(self, event: Event) -> None:

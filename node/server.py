@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,15 +11,19 @@ from dataclasses import dataclass
 import grpc
 
 from node.config import DEFAULT_KV_HEADROOM, NodeConfig
+from node.metrics import NodeMetrics
 from node.presence import Presence
 from node.servicer import NodeServicer, ServicerSettings
 from node.sessions import Limits, SessionTable
 from node.span import SpanRuntime
 from node.throughput import measure_steps_per_s
 from swarm._proto import swarm_pb2_grpc as pb_grpc
+from swarm.auth import Credentials
 from swarm.errors import CapacityExceeded, InvalidRequest
+from swarm.keys import Identity, claim_identity
 from swarm.membership import PeerRecord
 from swarm.package import load_package
+from swarm.progress import Progress
 from swarm.runtime import RuntimeOptions
 from swarm.transport import channel_options
 
@@ -35,6 +38,14 @@ class RunningNode:
     config: NodeConfig
     speed: float = 0.0  # decode steps per second through the span, measured at start
     presence: Presence | None = None
+    metrics: NodeMetrics | None = None  # with config.metrics_port
+    metrics_port: int | None = None  # where /metrics is served, once bound
+    capacity_scale: float = 1.0  # share of `speed` announced: a throttled device looks slower to the swarm
+
+    def set_capacity_scale(self, scale: float) -> None:
+        """Announce `scale` x the measured speed (0 < scale <= 1), so routing and assignment send less here."""
+        self.capacity_scale = min(max(scale, 0.01), 1.0)
+        self.servicer.steps_per_s = self.speed * self.capacity_scale
 
     @property
     def node_id(self) -> str:
@@ -61,13 +72,24 @@ def _limits(config: NodeConfig, span: SpanRuntime, package_context: int) -> Limi
     return Limits(budget, span.weight_bytes, config.max_sessions, max_context)
 
 
+def _start_steps(progress: Progress | None, blocks: int) -> Progress:
+    """A node's start as one bar: each block loaded, then the speed measured, then started."""
+
+    def step(what: str, done: int, _total: int) -> None:
+        if progress is not None:
+            progress(what, done, blocks + 1)
+
+    return step
+
+
 def max_message_bytes(hidden_size: int, max_context: int) -> int:
     """Big enough for a whole-context prefill of float32 hidden states, and no bigger."""
     return max(1 << 20, hidden_size * max_context * 4 + (64 << 10))
 
 
 @asynccontextmanager
-async def serve(config: NodeConfig) -> AsyncIterator[RunningNode]:
+async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIterator[RunningNode]:
+    """A node serving `config`; `progress` hears of each step of the start (blocks loaded, speed measured)."""
     if config.model is None:
         raise InvalidRequest("a node needs a model package to serve (node.join.prepare fetches one)")
     package = load_package(config.model)
@@ -76,27 +98,39 @@ async def serve(config: NodeConfig) -> AsyncIterator[RunningNode]:
     if not 0 <= start < end <= m.num_layers:
         raise InvalidRequest(f"layers [{start}, {end}) are outside the model's [0, {m.num_layers})")
     options = RuntimeOptions(threads=config.threads)
-    span = await asyncio.to_thread(SpanRuntime, package, start, end, options)
+    steps = _start_steps(progress, len(list(m.blocks_in(start, end))))
+    span = await asyncio.to_thread(SpanRuntime, package, start, end, options, steps)
+    steps("measuring speed", len(span.blocks), 0)
     speed = await asyncio.to_thread(measure_steps_per_s, span)
     limits = _limits(config, span, m.max_context)
     message_bytes = max_message_bytes(m.architecture.hidden_size, limits.max_context)
+    identity = claim_identity(config.identity_file) if config.identity_file else Identity.generate()
+    credentials = Credentials(config.swarm_key, identity) if config.swarm_key else None
     settings = ServicerSettings(
-        node_id=config.node_id or uuid.uuid4().hex[:12],
+        node_id=identity.node_id,
         idle_timeout_s=config.idle_timeout_s,
         hop_timeout_s=config.hop_timeout_s,
         max_message_bytes=message_bytes,
         peers=config.peers,
         max_batch=config.max_batch,
+        credentials=credentials,
+        max_sessions_per_peer=config.max_sessions_per_peer,
+        max_calls_per_s=config.max_calls_per_s,
     )
     servicer = NodeServicer(span, SessionTable(limits), settings)
     servicer.steps_per_s = speed
-    server = grpc.aio.server(options=channel_options(message_bytes))
+    metrics = NodeMetrics(servicer.table) if config.metrics_port is not None else None
+    interceptors: list[grpc.aio.ServerInterceptor] = [metrics.interceptor] if metrics is not None else []
+    server = grpc.aio.server(options=channel_options(message_bytes), interceptors=interceptors)
     pb_grpc.add_SwarmNodeServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()
-    node = RunningNode(server, servicer, port, config, speed=speed)
+    node = RunningNode(server, servicer, port, config, speed=speed, metrics=metrics)
     log.info("node %s serving layers [%d, %d) of %s on port %d", node.node_id, start, end, m.name, port)
+    steps("started", len(span.blocks) + 1, 0)
     try:
+        if metrics is not None and config.metrics_port is not None:
+            node.metrics_port = await metrics.serve_http(config.host, config.metrics_port)
         if config.mdns:
             node.presence = await _announce(node)
             servicer.known_peers = node.presence.known_addresses
@@ -107,8 +141,11 @@ async def serve(config: NodeConfig) -> AsyncIterator[RunningNode]:
         await drain(node, config.drain_timeout_s)
         await server.stop(grace=1.0)
         await servicer.close()
+        if metrics is not None:
+            await metrics.close()
         if node.presence is not None:
             await node.presence.close()
+        identity.release()
 
 
 def own_record(node: RunningNode, address: str) -> PeerRecord:
@@ -124,7 +161,8 @@ def own_record(node: RunningNode, address: str) -> PeerRecord:
         max_sessions=limits.max_sessions,
         free_memory=max(limits.memory_budget - servicer.table.memory_used, 0),
         draining=servicer.draining,
-        speed=node.speed,
+        speed=node.speed * node.capacity_scale,
+        swarm_id=servicer.settings.credentials.swarm_id if servicer.settings.credentials else "",
     )
 
 
@@ -139,6 +177,7 @@ async def _announce(node: RunningNode) -> Presence:
         interfaces=config.mdns_interfaces or ((config.host,) if specific else ()),
         announce_addresses=addresses,
         interval_s=config.announce_interval_s,
+        credentials=node.servicer.settings.credentials,
     )
     await presence.start()
     return presence

@@ -20,15 +20,18 @@ import grpc
 import numpy as np
 
 from node.batcher import DecodeBatcher
+from node.ratelimit import PeerRates, PeerSessions
 from node.sessions import NodeSession, SessionTable
 from node.span import SpanRuntime
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
+from swarm.auth import Credentials, Proof, manifest_signed_bytes, new_exchange, session_keys
 from swarm.errors import InvalidRequest, PeerUnavailable, SessionExpired, StaleRoute, SwarmError
+from swarm.frames import Frames, PlainFrames, SealedFrames
 from swarm.package import MANIFEST_NAME
 from swarm.sampling import SamplingParams
 from swarm.tensors import from_wire, to_wire
-from swarm.transport import FAILED_NODE_KEY, failed_node, insecure_channel, status_for
+from swarm.transport import FAILED_NODE_KEY, failed_node, insecure_channel, open_session_call, status_for
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
 FILE_CHUNK_BYTES = 1 << 20
@@ -49,6 +52,9 @@ class ServicerSettings:
     max_message_bytes: int
     peers: tuple[str, ...] = ()  # other nodes' host:port, told to anyone who asks
     max_batch: int = 16  # single-token steps of different sessions run together, at most this many
+    credentials: Credentials | None = None  # None = an open swarm: no authentication, plain frames
+    max_sessions_per_peer: int = 0  # 0 = only the node's own session limit
+    max_calls_per_s: float = 2000.0  # calls (not session steps) per peer, bursts of twice that; 0 = off
 
 
 class HopFailed(SwarmError):
@@ -62,12 +68,12 @@ class HopFailed(SwarmError):
 class Downstream:
     """This node's stream to the next hop of a session."""
 
-    def __init__(self, hop: pb.Hop, call: grpc.aio.StreamStreamCall, timeout_s: float) -> None:
-        self.hop, self._call, self._timeout = hop, call, timeout_s
+    def __init__(self, hop: pb.Hop, call: grpc.aio.StreamStreamCall, frames: Frames, timeout_s: float) -> None:
+        self.hop, self._call, self._frames, self._timeout = hop, call, frames, timeout_s
 
     async def exchange(self, request: pb.SessionRequest) -> pb.SessionReply:
         try:
-            await self._call.write(request)
+            await self._call.write(self._frames.seal(request))
             reply = await asyncio.wait_for(self._call.read(), self._timeout)
         except grpc.aio.AioRpcError as exc:
             code = exc.code() if exc.code() in _PASSED_THROUGH else grpc.StatusCode.UNAVAILABLE
@@ -78,7 +84,11 @@ class Downstream:
             raise HopFailed(grpc.StatusCode.UNAVAILABLE, message, self.hop.node_id) from exc
         if reply is grpc.aio.EOF:
             raise HopFailed(grpc.StatusCode.UNAVAILABLE, f"next hop {self.hop.address} closed", self.hop.node_id)
-        return reply
+        try:
+            return self._frames.open(reply)
+        except SwarmError as exc:
+            message = f"next hop {self.hop.address}: {exc}"
+            raise HopFailed(grpc.StatusCode.UNAVAILABLE, message, self.hop.node_id) from exc
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -97,6 +107,8 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.known_peers: Callable[[], list[str]] = lambda: list(settings.peers)
         self.steps_per_s = 0.0  # measured at start by the server
+        self._rates = PeerRates(settings.max_calls_per_s, 2 * settings.max_calls_per_s)
+        self._peer_sessions = PeerSessions(settings.max_sessions_per_peer)
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -105,7 +117,43 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
 
     # --- small RPCs ---------------------------------------------------------------------
 
+    # --- who is calling --------------------------------------------------------------------
+
+    async def _admit(self, context: grpc.aio.ServicerContext, method: str) -> Proof | None:
+        """Check the caller's credential (in a keyed swarm) and its call rate; a unary call is
+        answered with this node's credential, bound to the caller's."""
+        credentials = self.settings.credentials
+        if credentials is None:
+            self._rates.take(context.peer())
+            return None
+        proof = credentials.check_call(context.invocation_metadata(), method)
+        self._rates.take(proof.node_id)
+        if method != "Session":  # a session answers with its key exchange instead
+            await context.send_initial_metadata(credentials.reply(method, proof)[0])
+        return proof
+
+    async def _accept_frames(self, context: grpc.aio.ServicerContext, caller: Proof | None) -> Frames:
+        """The frames of a session stream: keys from the caller's and a fresh X25519 key."""
+        credentials = self.settings.credentials
+        if credentials is None or caller is None:
+            return PlainFrames()
+        private, x_public = new_exchange()
+        metadata, transcript = credentials.reply("Session", caller, x_public)
+        keys = session_keys(credentials.key, private, caller.x_public, caller.transcript, transcript, caller=False)
+        await context.send_initial_metadata(metadata)
+        return SealedFrames(keys, caller=False)
+
+    async def _admit_unary(self, context: grpc.aio.ServicerContext, method: str) -> Proof | None:
+        try:
+            return await self._admit(context, method)
+        except SwarmError as exc:
+            await context.abort(status_for(exc), str(exc))
+            raise  # abort always raises; this tells the type checker so
+
+    # --- small RPCs ---------------------------------------------------------------------
+
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.NodeInfo:
+        await self._admit_unary(context, "Info")
         m = self.span.package.manifest
         limits = self.table.limits
         return pb.NodeInfo(
@@ -127,22 +175,29 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         )
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:
+        await self._admit_unary(context, "Health")
         status = pb.HealthReply.DRAINING if self.draining else pb.HealthReply.SERVING
         return pb.HealthReply(status=status, protocol_version=PROTOCOL_VERSION)
 
     async def GetPackageMeta(self, request: pb.PackageMetaRequest, context: grpc.aio.ServicerContext) -> pb.PackageMeta:
+        await self._admit_unary(context, "GetPackageMeta")
         package = self.span.package
-        return pb.PackageMeta(
-            manifest_json=package.path(MANIFEST_NAME).read_bytes(),
-            tokenizer_json=package.path(package.manifest.tokenizer.file).read_bytes(),
+        manifest = package.path(MANIFEST_NAME).read_bytes()
+        meta = pb.PackageMeta(
+            manifest_json=manifest, tokenizer_json=package.path(package.manifest.tokenizer.file).read_bytes()
         )
+        if self.settings.credentials is not None:
+            meta.manifest_signature = self.settings.credentials.identity.sign(manifest_signed_bytes(manifest))
+        return meta
 
     async def Peers(self, request: pb.PeersRequest, context: grpc.aio.ServicerContext) -> pb.PeerList:
+        await self._admit_unary(context, "Peers")
         return pb.PeerList(addresses=self.known_peers()[:MAX_GOSSIP])
 
     async def FetchFile(
         self, request: pb.FetchFileRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.FileChunk]:
+        await self._admit_unary(context, "FetchFile")
         package = self.span.package
         if request.package_id != package.package_id:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"this node has model {package.package_id[:16]} only")
@@ -170,14 +225,20 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         reader = aiter(requests)
         session: NodeSession | None = None
         downstream: Downstream | None = None
+        peer, counted = context.peer(), False
         try:
-            first = await self._next_request(reader)
+            caller = await self._admit(context, "Session")
+            peer = caller.node_id if caller is not None else peer
+            frames = await self._accept_frames(context, caller)
+            first = await self._next_request(reader, frames)
             if first is None:
                 return
+            self._peer_sessions.acquire(peer)
+            counted = True
             session, downstream, node_ids = await self._open(first)
-            yield pb.SessionReply(opened=pb.Opened(node_ids=node_ids))
-            while (request := await self._next_request(reader)) is not None:
-                yield await self._step(session, request, downstream)
+            yield frames.seal(pb.SessionReply(opened=pb.Opened(node_ids=node_ids)))
+            while (request := await self._next_request(reader, frames)) is not None:
+                yield frames.seal(await self._step(session, request, downstream))
         except HopFailed as exc:
             context.set_trailing_metadata(((FAILED_NODE_KEY, exc.node_id),))
             await context.abort(exc.code, str(exc))
@@ -188,14 +249,19 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
                 downstream.cancel()
             if session is not None:
                 self.table.close(session.session_id)
+            if counted:
+                self._peer_sessions.release(peer)
 
-    async def _next_request(self, reader: AsyncIterator[pb.SessionRequest]) -> pb.SessionRequest | None:
+    async def _next_request(self, reader: AsyncIterator[pb.SessionRequest], frames: Frames) -> pb.SessionRequest | None:
         try:
-            return await asyncio.wait_for(anext(reader), self.settings.idle_timeout_s)
+            raw = await asyncio.wait_for(anext(reader), self.settings.idle_timeout_s)
         except StopAsyncIteration:
             return None
         except TimeoutError:
             raise SessionExpired(f"session idle for {self.settings.idle_timeout_s:g}s; it was closed") from None
+        # steps are not rate-limited: each one fills the session (bounded by max_length), and an
+        # upstream node carries many clients' sessions, which a per-peer rate would throttle
+        return frames.open(raw)
 
     async def _open(self, request: pb.SessionRequest) -> tuple[NodeSession, Downstream | None, list[str]]:
         if request.WhichOneof("kind") != "open":
@@ -249,8 +315,14 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         channel = self._channels.get(hop.address)
         if channel is None:
             channel = self._channels[hop.address] = insecure_channel(hop.address, self.settings.max_message_bytes)
-        call = pb_grpc.SwarmNodeStub(channel).Session()
-        downstream = Downstream(hop, call, self.settings.hop_timeout_s)
+        stub = pb_grpc.SwarmNodeStub(channel)
+        timeout = self.settings.hop_timeout_s
+        try:
+            call, frames = await open_session_call(stub, self.settings.credentials, hop.address, hop.node_id, timeout)
+        except (grpc.aio.AioRpcError, SwarmError) as exc:  # refused us, failed authentication, or silent
+            details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            raise HopFailed(grpc.StatusCode.UNAVAILABLE, f"next hop {hop.address}: {details}", hop.node_id) from exc
+        downstream = Downstream(hop, call, frames, timeout)
         forwarded = pb.OpenSession()
         forwarded.CopyFrom(msg)
         del forwarded.route[0]

@@ -13,6 +13,7 @@ import numpy as np
 
 from swarm.errors import InvalidRequest
 from swarm.package import ModelPackage
+from swarm.progress import Progress
 from swarm.runtime import BlockRunner, EmbeddingRunner, HeadRunner, KVCache, RuntimeOptions, kv_cache_bytes
 from swarm.sampling import SamplingParams, sample
 
@@ -25,7 +26,8 @@ class StepOutput:
 
 
 class SpanRuntime:
-    def __init__(self, package: ModelPackage, start: int, end: int, options: RuntimeOptions) -> None:
+    def __init__(self, package: ModelPackage, start: int, end: int, options: RuntimeOptions,
+                 progress: Progress | None = None) -> None:  # fmt: skip
         m = package.manifest
         self.package = package
         self.start, self.end = start, end
@@ -33,7 +35,11 @@ class SpanRuntime:
         entries = list(m.blocks_in(start, end))
         for entry in entries:
             package.verify_file(entry)
-        self.blocks = [BlockRunner(package.path(b.file), b, m.architecture, options) for b in entries]
+        self.blocks = []
+        for index, b in enumerate(entries):  # the slow part of a start: report each block
+            if progress is not None:
+                progress(f"loading {b.file}", index, len(entries))
+            self.blocks.append(BlockRunner(package.path(b.file), b, m.architecture, options))
         self.embedding = None
         self.head = None
         weight_files = [b.bytes for b in entries]

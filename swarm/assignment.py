@@ -152,3 +152,53 @@ def advise_move(
         return MoveAdvice(), False
     streak = advice.streak + 1 if advice.candidate == candidate else 1
     return MoveAdvice(candidate, streak), streak >= patience
+
+
+# --- a serving node re-checks its span -----------------------------------------------------
+#
+# The joining rule applied again while serving: the span a node would take if it joined now
+# (`choose_span`: the layers with the least decode capacity, counting everyone else's announced
+# speed) replaces its current span when every layer it would drop is still served by another
+# node, the swarm's bottleneck (the step time of the layer with the least capacity) gets at
+# least `min_gain` faster, and that held on `patience` consecutive checks for the same span
+# (`advise_move`), so noisy speed measurements cannot make spans flap.
+
+
+@dataclass(frozen=True)
+class Move:
+    span: tuple[int, int]
+    reason: str
+
+
+def bottleneck_ms(num_layers: int, served: Sequence[Served]) -> float:
+    """ms per decode step at the layer with the least capacity; infinite when a layer is uncovered."""
+    least = min(capacity(num_layers, served))
+    return 1.0 / least if least > 0 else float("inf")
+
+
+def _served(span: tuple[int, int], layer_ms: float) -> Served:
+    return Served(span[0], span[1], layer_ms * (span[1] - span[0]))
+
+
+def check_move(
+    advice: MoveAdvice, block_edges: Sequence[int], others: Sequence[Served], current: tuple[int, int],
+    layer_ms: float, max_layers: int | None = None, min_gain: float = 0.2, patience: int = 3,
+) -> tuple[MoveAdvice, Move | None]:  # fmt: skip
+    """One periodic check. `others`: what every other live node serves, with its announced step
+    time; `layer_ms`: this node's announced step time per layer."""
+    num_layers = block_edges[-1]
+    candidate = choose_span(block_edges, others, max_layers)
+    if candidate == current:
+        return MoveAdvice(), None
+    still_served = coverage(num_layers, [(s.start, s.end) for s in others])
+    dropped = [layer for layer in range(*current) if not candidate[0] <= layer < candidate[1]]
+    if any(still_served[layer] == 0 for layer in dropped):
+        return MoveAdvice(), None  # moving would leave layers nobody serves
+    now_ms = bottleneck_ms(num_layers, [*others, _served(current, layer_ms)])
+    then_ms = bottleneck_ms(num_layers, [*others, _served(candidate, layer_ms)])
+    advice, move = advise_move(advice, now_ms, candidate, then_ms, min_gain, patience)
+    if not move:
+        return advice, None
+    reason = (f"layers [{candidate[0]}, {candidate[1]}) are the swarm's bottleneck: moving there takes the slowest "
+              f"stage from {now_ms:.2f} to {then_ms:.2f} ms per step")  # fmt: skip
+    return MoveAdvice(), Move(candidate, reason)

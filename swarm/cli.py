@@ -6,14 +6,17 @@ Generated text goes to stdout; progress, statistics and errors go to stderr.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from swarm.errors import SwarmError
 from swarm.generation import GenerationStats
-from swarm.textgen import SyncTextGenerator
+from swarm.textgen import SyncTextGenerator, TextGenerator
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -22,8 +25,12 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     where.add_argument("--peer", action="append", metavar="HOST:PORT",
                        help="a swarm node (repeatable; default: find the swarm on the local network)")  # fmt: skip
     p.add_argument("--model-id", help="package id (prefix) when the swarm serves several models")
-    p.add_argument("--mdns-interface", action="append", default=[], metavar="IP",
-                   help="interface address to look for the swarm on (repeatable; default: all IPv4)")  # fmt: skip
+    p.add_argument("--swarm-key", metavar="CODE|FILE",
+                   help="the swarm's join code or key file (default: $SWARM_KEY, else the key `swarm-node init` "
+                        "wrote, else an open swarm)")  # fmt: skip
+    p.add_argument("--mdns-interface", action="append", metavar="IP",
+                   help="interface address to look for the swarm on (repeatable; default: "
+                        "$SWARM_MDNS_INTERFACES, else all IPv4)")  # fmt: skip
     p.add_argument("--discovery-timeout", type=float, default=5.0, help="seconds to look for the swarm")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --local (0 = one per core)")
 
@@ -52,7 +59,25 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", required=True, type=Path, help="model package or Hugging Face checkpoint folder")
     demo.add_argument("--nodes", type=int, default=3, help="node processes to start (default 3)")
     _add_sampling_flags(demo, 256)
+    _add_serve_parser(sub)
+    _add_status_parser(sub)
     return p
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 = any free port)")
+    serve.add_argument("--api-key", default=os.environ.get("SWARM_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' (default: $SWARM_API_KEY; unset: no key)")  # fmt: skip
+    serve.add_argument("--model-name", help="the model id clients ask for (default: the package's name)")
+    _add_model_flags(serve)
+
+
+def mdns_interfaces(args: argparse.Namespace) -> tuple[str, ...]:
+    from swarm.discovery import env_mdns_interfaces  # zeroconf: only when a swarm is used
+
+    return tuple(args.mdns_interface or env_mdns_interfaces())
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,10 +94,35 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
 
     return Swarm(
         peers=args.peer or (),
+        swarm_key=args.swarm_key,
         model_id=args.model_id,
-        mdns_interfaces=tuple(args.mdns_interface),
+        mdns_interfaces=mdns_interfaces(args),
         discovery_timeout_s=args.discovery_timeout,
     )
+
+
+@asynccontextmanager
+async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenerator]:
+    """The async text API on the running loop: a local package, or a swarm."""
+    if args.local:
+        from swarm.local import LocalModel
+        from swarm.runtime import RuntimeOptions
+
+        local = LocalModel(args.local, RuntimeOptions(threads=args.threads))
+        try:
+            yield local.text
+        finally:
+            local.close()
+        return
+    from swarm.client import AsyncSwarm
+
+    swarm = await AsyncSwarm.connect(args.peer or (), swarm_key=args.swarm_key,
+                                     model_id=args.model_id, mdns_interfaces=mdns_interfaces(args),
+                                     discovery_timeout_s=args.discovery_timeout)  # fmt: skip
+    try:
+        yield swarm.text
+    finally:
+        await swarm.close()
 
 
 def _write_stream(pieces: Iterator[str]) -> None:
@@ -115,9 +165,55 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from swarm.openai_server import RunningServer, serve
+    except ImportError as exc:
+        print(f"swarm-client: error: serve needs fastapi and uvicorn ({exc.name} is missing): "
+              "pip install 'swarm-llm[serve]'", file=sys.stderr)  # fmt: skip
+        return 1
+
+    def ready(server: RunningServer) -> None:
+        key = "; API key required" if args.api_key else ""
+        print(f"swarm-client: serving the OpenAI API at {server.url}{key}", file=sys.stderr, flush=True)
+
+    async def run() -> None:
+        async with open_async_model(args) as model:
+            await serve(model, args.host, args.port, args.model_name, args.api_key, ready)
+
+    asyncio.run(run())
+    return 0
+
+
+def _add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser("status", help="peers, layer coverage (gaps marked) and the route a new session would take",
+                            description="Exit status 0 when a new session could start, 1 when not.")  # fmt: skip
+    _add_model_flags(status)
+    status.add_argument("--json", action="store_true", help="print JSON (one object per line with --watch)")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until Ctrl-C")  # fmt: skip
+    status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each peer (default 2)")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from swarm.client import ClientConfig
+    from swarm.keys import load_swarm_key
+    from swarm.status import run_status
+
+    if args.local:
+        raise SwarmError("status describes a swarm; give --peer HOST:PORT or let it find the swarm by mDNS")
+    config = ClientConfig(peers=tuple(args.peer or ()), model_id=args.model_id, connect_timeout_s=args.timeout,
+                          mdns_interfaces=mdns_interfaces(args), discovery_timeout_s=args.discovery_timeout,
+                          swarm_key=load_swarm_key(args.swarm_key))  # fmt: skip
+    try:
+        return asyncio.run(run_status(config, sys.stdout, args.json, args.watch))
+    except KeyboardInterrupt:  # how --watch ends
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"generate": _generate, "chat": _chat, "demo": _demo}
+    commands = {"generate": _generate, "chat": _chat, "demo": _demo, "serve": _serve, "status": _status}
     try:
         return commands[args.command](args)
     except SwarmError as exc:

@@ -23,9 +23,11 @@ import grpc
 from swarm._loop import BackgroundLoop
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
+from swarm.auth import Credentials, check_manifest_signature
 from swarm.discovery import MdnsBrowser, open_zeroconf
-from swarm.errors import InvalidPackage, NoRouteError, PeerUnavailable, SwarmError
+from swarm.errors import AuthenticationError, InvalidPackage, NoRouteError, PeerUnavailable, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
+from swarm.keys import Identity, SwarmKey, load_swarm_key
 from swarm.membership import Event, PeerGone, PeerRecord, PeerSeen
 from swarm.package import Manifest
 from swarm.recovery import Bans, RecoveringSession
@@ -33,7 +35,7 @@ from swarm.remote import RemoteSession
 from swarm.routing import PeerView, plan_route
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
-from swarm.transport import error_from_rpc, insecure_channel
+from swarm.transport import error_from_rpc, insecure_channel, unary
 
 MAX_PEERS = 256  # nodes a client will learn of through gossip
 
@@ -51,11 +53,14 @@ class ClientConfig:
     open_deadline_s: float = 5.0  # opening a session along a route (allocating its caches) takes less
     max_recoveries: int = 8  # reroutes one step may need before the generation fails
     recovery_wait_s: float = 30.0  # how long to wait for the swarm to cover lost layers again
+    swarm_key: SwarmKey | None = None  # membership secret; None = an open swarm
 
 
-async def discover(config: ClientConfig) -> list[str]:
+async def discover(config: ClientConfig, credentials: Credentials | None = None) -> list[str]:
     """Addresses of swarm nodes announced on the local network, once some cover every layer
-    of one model or the discovery timeout passes."""
+    of one model or the discovery timeout passes. Only records signed for our swarm count."""
+    if credentials is None and config.swarm_key is not None:
+        credentials = Credentials(config.swarm_key, Identity.generate())
     records: dict[str, PeerRecord] = {}
 
     def seen(event: Event) -> None:
@@ -65,7 +70,7 @@ async def discover(config: ClientConfig) -> list[str]:
             records.pop(event.node_id, None)
 
     zeroconf = open_zeroconf(config.mdns_interfaces)
-    browser = MdnsBrowser(zeroconf, seen)
+    browser = MdnsBrowser(zeroconf, seen, credentials=credentials)
     try:
         await browser.start()
         deadline = asyncio.get_running_loop().time() + config.discovery_timeout_s
@@ -104,10 +109,18 @@ class AsyncSwarm:
         self._in_flight: dict[str, int] = {}  # node id -> this client's open sessions through it
         self._known: list[str] = []  # every node address learned so far
         self.bans = Bans()
+        self._refused: list[SwarmError] = []  # peers that answered, but refused our credential
+        # a client's identity lives as long as the client: it is not an address anyone routes to
+        self.credentials = Credentials(config.swarm_key, Identity.generate()) if config.swarm_key else None
 
     @classmethod
-    async def connect(cls, peers: Sequence[str] = (), **options: Any) -> AsyncSwarm:
-        swarm = cls(ClientConfig(peers=tuple(peers), **options))
+    async def connect(
+        cls, peers: Sequence[str] = (), swarm_key: str | SwarmKey | None = None, **options: Any
+    ) -> AsyncSwarm:
+        """`swarm_key`: a join code, a key file or a SwarmKey; by default $SWARM_KEY or the key
+        file `swarm-node init` wrote, and an open swarm when there is neither."""
+        key = swarm_key if isinstance(swarm_key, SwarmKey) else load_swarm_key(swarm_key)
+        swarm = cls(ClientConfig(peers=tuple(peers), swarm_key=key, **options))
         try:
             await swarm.refresh()
         except BaseException:
@@ -129,22 +142,27 @@ class AsyncSwarm:
     async def _info(self, address: str) -> tuple[pb.NodeInfo, float] | None:
         """The peer's Info and the round trip it took, in ms."""
         stub = pb_grpc.SwarmNodeStub(self._channel(address))
+        timeout = self.config.connect_timeout_s
         try:
-            await stub.Health(pb.HealthRequest(), timeout=self.config.connect_timeout_s)  # connect first
+            await unary(stub.Health, "Health", pb.HealthRequest(), self.credentials, timeout)  # connect first
             round_trips = []
             for _ in range(3):  # the quickest of a few: one round trip alone is noisy
                 started = time.perf_counter()
-                info = await stub.Info(pb.InfoRequest(), timeout=self.config.connect_timeout_s)
+                info = await unary(stub.Info, "Info", pb.InfoRequest(), self.credentials, timeout)
                 round_trips.append((time.perf_counter() - started) * 1000)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                self._refused.append(error_from_rpc(exc, address))
+            return None
+        except SwarmError:  # it failed authentication: not one of ours
             return None
         return info, min(round_trips)
 
     async def _peers_of(self, address: str) -> list[str]:
         stub = pb_grpc.SwarmNodeStub(self._channel(address))
         try:
-            reply = await stub.Peers(pb.PeersRequest(), timeout=self.config.connect_timeout_s)
-        except grpc.aio.AioRpcError:
+            reply = await unary(stub.Peers, "Peers", pb.PeersRequest(), self.credentials, self.config.connect_timeout_s)
+        except (grpc.aio.AioRpcError, SwarmError):
             return []
         return [a for a in reply.addresses[:MAX_PEERS] if 0 < len(a) <= 255]
 
@@ -164,10 +182,11 @@ class AsyncSwarm:
         `rediscover=False` skips the mDNS wait and asks the peers already known (and theirs)."""
         if not self.config.peers and not self.config.mdns:
             raise NoRouteError("no peers given and mDNS discovery is off; pass peers=['host:port', ...]")
-        found = await discover(self.config) if rediscover and not self.config.peers else []
+        found = await discover(self.config, self.credentials) if rediscover and not self.config.peers else []
         addresses = list(dict.fromkeys([*self.config.peers, *self._known, *found]))
         addresses = await self._known_addresses(addresses)
         self._known = list(dict.fromkeys([*self._known, *addresses]))[:MAX_PEERS]
+        self._refused = []
         answers = await asyncio.gather(*(self._info(a) for a in addresses))
         live = [(a, answer[0]) for a, answer in zip(addresses, answers, strict=True) if answer is not None]
         latency = {a: answer[1] for a, answer in zip(addresses, answers, strict=True) if answer is not None}
@@ -177,6 +196,8 @@ class AsyncSwarm:
                     f"found no swarm on the local network within {self.config.discovery_timeout_s:g}s; "
                     "start nodes with `swarm-node join`, or pass peers=['host:port']"
                 )
+            if self._refused:  # they answered, but not to us
+                raise self._refused[0]
             raise PeerUnavailable(f"none of the peers answered: {', '.join(addresses)}")
         package_id = self._choose_model([i for _, i in live])
         self.peers = [
@@ -201,10 +222,7 @@ class AsyncSwarm:
 
     async def _load_model(self, package_id: str, address: str) -> None:
         stub = pb_grpc.SwarmNodeStub(self._channel(address))
-        try:
-            meta = await stub.GetPackageMeta(pb.PackageMetaRequest(), timeout=self.config.connect_timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, address) from exc
+        meta = await fetch_package_meta(stub, address, self.credentials, self.config.connect_timeout_s)
         manifest = Manifest.from_dict(json.loads(meta.manifest_json))
         if manifest.package_id != package_id:
             raise InvalidPackage(f"{address} sent a manifest that does not match its model id")
@@ -233,7 +251,8 @@ class AsyncSwarm:
         """A session opened along `route` (default: the best now). No recovery: see RecoveringSession."""
         route = route or self.route()
         session = RemoteSession(self._channel(route[0].address), route, self.package_id, request.total_tokens,
-                                request.sampling, stats, self.config.step_timeout_s)  # fmt: skip
+                                request.sampling, stats, self.config.step_timeout_s,
+                                credentials=self.credentials)  # fmt: skip
         for peer in route:
             self._in_flight[peer.node_id] = self._in_flight.get(peer.node_id, 0) + 1
         session.on_close = self._release
@@ -254,8 +273,8 @@ class AsyncSwarm:
         async def silent(address: str) -> bool:
             stub = pb_grpc.SwarmNodeStub(self._channel(address))
             try:
-                await stub.Health(pb.HealthRequest(), timeout=timeout_s)
-            except grpc.aio.AioRpcError:
+                await unary(stub.Health, "Health", pb.HealthRequest(), self.credentials, timeout_s)
+            except (grpc.aio.AioRpcError, SwarmError):
                 return True
             return False
 
@@ -292,6 +311,24 @@ class AsyncSwarm:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+
+
+async def fetch_package_meta(stub: pb_grpc.SwarmNodeStub, address: str, credentials: Credentials | None,
+                             timeout: float) -> pb.PackageMeta:  # fmt: skip
+    """The manifest and tokenizer a peer serves; in a keyed swarm, signed by that (authenticated) peer."""
+    try:
+        if credentials is None:
+            return await stub.GetPackageMeta(pb.PackageMetaRequest(), timeout=timeout)
+        metadata, transcript = credentials.call("GetPackageMeta")
+        call = stub.GetPackageMeta(pb.PackageMetaRequest(), metadata=metadata, timeout=timeout)
+        meta = await call
+        signer = credentials.check_reply(await call.initial_metadata(), "GetPackageMeta", transcript)
+    except grpc.aio.AioRpcError as exc:
+        raise error_from_rpc(exc, address) from exc
+    except AuthenticationError as exc:
+        raise InvalidPackage(f"{address} failed authentication: {exc}") from exc
+    check_manifest_signature(meta.manifest_json, meta.manifest_signature, signer)
+    return meta
 
 
 class Swarm(SyncTextGenerator):

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from swarm.errors import PeerUnavailable, SwarmError
+from swarm.keys import SWARM_KEY_ENV, SwarmKey
 from swarm.package import MANIFEST_NAME, load_package
 
 NODE_START_TIMEOUT_S = 120.0
@@ -58,8 +59,10 @@ def split_spans(block_edges: Sequence[int], nodes: int) -> list[tuple[int, int]]
 class NodeProcesses:
     """`swarm-node join` processes on 127.0.0.1, stopped with SIGTERM on exit."""
 
-    def __init__(self, package: Path, spans: Sequence[tuple[int, int]], threads: int = 1) -> None:
+    def __init__(self, package: Path, spans: Sequence[tuple[int, int]], swarm_key: SwarmKey | None,
+                 threads: int = 1) -> None:  # fmt: skip
         self.package, self.spans, self.threads = package, spans, threads
+        self.swarm_key = swarm_key  # None: an open swarm
         self.procs: list[subprocess.Popen[str]] = []
         self.addresses: list[str] = []
 
@@ -75,7 +78,12 @@ class NodeProcesses:
     def _start(self, start: int, end: int) -> str:
         cmd = [sys.executable, "-m", "node.cli", "join", "--model", str(self.package), "--blocks", f"{start}:{end}",
                "--host", "127.0.0.1", "--port", "0", "--threads", str(self.threads)]  # fmt: skip
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        env = dict(os.environ)
+        if self.swarm_key is None:
+            cmd.append("--insecure")
+        else:  # in the environment, not the command line, where `ps` would show it
+            env[SWARM_KEY_ENV] = self.swarm_key.join_code
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         self.procs.append(proc)
         deadline = time.monotonic() + NODE_START_TIMEOUT_S
         assert proc.stdout is not None
@@ -107,6 +115,7 @@ def run_demo(model: Path, nodes: int, max_tokens: int, sampling: dict[str, float
     spans = split_spans([b.start for b in manifest.blocks] + [manifest.num_layers], nodes)
     print(f"starting {len(spans)} nodes for {manifest.name}: " + ", ".join(f"[{a}, {b})" for a, b in spans),
           file=sys.stderr)  # fmt: skip
-    with NodeProcesses(package, spans) as procs, Swarm(peers=procs.addresses) as swarm:
+    key = SwarmKey.generate()  # a private swarm of this machine's processes, for this run only
+    with NodeProcesses(package, spans, key) as procs, Swarm(peers=procs.addresses, swarm_key=key) as swarm:
         print(f"swarm ready at {', '.join(procs.addresses)}", file=sys.stderr)
         ChatSession(swarm, max_tokens, sampling).run(sys.stdin, sys.stdout)

@@ -3,26 +3,46 @@
 Each node announces `<node id>._swarm-llm._tcp.local.` with a TXT record describing itself;
 browsers turn announcements into membership events (`PeerSeen`, `PeerGone`). TXT records
 come from the network, so every field is parsed defensively: a bad record is ignored.
+
+In a keyed swarm every record is signed: `pk` (the node's Ed25519 public key, whose hash is
+the node id), `ts` (when it was made), `sg` (the signature over the other fields and the
+port) and `mc` (an HMAC under the swarm's membership key). Browsers ignore records that are
+unsigned, stale, from another swarm, or whose id is not their key's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
+import os
 import socket
 import time
 from collections.abc import Callable, Sequence
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from swarm.auth import CLOCK_WINDOW_S, Credentials
+from swarm.keys import node_id_of
 from swarm.membership import Event, PeerGone, PeerRecord, PeerSeen
 
 SERVICE_TYPE = "_swarm-llm._tcp.local."
 MAX_NODE_ID = 63  # the longest DNS label: the node id is the service instance name
 RESOLVE_TIMEOUT_MS = 3000
 log = logging.getLogger("swarm.discovery")
+
+
+MDNS_INTERFACES_ENV = "SWARM_MDNS_INTERFACES"
+
+
+def env_mdns_interfaces() -> tuple[str, ...]:
+    """Interface addresses from $SWARM_MDNS_INTERFACES ("10.0.0.5,127.0.0.1"): what the CLIs use
+    when no --mdns-interface is given (e.g. to keep a test or a demo on loopback)."""
+    return tuple(a.strip() for a in os.environ.get(MDNS_INTERFACES_ENV, "").split(",") if a.strip())
 
 
 def open_zeroconf(interfaces: Sequence[str] | None = None) -> AsyncZeroconf:
@@ -76,21 +96,68 @@ def record_from_txt(properties: dict[bytes, bytes | None], address: str) -> Peer
     return record if valid else None
 
 
+_SIGNATURE_FIELDS = ("sg", "mc")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _signed_bytes(txt: dict[str, str], port: int) -> bytes:
+    fields = "\n".join(f"{k}={v}" for k, v in sorted(txt.items()) if k not in _SIGNATURE_FIELDS)
+    return f"swarm/record/1\0{port}\0{fields}".encode()
+
+
+def sign_txt(txt: dict[str, str], port: int, credentials: Credentials, now: float | None = None) -> dict[str, str]:
+    """`txt` with the fields that make it verifiable by members of the swarm."""
+    txt = {**txt, "pk": _b64(credentials.identity.public_bytes), "ts": str(int(time.time() if now is None else now))}
+    message = _signed_bytes(txt, port)
+    signature = credentials.identity.sign(message)
+    return {**txt, "sg": _b64(signature), "mc": _b64(credentials.key.prove(message + signature))}
+
+
+def txt_is_ours(txt: dict[str, str], port: int, credentials: Credentials | None, now: float | None = None) -> bool:
+    """Whether a record belongs to our swarm: in an open swarm, an unkeyed record; in a keyed
+    one, signed by the node it names, tagged with our membership key, and fresh."""
+    if credentials is None:
+        return not txt.get("sw") and "sg" not in txt
+    try:
+        public, signature, tag = _unb64(txt["pk"]), _unb64(txt["sg"]), _unb64(txt["mc"])
+        stamp = int(txt["ts"])
+        message = _signed_bytes(txt, port)
+        if txt.get("sw") != credentials.swarm_id or not credentials.key.check(message + signature, tag):
+            return False
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (KeyError, ValueError, InvalidSignature):
+        return False
+    now = time.time() if now is None else now
+    return txt.get("id") == node_id_of(public) and abs(now - stamp) <= CLOCK_WINDOW_S
+
+
 class Announcer:
     """A node's own announcement: register, refresh (the heartbeat), withdraw."""
 
-    def __init__(self, zeroconf: AsyncZeroconf, addresses: Sequence[str], port: int) -> None:
+    def __init__(self, zeroconf: AsyncZeroconf, addresses: Sequence[str], port: int,
+                 credentials: Credentials | None = None) -> None:  # fmt: skip
         self._zeroconf, self._addresses, self._port = zeroconf, list(addresses), port
+        self._credentials = credentials
         self._info: ServiceInfo | None = None
         self._beat = 0
 
     def _service(self, record: PeerRecord) -> ServiceInfo:
+        txt = {**txt_record(record), "beat": str(self._beat)}
+        if self._credentials is not None:
+            txt = sign_txt(txt, self._port, self._credentials)
         return ServiceInfo(
             SERVICE_TYPE,
             service_name(record.node_id),
             addresses=[socket.inet_aton(a) for a in self._addresses],
             port=self._port,
-            properties={**txt_record(record), "beat": str(self._beat)},
+            properties=txt,
             server=f"{record.node_id}.local.",
         )
 
@@ -115,8 +182,10 @@ class MdnsBrowser:
     """Turns mDNS announcements into membership events for `on_event`."""
 
     def __init__(self, zeroconf: AsyncZeroconf, on_event: Callable[[Event], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic,
+                 credentials: Credentials | None = None) -> None:  # fmt: skip
         self._zeroconf, self._on_event, self._clock = zeroconf, on_event, clock
+        self._credentials = credentials
         self._browser: AsyncServiceBrowser | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -142,6 +211,9 @@ class MdnsBrowser:
         if record is None:
             log.debug("ignoring malformed announcement %s", name)
             return
+        if not txt_is_ours(_text_properties(info.properties), info.port, self._credentials):
+            log.debug("ignoring announcement %s: not signed for this swarm", name)
+            return
         self._on_event(PeerSeen(record, self._clock()))
 
     async def stop(self) -> None:
@@ -151,3 +223,10 @@ class MdnsBrowser:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _text_properties(properties: dict[bytes, bytes | None]) -> dict[str, str]:
+    try:
+        return {k.decode(): (v or b"").decode() for k, v in properties.items()}
+    except UnicodeDecodeError:
+        return {}

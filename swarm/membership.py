@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from swarm._proto.swarm_pb2 import PROTOCOL_VERSION_CURRENT
 from swarm.routing import PeerView
 
 DEFAULT_TTL_S = 30.0  # a peer not heard of for this long is dropped
@@ -24,7 +25,7 @@ class PeerRecord:
     start: int
     end: int
     swarm_id: str = ""
-    protocol_version: int = 1
+    protocol_version: int = PROTOCOL_VERSION_CURRENT
     sessions: int = 0
     max_sessions: int = 1
     free_memory: int = 0  # bytes

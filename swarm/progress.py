@@ -1,16 +1,23 @@
-"""A one-line progress bar on stderr, for long work (exports, downloads)."""
+"""A one-line progress bar on stderr, for long work (exports, downloads, a node joining).
+
+It draws only on a terminal: piped into a file or another program it writes nothing, so logs
+and scripts never see carriage returns and half-drawn bars.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 class ProgressLine:
     def __init__(self, stream: TextIO | None = None, quiet: bool = False, width: int = 30) -> None:
         self._stream = stream or sys.stderr
-        self._quiet, self._width = quiet, width
+        self._quiet, self._width = quiet or not _is_terminal(self._stream), width
         self._started = time.monotonic()
 
     def __call__(self, what: str, done: int, total: int) -> None:
@@ -22,6 +29,13 @@ class ProgressLine:
         elapsed = time.monotonic() - self._started
         self._stream.write(f"\r[{bar}] {_amount(done, total)} {what:<24.24} {elapsed:6.1f}s{end}")
         self._stream.flush()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def _amount(done: int, total: int) -> str:

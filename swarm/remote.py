@@ -12,12 +12,14 @@ import numpy as np
 
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
-from swarm.errors import InvalidRequest, PeerUnavailable
+from swarm.auth import Credentials
+from swarm.errors import InvalidRequest, PeerUnavailable, SwarmError
+from swarm.frames import Frames
 from swarm.generation import GenerationStats
 from swarm.routing import PeerView
 from swarm.sampling import SamplingParams
 from swarm.tensors import from_wire
-from swarm.transport import FAILED_NODE_KEY, error_from_rpc, error_from_status
+from swarm.transport import FAILED_NODE_KEY, error_from_rpc, error_from_status, open_session_call
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
 
@@ -43,6 +45,7 @@ class RemoteSession:
         stats: GenerationStats,
         step_timeout_s: float = 60.0,
         return_logits: bool = False,
+        credentials: Credentials | None = None,
     ) -> None:
         self.session_id = uuid.uuid4().hex
         self.route = list(route)
@@ -54,7 +57,10 @@ class RemoteSession:
         self.length = 0
         self.on_close: Callable[[list[PeerView]], None] | None = None  # told once, when the session closes
         self._closed = False
-        self._call = pb_grpc.SwarmNodeStub(channel).Session()
+        self._stub = pb_grpc.SwarmNodeStub(channel)
+        self._credentials = credentials
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._frames: Frames | None = None
         self._open = pb.OpenSession(
             protocol_version=PROTOCOL_VERSION,
             session_id=self.session_id,
@@ -66,6 +72,13 @@ class RemoteSession:
         )
 
     async def open(self, timeout: float | None = None) -> None:
+        first = self.route[0]
+        try:
+            self._call, self._frames = await open_session_call(
+                self._stub, self._credentials, first.address, first.node_id, timeout or self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, first.address) from exc
         reply = await self._exchange(pb.SessionRequest(open=self._open), timeout)
         if reply.WhichOneof("kind") != "opened":
             raise PeerUnavailable(f"{self.route[0].address} did not open the session")
@@ -87,11 +100,14 @@ class RemoteSession:
     async def _exchange(self, request: pb.SessionRequest, timeout: float | None = None) -> pb.SessionReply:
         first = self.route[0].address
         timeout = timeout or self._timeout
+        assert self._call is not None and self._frames is not None, "open the session first"
         try:
-            await self._call.write(request)
+            await self._call.write(self._frames.seal(request))
             reply = await asyncio.wait_for(self._call.read(), timeout)
         except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, first) from exc
+            if not self._call.done():
+                raise error_from_rpc(exc, first) from exc
+            reply = grpc.aio.EOF  # a write raced the node ending the stream: its status says why
         except asyncio.InvalidStateError:  # the node already ended the stream
             reply = grpc.aio.EOF
         except TimeoutError as exc:
@@ -102,13 +118,18 @@ class RemoteSession:
             metadata = await self._call.trailing_metadata()
             node = next((str(v) for k, v in metadata or () if k == FAILED_NODE_KEY), None)
             raise error_from_status(code, details or "session ended", first, node)
-        return reply
+        try:
+            return self._frames.open(reply)
+        except SwarmError as exc:  # the first node sent a frame we cannot trust: route around it
+            failed = PeerUnavailable(f"{first} sent a bad frame: {exc}")
+            failed.node_id = self.route[0].node_id  # type: ignore[attr-defined]
+            raise failed from exc
 
     async def close(self) -> None:
         if not self._closed and self.on_close is not None:
             self.on_close(self.route)
         self._closed = True
-        if not self._call.done():
+        if self._call is not None and not self._call.done():
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await self._call.done_writing()
             self._call.cancel()

@@ -1,10 +1,16 @@
-"""gRPC plumbing shared by clients and nodes: channel options, limits, error translation."""
+"""gRPC plumbing shared by clients and nodes: channel options, limits, error translation, and
+calls that carry the swarm credential (see swarm/auth.py) when the swarm has a key."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import grpc
 
+from swarm.auth import AUTH_KEY, Credentials, new_exchange, session_keys
 from swarm.errors import (
+    AuthenticationError,
     CapacityExceeded,
     InvalidRequest,
     PeerUnavailable,
@@ -12,6 +18,7 @@ from swarm.errors import (
     StaleRoute,
     SwarmError,
 )
+from swarm.frames import Frames, PlainFrames, SealedFrames
 
 # Trailing-metadata key naming the node that failed, so a client knows which hop to replace.
 FAILED_NODE_KEY = "swarm-failed-node"
@@ -26,6 +33,9 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # as a server: accept the keepalive pings peers send (the default of one per 5 min would
+        # answer them with GOAWAY "too_many_pings" and drop the connection)
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ]
 
 
@@ -34,6 +44,7 @@ def insecure_channel(address: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_
 
 
 _STATUS_FOR_ERROR: list[tuple[type[SwarmError], grpc.StatusCode]] = [
+    (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
     (StaleRoute, grpc.StatusCode.FAILED_PRECONDITION),  # before PeerUnavailable, its parent
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (CapacityExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -68,8 +79,60 @@ def error_from_status(code: grpc.StatusCode, details: str, peer: str, node_id: s
         return CapacityExceeded(f"{peer} is out of capacity: {details}")
     if code == grpc.StatusCode.NOT_FOUND:
         return SessionExpired(f"{peer}: {details}")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationError(f"{peer} refused us: {details} (is the swarm key right?)")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return StaleRoute(f"{peer}: {details}")
     failed = PeerUnavailable(f"{peer} failed ({code.name}): {details}")
     failed.node_id = node_id  # type: ignore[attr-defined]
     return failed
+
+
+async def unary(stub_method: Any, method: str, request: Any, credentials: Credentials | None, timeout: float,
+                expected_node: str = "") -> Any:  # fmt: skip
+    """`stub_method(request)` with our credential; the callee's credential is checked before its
+    answer is believed. Raises grpc.aio.AioRpcError as the plain call would."""
+    if credentials is None:
+        return await stub_method(request, timeout=timeout)
+    metadata, transcript = credentials.call(method)
+    call = stub_method(request, metadata=metadata, timeout=timeout)
+    reply = await call
+    credentials.check_reply(await call.initial_metadata(), method, transcript, expected_node)
+    return reply
+
+
+async def checked_stream(call: Any, method: str, transcript: bytes, credentials: Credentials,
+                         peer: str, expected_node: str = "", timeout: float | None = None) -> Any:  # fmt: skip
+    """Wait for a streaming call's initial metadata and check the callee's credential in it; when
+    the callee ended the call instead (it refused us), raise the error it gave."""
+    try:
+        metadata = await asyncio.wait_for(call.initial_metadata(), timeout)
+    except TimeoutError as exc:
+        call.cancel()
+        raise PeerUnavailable(f"{peer} did not answer the handshake within {timeout:.1f}s") from exc
+    if not any(key == AUTH_KEY for key, _ in metadata or ()):
+        code, details = await call.code(), await call.details()
+        if code is not None and code != grpc.StatusCode.OK:
+            raise error_from_status(code, details or "", peer)
+    try:
+        return credentials.check_reply(metadata, method, transcript, expected_node)
+    except AuthenticationError as exc:  # it is not a member: route around it
+        raise PeerUnavailable(f"{peer} failed authentication: {exc}") from exc
+
+
+async def open_session_call(stub: Any, credentials: Credentials | None, peer: str, expected_node: str = "",
+                            timeout: float | None = None) -> tuple[Any, Frames]:  # fmt: skip
+    """A Session stream to `peer` and the frames to speak on it: sealed under fresh keys from an
+    ephemeral X25519 exchange in a keyed swarm, plain in an open one."""
+    if credentials is None:
+        return stub.Session(), PlainFrames()
+    private, x_public = new_exchange()
+    metadata, transcript = credentials.call("Session", x_public)
+    call = stub.Session(metadata=metadata)
+    try:
+        proof = await checked_stream(call, "Session", transcript, credentials, peer, expected_node, timeout)
+        keys = session_keys(credentials.key, private, proof.x_public, transcript, proof.transcript, caller=True)
+    except BaseException:
+        call.cancel()
+        raise
+    return call, SealedFrames(keys, caller=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,22 @@ from typing import Any
 from node.config import NodeConfig
 from node.server import RunningNode, serve
 from swarm._loop import BackgroundLoop
+from swarm.auth import Credentials, Metadata
+from swarm.keys import Identity, SwarmKey
+
+# the swarm every test node and client is in, unless a test says otherwise (conftest puts it
+# in $SWARM_KEY too, so SDK clients and node processes started by tests use it)
+TEST_SWARM_KEY = SwarmKey(hashlib.sha256(b"swarm test suite").digest())
+
+
+def member_credentials() -> Credentials:
+    """A fresh member of the test swarm, for tests that call nodes by hand."""
+    return Credentials(TEST_SWARM_KEY, Identity.generate())
+
+
+def member_metadata(method: str) -> Metadata:
+    """Call metadata of a fresh member of the test swarm."""
+    return member_credentials().call(method)[0]
 
 
 class LocalCluster:
@@ -23,6 +40,7 @@ class LocalCluster:
     def start(self, model: Path, span: tuple[int, int] | None = None, **options: Any) -> RunningNode:
         options.setdefault("mdns", False)  # tests that want discovery turn it on, on 127.0.0.1 only
         options.setdefault("threads", 1)
+        options.setdefault("swarm_key", TEST_SWARM_KEY)
         config = NodeConfig(model=model, span=span, host="127.0.0.1", port=0, **options)
 
         async def enter() -> RunningNode:

@@ -142,13 +142,23 @@ class Step(_message.Message):
     hidden: Tensor
     def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
+class Sealed(_message.Message):
+    __slots__ = ("seq", "box")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    box: bytes
+    def __init__(self, seq: _Optional[int] = ..., box: _Optional[bytes] = ...) -> None: ...
+
 class SessionRequest(_message.Message):
-    __slots__ = ("open", "step")
+    __slots__ = ("open", "step", "sealed")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     open: OpenSession
     step: Step
-    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., step: _Optional[_Union[Step, _Mapping]] = ...) -> None: ...
+    sealed: Sealed
+    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ...) -> None: ...
 
 class Opened(_message.Message):
     __slots__ = ("node_ids",)
@@ -177,12 +187,14 @@ class StepResult(_message.Message):
     def __init__(self, step: _Optional[int] = ..., token: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ...) -> None: ...
 
 class SessionReply(_message.Message):
-    __slots__ = ("opened", "result")
+    __slots__ = ("opened", "result", "sealed")
     OPENED_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     opened: Opened
     result: StepResult
-    def __init__(self, opened: _Optional[_Union[Opened, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ...) -> None: ...
+    sealed: Sealed
+    def __init__(self, opened: _Optional[_Union[Opened, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ...) -> None: ...
 
 class PeersRequest(_message.Message):
     __slots__ = ()
@@ -217,9 +229,11 @@ class PackageMetaRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PackageMeta(_message.Message):
-    __slots__ = ("manifest_json", "tokenizer_json")
+    __slots__ = ("manifest_json", "tokenizer_json", "manifest_signature")
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_JSON_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     manifest_json: bytes
     tokenizer_json: bytes
-    def __init__(self, manifest_json: _Optional[bytes] = ..., tokenizer_json: _Optional[bytes] = ...) -> None: ...
+    manifest_signature: bytes
+    def __init__(self, manifest_json: _Optional[bytes] = ..., tokenizer_json: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ...) -> None: ...

@@ -42,7 +42,7 @@ def test_export_writes_a_loadable_package(tmp_path: Path) -> None:
     result = run_export(STORIES, tmp_path / "out", "--layers-per-block", "2")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "out")
-    assert "3/5" in result.stderr  # progress: embedding, 3 blocks, head
+    assert "3/5" not in result.stderr  # no progress bar when stderr is not a terminal
     assert len(load_package(tmp_path / "out").manifest.blocks) == 3
 
 

@@ -22,7 +22,8 @@ from swarm.package import ModelPackage
 from swarm.remote import RemoteSession
 from swarm.sampling import SamplingParams
 from swarm.tensors import to_wire
-from tests.cluster import LocalCluster
+from swarm.transport import open_session_call
+from tests.cluster import LocalCluster, member_credentials
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
 
 SPANS = [(0, 2), (2, 5)]
@@ -64,7 +65,7 @@ def test_idle_sessions_expire(cluster: LocalCluster, stories_package: ModelPacka
         swarm = await AsyncSwarm.connect(cluster.addresses)
         try:
             session = RemoteSession(swarm._channel(cluster.addresses[0]), swarm.route(), swarm.package_id, 64,
-                                    SamplingParams(), GenerationStats())  # fmt: skip
+                                    SamplingParams(), GenerationStats(), credentials=swarm.credentials)  # fmt: skip
             await session.open()
             assert await session.step(STORIES_PROMPT_IDS, SamplingParams()) == STORIES_REFERENCE_IDS[0]
             await asyncio.sleep(1.5)
@@ -128,8 +129,8 @@ def test_session_count_is_bounded(cluster: LocalCluster, stories_package: ModelP
 def open_message(package: ModelPackage, nodes: list[RunningNode], first: int, **fields: object) -> pb.SessionRequest:
     route = [pb.Hop(address=n.address, node_id=n.node_id, start=s, end=e)
              for n, (s, e) in zip(nodes, SPANS, strict=True)][first:]  # fmt: skip
-    msg = pb.OpenSession(protocol_version=1, session_id="s-" + str(time.monotonic_ns()), package_id=package.package_id,
-                         route=route, max_length=64, sampling=pb.Sampling())  # fmt: skip
+    msg = pb.OpenSession(protocol_version=pb.PROTOCOL_VERSION_CURRENT, session_id="s-" + str(time.monotonic_ns()),
+                         package_id=package.package_id, route=route, max_length=64, sampling=pb.Sampling())  # fmt: skip
     for key, value in fields.items():
         if key == "route":
             del msg.route[:]
@@ -150,10 +151,10 @@ def token_step(ids: list[int], position: int = 0, step: int = 0) -> pb.SessionRe
 async def exchange(address: str, requests: list[pb.SessionRequest]) -> tuple[grpc.StatusCode, str]:
     """Send the requests on one session stream; the status the node ends it with."""
     async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
-        call = pb_grpc.SwarmNodeStub(channel).Session()
+        call, frames = await open_session_call(pb_grpc.SwarmNodeStub(channel), member_credentials(), address)
         try:
             for request in requests:
-                await call.write(request)
+                await call.write(frames.seal(request))
                 if await call.read() == grpc.aio.EOF:
                     break
             await call.done_writing()
@@ -209,7 +210,7 @@ def test_bad_input_gets_a_clear_error_and_the_node_keeps_serving(cluster: LocalC
         swarm = await AsyncSwarm.connect(cluster.addresses)
         try:
             healthy = RemoteSession(swarm._channel(cluster.addresses[0]), swarm.route(), swarm.package_id, 64,
-                                    SamplingParams(), GenerationStats())  # fmt: skip
+                                    SamplingParams(), GenerationStats(), credentials=swarm.credentials)  # fmt: skip
             await healthy.open()
             tokens = [await healthy.step(STORIES_PROMPT_IDS, SamplingParams())]
             for name, (index, requests, expected) in cases.items():

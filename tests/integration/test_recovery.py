@@ -157,10 +157,12 @@ def live_sessions(address: str) -> int:
 
     from swarm._proto import swarm_pb2 as pb
     from swarm._proto import swarm_pb2_grpc as pb_grpc
+    from tests.cluster import member_metadata
 
     async def ask() -> int:
         async with grpc.aio.insecure_channel(address) as channel:
-            info = await pb_grpc.SwarmNodeStub(channel).Info(pb.InfoRequest(), timeout=2)
+            info = await pb_grpc.SwarmNodeStub(channel).Info(pb.InfoRequest(), timeout=2,
+                                                             metadata=member_metadata("Info"))
             return int(info.sessions)
 
     return asyncio.run(ask())

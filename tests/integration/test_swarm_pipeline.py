@@ -97,7 +97,7 @@ def test_logits_only_when_asked(cluster: LocalCluster, stories_package: ModelPac
         try:
             session = RemoteSession(
                 swarm._channel(cluster.addresses[0]), swarm.route(), swarm.package_id, 16, SamplingParams(),
-                GenerationStats(), return_logits=return_logits,
+                GenerationStats(), return_logits=return_logits, credentials=swarm.credentials,
             )  # fmt: skip
             await session.open()
             token = await session.step(STORIES_PROMPT_IDS, SamplingParams())

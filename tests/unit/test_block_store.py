@@ -260,7 +260,8 @@ class FakePeers:
     calls: list[tuple[str, str, str, int]] = field(default_factory=list)
     progress: list[tuple[str, int, int]] = field(default_factory=list)
 
-    async def download(self, address: str, package_id: str, entry: FileRef, part: Path, progress: object) -> None:
+    async def download(self, address: str, package_id: str, entry: FileRef, part: Path, progress: object,
+                       credentials: object = None) -> None:
         offset = part.stat().st_size if part.exists() else 0
         self.calls.append((address, package_id, entry.file, offset))
         data = self.serves[address][offset:]

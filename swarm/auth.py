@@ -1,0 +1,199 @@
+"""Mutual authentication of every call between swarm members.
+
+A caller sends, in the call's metadata, a credential: a timestamp, a random nonce, its Ed25519
+public key and (for a session) an ephemeral X25519 public key, signed with its identity and
+tagged with an HMAC under the swarm's membership key. The callee checks the tag (membership),
+the signature (identity), the clock window and that the nonce is new (replay), then answers
+with a credential of its own, bound to the hash of the caller's: the caller learns that the
+callee is a member, who it is, and that the answer is fresh. The swarm key never crosses the
+wire; only HMAC tags made with a key derived from it do.
+
+For a session both ephemeral X25519 keys are in the two credentials; `session_keys` turns them,
+the swarm's frame key and both transcripts into one key per direction (HKDF).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from swarm.errors import AuthenticationError, StaleRoute
+from swarm.keys import Identity, SwarmKey, node_id_of
+
+AUTH_KEY = "swarm-auth-bin"  # gRPC binary metadata key (the -bin suffix makes it raw bytes)
+CLOCK_WINDOW_S = 300.0  # credentials older or newer than this are refused: clocks may drift
+REPLAY_MEMORY = 100_000  # nonces remembered; beyond that the window shrinks instead
+_FIELDS = struct.Struct(">Q16s32s32s")  # timestamp ms, nonce, Ed25519 public, X25519 public (or zeros)
+_SIG, _TAG = 64, 16
+CREDENTIAL_BYTES = _FIELDS.size + _SIG + _TAG
+NO_X25519 = bytes(32)
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+@dataclass(frozen=True)
+class Proof:
+    """A verified credential: who made it, and what a session needs from it."""
+
+    node_id: str
+    public: bytes  # Ed25519
+    x_public: bytes  # X25519, or NO_X25519
+    transcript: bytes  # the signed bytes
+
+
+def _transcript(kind: str, swarm_id: str, method: str, bound: bytes, fields: bytes) -> bytes:
+    return b"\0".join([f"swarm/{kind}/1".encode(), swarm_id.encode(), method.encode(), bound, fields])
+
+
+class ReplayGuard:
+    """Remembers nonces seen within the clock window; a repeat is a replay."""
+
+    def __init__(self, window_s: float = CLOCK_WINDOW_S, memory: int = REPLAY_MEMORY) -> None:
+        self._window, self._memory = window_s, memory
+        self._seen: dict[bytes, float] = {}
+        self._floor = 0.0  # timestamps at or below this are refused: their nonces were forgotten
+
+    def check(self, nonce: bytes, stamp: float, now: float) -> None:
+        if abs(now - stamp) > self._window:
+            raise AuthenticationError(
+                f"credential is {now - stamp:+.0f}s off this node's clock (more than {self._window:.0f}s): "
+                "check the device clocks"
+            )
+        if stamp <= self._floor or nonce in self._seen:
+            raise AuthenticationError("credential was already used (a replay)")
+        self._forget(now)
+        self._seen[nonce] = stamp
+
+    def _forget(self, now: float) -> None:
+        for nonce, stamp in list(self._seen.items()):
+            if len(self._seen) < self._memory and stamp >= now - self._window:
+                break
+            del self._seen[nonce]
+            self._floor = max(self._floor, stamp)
+
+
+class Credentials:
+    """What a member holds: the swarm key and its own identity."""
+
+    def __init__(self, key: SwarmKey, identity: Identity, clock: Callable[[], float] = time.time) -> None:
+        self.key, self.identity, self._clock = key, identity, clock
+        self.replays = ReplayGuard()
+
+    @property
+    def swarm_id(self) -> str:
+        return self.key.swarm_id
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    def _credential(self, kind: str, method: str, bound: bytes, x_public: bytes) -> tuple[bytes, bytes]:
+        stamp = int(self._clock() * 1000)
+        fields = _FIELDS.pack(stamp, secrets.token_bytes(16), self.identity.public_bytes, x_public)
+        transcript = _transcript(kind, self.swarm_id, method, bound, fields)
+        signature = self.identity.sign(transcript)
+        return fields + signature + self.key.prove(transcript + signature), transcript
+
+    def _verify(self, kind: str, method: str, bound: bytes, credential: bytes) -> Proof:
+        if len(credential) != CREDENTIAL_BYTES:
+            raise AuthenticationError("missing or malformed swarm credential: is this peer in the swarm?")
+        fields, signature, tag = credential[: _FIELDS.size], credential[_FIELDS.size : -_TAG], credential[-_TAG:]
+        stamp, nonce, public, x_public = _FIELDS.unpack(fields)
+        transcript = _transcript(kind, self.swarm_id, method, bound, fields)
+        if not self.key.check(transcript + signature, tag):
+            raise AuthenticationError("peer is not a member of this swarm (membership proof failed)")
+        try:
+            Ed25519PublicKey.from_public_bytes(public).verify(signature, transcript)
+        except InvalidSignature:
+            raise AuthenticationError("peer's signature does not match its identity") from None
+        self.replays.check(nonce, stamp / 1000, self._clock())
+        return Proof(node_id_of(public), public, x_public, transcript)
+
+    # --- the caller's side ----------------------------------------------------------------
+
+    def call(self, method: str, x_public: bytes = NO_X25519) -> tuple[Metadata, bytes]:
+        """Metadata for a call to `method`, and the transcript a reply must be bound to."""
+        credential, transcript = self._credential("call", method, b"", x_public)
+        return ((AUTH_KEY, credential),), transcript
+
+    def check_reply(self, metadata: Metadata | None, method: str, call_transcript: bytes,
+                    expected_node: str = "") -> Proof:  # fmt: skip
+        """The callee's credential from the reply's initial metadata, checked; `expected_node`
+        (when given) must be the callee's node id."""
+        proof = self._verify("reply", method, _digest(call_transcript), _credential_in(metadata))
+        if expected_node and proof.node_id != expected_node:  # e.g. restarted with a new identity
+            raise StaleRoute(f"peer is node {proof.node_id}, not the {expected_node} the route names")
+        return proof
+
+    # --- the callee's side ----------------------------------------------------------------
+
+    def check_call(self, metadata: Metadata | None, method: str) -> Proof:
+        return self._verify("call", method, b"", _credential_in(metadata))
+
+    def reply(self, method: str, call: Proof, x_public: bytes = NO_X25519) -> tuple[Metadata, bytes]:
+        credential, transcript = self._credential("reply", method, _digest(call.transcript), x_public)
+        return ((AUTH_KEY, credential),), transcript
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _credential_in(metadata: Metadata | None) -> bytes:
+    for key, value in metadata or ():
+        if key == AUTH_KEY and isinstance(value, bytes):
+            return value
+    return b""
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    send: bytes
+    receive: bytes
+    binding: bytes  # hash of both transcripts: names this session's link between two peers
+
+
+def new_exchange() -> tuple[X25519PrivateKey, bytes]:
+    private = X25519PrivateKey.generate()
+    return private, private.public_key().public_bytes_raw()
+
+
+def session_keys(key: SwarmKey, private: X25519PrivateKey, peer_public: bytes, call_transcript: bytes,
+                 reply_transcript: bytes, caller: bool) -> SessionKeys:  # fmt: skip
+    """One key per direction from the ephemeral exchange, bound to both transcripts and the swarm."""
+    if peer_public == NO_X25519:
+        raise AuthenticationError("session credential carries no key exchange")
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError:
+        raise AuthenticationError("peer's key exchange is invalid") from None
+    binding = _digest(call_transcript + reply_transcript)
+    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=binding, info=b"swarm/session/1").derive(
+        key.frame_key + shared
+    )
+    upstream, downstream = okm[:32], okm[32:]  # caller -> callee, callee -> caller
+    if caller:
+        return SessionKeys(upstream, downstream, binding)
+    return SessionKeys(downstream, upstream, binding)
+
+
+def manifest_signed_bytes(manifest_json: bytes) -> bytes:
+    """What a node signs to vouch for a manifest it serves (PackageMeta.manifest_signature)."""
+    return b"swarm/manifest/1\0" + _digest(manifest_json)
+
+
+def check_manifest_signature(manifest_json: bytes, signature: bytes, signer: Proof) -> None:
+    try:
+        Ed25519PublicKey.from_public_bytes(signer.public).verify(signature, manifest_signed_bytes(manifest_json))
+    except InvalidSignature:
+        raise AuthenticationError(f"manifest from {signer.node_id} is not signed by it") from None

@@ -1,0 +1,264 @@
+"""An OpenAI-compatible HTTP API over the async text API: `swarm-client serve`.
+
+`/v1/models`, `/v1/completions` and `/v1/chat/completions`, streamed as server-sent events when
+asked. The server runs on the same asyncio loop as the model (an `AsyncSwarm`'s gRPC channels, or a
+`LocalModel`'s worker threads), so concurrent requests are concurrent sessions, which the swarm's
+nodes batch. Every error has the OpenAI shape `{"error": {"message", "type", "param", "code"}}`.
+
+Needs fastapi and uvicorn (`pip install 'swarm-llm[serve]'`); nothing else in swarm imports this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import uvicorn
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from swarm.errors import SwarmError
+from swarm.openai_api import (
+    COMPLETION_DEFAULT_MAX_TOKENS,
+    ApiError,
+    Body,
+    ChatBody,
+    CompletionBody,
+    Envelope,
+    Job,
+    Outcome,
+    chat_messages,
+    delta_choice,
+    from_swarm_error,
+    make_job,
+    message_choice,
+    new_id,
+    prompt_ids_of,
+    run_job,
+    text_choice,
+)
+from swarm.textgen import TextGenerator
+
+SHUTDOWN_GRACE_S = 5  # open streams get this long to finish when the server stops
+
+Chunks = AsyncGenerator[dict[str, Any], None]  # response objects, one per server-sent event
+
+
+class HasText(Protocol):
+    """`LocalModel` and `AsyncSwarm`: anything with the async text API as `.text`."""
+
+    @property
+    def text(self) -> TextGenerator: ...
+
+
+def from_validation_error(exc: RequestValidationError) -> ApiError:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON ({first['msg']})")
+    where = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(where) or None
+    return ApiError(400, f"{param}: {first['msg']}" if param else str(first["msg"]), param=param)
+
+
+# ---- streaming
+
+
+async def _text_chunks(model: TextGenerator, job: Job, env: Envelope, with_usage: bool) -> Chunks:
+    outcome = Outcome(len(job.request.prompt_ids))
+    async for text in run_job(model, job, outcome):
+        yield env.wrap([text_choice(text, None)])
+    yield env.wrap([text_choice("", outcome.finish_reason)])
+    if with_usage:
+        yield env.wrap([], outcome.usage())
+
+
+async def _chat_chunks(model: TextGenerator, job: Job, env: Envelope, with_usage: bool) -> Chunks:
+    outcome = Outcome(len(job.request.prompt_ids))
+    yield env.wrap([delta_choice({"role": "assistant", "content": ""}, None)])
+    async for text in run_job(model, job, outcome):
+        yield env.wrap([delta_choice({"content": text}, None)])
+    yield env.wrap([delta_choice({}, outcome.finish_reason)])
+    if with_usage:
+        yield env.wrap([], outcome.usage())
+
+
+async def _server_sent_events(chunks: Chunks) -> AsyncIterator[str]:
+    async with aclosing(chunks):
+        try:
+            async for chunk in chunks:
+                yield f"data: {json.dumps(chunk)}\n\n"
+        except SwarmError as exc:  # the status line is sent already: the error goes in the stream
+            yield f"data: {json.dumps(from_swarm_error(exc).body)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _event_stream(chunks: Chunks) -> StreamingResponse:
+    return StreamingResponse(_server_sent_events(chunks), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})  # fmt: skip
+
+
+def _include_usage(body: Body) -> bool:
+    return bool((body.stream_options or {}).get("include_usage"))
+
+
+# ---- the app
+
+
+def _key_check(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise ApiError(401, "no API key given: send the header 'Authorization: Bearer KEY'")
+        if not secrets.compare_digest(given.strip().encode(), api_key.encode()):
+            raise ApiError(401, "incorrect API key", code="invalid_api_key")
+
+    return check
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, SwarmError):
+            exc = from_swarm_error(exc)
+        elif isinstance(exc, RequestValidationError):
+            exc = from_validation_error(exc)
+        elif isinstance(exc, HTTPException):
+            exc = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+        assert isinstance(exc, ApiError)
+        return JSONResponse(exc.body, status_code=exc.status)
+
+    for kind in (ApiError, SwarmError, RequestValidationError, HTTPException):
+        app.add_exception_handler(kind, api_error)
+
+
+def create_app(model: TextGenerator | HasText, model_name: str | None = None, api_key: str | None = None) -> FastAPI:
+    """The HTTP app over `model`'s async text API; it must be served on the loop the model runs on.
+
+    `model_name` is the id clients pass as `model` (default: the package's name)."""
+    text = model if isinstance(model, TextGenerator) else model.text
+    name = model_name or text.manifest.name
+    app = FastAPI(title="swarm", description="OpenAI-compatible API over a swarm",
+                  dependencies=[Depends(_key_check(api_key))])  # fmt: skip
+    _install_error_handlers(app)
+
+    def check_model(requested: str) -> None:
+        if requested != name:
+            raise ApiError(404, f"the model '{requested}' does not exist; this server serves '{name}'",
+                           param="model", code="model_not_found")  # fmt: skip
+
+    def model_card() -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "swarm"}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{requested:path}")
+    async def get_model(requested: str) -> dict[str, Any]:
+        check_model(requested)
+        return model_card()
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionBody) -> dict[str, Any] | StreamingResponse:
+        check_model(body.model)
+        max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
+        job = make_job(text, body, prompt_ids_of(text, body.prompt), max_tokens)
+        env = Envelope("text_completion", name, new_id("cmpl"))
+        if body.stream:
+            return _event_stream(_text_chunks(text, job, env, _include_usage(body)))
+        outcome = Outcome(len(job.request.prompt_ids))
+        completion = "".join([piece async for piece in run_job(text, job, outcome)])
+        return env.wrap([text_choice(completion, outcome.finish_reason)], outcome.usage())
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatBody) -> dict[str, Any] | StreamingResponse:
+        check_model(body.model)
+        prompt_ids = text.codec.encode_chat(chat_messages(body.messages))
+        job = make_job(text, body, prompt_ids, body.max_completion_tokens or body.max_tokens)
+        if body.stream:
+            env = Envelope("chat.completion.chunk", name, new_id("chatcmpl"))
+            return _event_stream(_chat_chunks(text, job, env, _include_usage(body)))
+        env = Envelope("chat.completion", name, new_id("chatcmpl"))
+        outcome = Outcome(len(job.request.prompt_ids))
+        reply = "".join([piece async for piece in run_job(text, job, outcome)])
+        return env.wrap([message_choice(reply, outcome.finish_reason)], outcome.usage())
+
+    return app
+
+
+# ---- serving
+
+
+@dataclass
+class RunningServer:
+    host: str
+    port: int  # the real bound port, also when asked for port 0
+    task: asyncio.Task[None]
+
+    @property
+    def url(self) -> str:
+        """The base URL an OpenAI client takes (`base_url=`)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    async def wait(self) -> None:
+        """Until the server stops (Ctrl-C or SIGTERM when this is the main thread)."""
+        await asyncio.shield(self.task)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SwarmError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --host or --port") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+@asynccontextmanager
+async def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[RunningServer]:
+    """Serve `app` on the running loop until the block ends; port 0 takes any free port."""
+    sock = _bind(host, port)
+    config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off",
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S)  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="openai-server")
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # startup failed: raise why
+                raise SwarmError(f"the HTTP server on {host}:{port} stopped while starting")
+            await asyncio.sleep(0.01)
+        yield RunningServer(host, sock.getsockname()[1], task)
+    finally:
+        server.should_exit = True
+        await asyncio.wait([task])
+        sock.close()
+
+
+async def serve(
+    model: TextGenerator | HasText,
+    host: str,
+    port: int,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    on_ready: Callable[[RunningServer], None] | None = None,
+) -> None:
+    """Serve `model` over HTTP until the server is stopped."""
+    async with run_server(create_app(model, model_name, api_key), host, port) as running:
+        if on_ready is not None:
+            on_ready(running)
+        await running.wait()

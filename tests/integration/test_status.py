@@ -1,0 +1,106 @@
+"""`swarm-client status` against real nodes: peers, coverage and route; a stopped node leaves a gap."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from swarm.cli import main
+from swarm.client import AsyncSwarm, ClientConfig
+from swarm.package import ModelPackage
+from swarm.status import UNREACHABLE, UP, StatusProbe, run_status
+from tests.cluster import TEST_SWARM_KEY, LocalCluster
+
+SPANS = [(0, 2), (2, 4), (4, 5)]
+
+
+def status(capsys: pytest.CaptureFixture[str], addresses: list[str], *flags: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["status", *(arg for a in addresses for arg in ("--peer", a)), *flags])
+    return code, capsys.readouterr().out
+
+
+def test_status_lists_peers_coverage_and_route_then_the_gap(cluster: LocalCluster, stories_package: ModelPackage,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    nodes = cluster.start_chain(stories_package.root, SPANS)
+    code, out = status(capsys, cluster.addresses, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["complete"] and data["gaps"] == []
+    assert data["model"] == "stories260K" and data["num_layers"] == 5
+    assert {p["address"] for p in data["peers"]} == set(cluster.addresses)
+    assert all(p["state"] == UP and p["free_memory"] > 0 and p["steps_per_s"] > 0 for p in data["peers"])
+    expected = [(n.node_id, *span) for n, span in zip(nodes, SPANS, strict=True)]
+    assert [(h["node_id"], h["start"], h["end"]) for h in data["route"]] == expected
+
+    code, out = status(capsys, cluster.addresses)
+    assert code == 0 and "3 of 3 peers up" in out and "MISSING" not in out
+    assert all(address in out for address in cluster.addresses)
+    hops = [f"{n.address} layers [{start}, {end})" for n, (start, end) in zip(nodes, SPANS, strict=True)]
+    assert "route: " + " -> ".join(hops) in out
+
+    cluster.stop_node(nodes[1])
+    started = time.monotonic()
+    code, out = status(capsys, cluster.addresses)
+    assert time.monotonic() - started < 5
+    assert code == 1 and "2 of 3 peers up" in out and "layers [2, 4): MISSING" in out
+    assert "route: none: no peer serves layers [2, 4) of 5" in out
+    row = next(line for line in out.splitlines() if nodes[1].address in line)
+    assert row.endswith(UNREACHABLE)
+
+    code, out = status(capsys, cluster.addresses, "--json")
+    data = json.loads(out)
+    assert code == 1 and not data["complete"] and data["gaps"] == [[2, 4]] and data["route"] == []
+    assert {p["address"]: p["state"] for p in data["peers"]}[nodes[1].address] == UNREACHABLE
+
+
+@pytest.fixture
+def silent_peer() -> Iterator[str]:
+    """An address that accepts connections and never says a word (a stalled host)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_silent_peer_costs_at_most_the_timeout(
+    cluster: LocalCluster, stories_package: ModelPackage, silent_peer: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster.start(stories_package.root)
+    started = time.monotonic()
+    code, out = status(capsys, [*cluster.addresses, silent_peer], "--timeout", "0.5", "--json")
+    assert time.monotonic() - started < 4
+    states = {p["address"]: p["state"] for p in json.loads(out)["peers"]}
+    assert code == 0 and states == {cluster.addresses[0]: UP, silent_peer: UNREACHABLE}
+
+
+def test_watch_remembers_when_a_stopped_node_was_last_seen(cluster: LocalCluster,
+                                                           stories_package: ModelPackage) -> None:  # fmt: skip
+    nodes = cluster.start_chain(stories_package.root, SPANS)
+    config = ClientConfig(peers=tuple(cluster.addresses), swarm_key=TEST_SWARM_KEY, connect_timeout_s=1.0)
+
+    async def watch() -> tuple[list[str], str]:
+        out = io.StringIO()
+        with pytest.raises(TimeoutError):  # --watch runs until interrupted
+            await asyncio.wait_for(run_status(config, out, as_json=True, watch_s=0.05), 1.0)
+        swarm = AsyncSwarm(config)
+        try:
+            probe = StatusProbe(swarm)
+            await probe.snapshot()
+            await asyncio.to_thread(cluster.stop_node, nodes[2])
+            after = await probe.snapshot()
+        finally:
+            await swarm.close()
+        gone = next(p for p in after.peers if p.address == nodes[2].address)
+        assert gone.state == UNREACHABLE and gone.last_seen is not None and gone.error
+        assert (gone.node_id, gone.start, gone.end) == (nodes[2].node_id, 4, 5)  # as it was last seen
+        return out.getvalue().splitlines(), after.problem
+
+    lines, problem = asyncio.run(watch())
+    assert len(lines) >= 2 and all(json.loads(line)["complete"] for line in lines)  # one JSON object per refresh
+    assert "layers [4, 5)" in problem

@@ -1,0 +1,48 @@
+"""The status view's pure parts: coverage with gaps, the text table, the JSON form."""
+
+from __future__ import annotations
+
+import json
+
+from swarm.status import UNREACHABLE, UP, CoverageRun, PeerStatus, RouteHop, StatusSnapshot, coverage, render
+
+NOW = 1_700_000_000.0
+
+
+def peer(node_id: str, start: int, end: int, state: str = UP) -> PeerStatus:
+    return PeerStatus(f"10.0.0.{start}:7000", state, node_id, "tiny", "ab" * 32, start, end, 100.0, 2**30, 1, 8,
+                      1.5, NOW)  # fmt: skip
+
+
+def test_coverage_marks_replicas_and_gaps() -> None:
+    peers = [peer("a", 0, 2), peer("b", 2, 4), peer("c", 2, 3), peer("d", 4, 6, UNREACHABLE)]
+    assert coverage(peers, 6) == (
+        CoverageRun(0, 2, ("a",)),
+        CoverageRun(2, 3, ("b", "c")),
+        CoverageRun(3, 4, ("b",)),
+        CoverageRun(4, 6, ()),  # only an unreachable peer serves these
+    )
+    assert coverage([], 3) == (CoverageRun(0, 3, ()),)
+
+
+def test_render_shows_the_gap_and_why_there_is_no_route() -> None:
+    peers = (peer("a", 0, 2), PeerStatus("10.0.0.9:7000", UNREACHABLE, last_seen=NOW - 12))
+    snapshot = StatusSnapshot(NOW, "tiny", "ab" * 32, 4, peers, coverage(peers, 4), (), "no peer serves layers [2, 4)")
+    text = render(snapshot)
+    assert "model tiny (abababababab), 4 layers; 1 of 2 peers up" in text
+    assert "layers [2, 4): MISSING" in text and "route: none: no peer serves layers [2, 4)" in text
+    row = next(line for line in text.splitlines() if "10.0.0.9" in line)
+    assert "12s ago" in row and row.endswith("unreachable")
+    data = json.loads(json.dumps(snapshot.to_dict()))
+    assert data["complete"] is False and data["gaps"] == [[2, 4]] and data["peers"][1]["state"] == "unreachable"
+
+
+def test_render_a_complete_swarm() -> None:
+    peers = (peer("a", 0, 2), peer("b", 2, 4))
+    route = (RouteHop("a", "10.0.0.0:7000", 0, 2), RouteHop("b", "10.0.0.2:7000", 2, 4))
+    snapshot = StatusSnapshot(NOW, "tiny", "ab" * 32, 4, peers, coverage(peers, 4), route)
+    text = render(snapshot)
+    assert "MISSING" not in text
+    assert "route: 10.0.0.0:7000 layers [0, 2) -> 10.0.0.2:7000 layers [2, 4)" in text
+    assert "1.0 GiB" in text and "1/8" in text and "now" in text
+    assert snapshot.to_dict()["complete"] is True
