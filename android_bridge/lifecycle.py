@@ -17,7 +17,7 @@ from typing import Any
 from android_bridge.config import HostConfig
 from android_bridge.events import EventLog
 from node.block_store import DownloadPaused
-from node.join import HEADROOM, prepare
+from node.join import prepare
 from node.server import RunningNode, serve
 from swarm.errors import SwarmError
 
@@ -104,14 +104,6 @@ class NodeLifecycle:
         if self.node is not None and changed:
             self.node.set_capacity_scale(scale)
         return changed
-
-    def max_layers(self) -> int | None:
-        """Layers this device's memory budget holds (as joining counts them)."""
-        if self.node is None or self.config.memory_budget is None:
-            return None
-        blocks = self.node.servicer.span.package.manifest.blocks
-        per_layer = max(b.bytes / b.num_layers for b in blocks)
-        return max(1, int(self.config.memory_budget * HEADROOM // per_layer))
 
     def status(self) -> dict[str, Any]:
         node = self.node

@@ -19,7 +19,7 @@ from android_bridge.device import DeviceState, DeviceStateProvider
 from android_bridge.events import EventLog
 from android_bridge.lifecycle import NodeLifecycle, Phase
 from android_bridge.policy import SETTLING, Decision, PolicyState, decide, evaluate
-from swarm.assignment import MoveAdvice, Served, check_move
+from node.rebalance import Rebalancer, RebalanceSettings
 
 log = logging.getLogger("swarm.android")
 
@@ -35,7 +35,8 @@ class Supervisor:
         self.life = NodeLifecycle(config, events, self._download_gate)
         self.policy = PolicyState()
         self.device: DeviceState | None = None
-        self.advice = MoveAdvice()
+        self.rebalancer = Rebalancer(RebalanceSettings(config.rebalance_interval_s, config.rebalance_min_gain,
+                                                       config.rebalance_patience))  # fmt: skip
         self.last_move: str | None = None
         self._next_rebalance = 0.0
         self._retry_at = 0.0
@@ -160,20 +161,12 @@ class Supervisor:
     # --- rebalancing ----------------------------------------------------------------------
 
     def rebalance(self) -> None:
-        """Move to the swarm's bottleneck layers when that clearly and persistently helps."""
+        """Move to the swarm's bottleneck layers when that clearly and persistently helps
+        (the rule every node applies: node/rebalance.py)."""
         node = self.life.node
-        if node is None or node.presence is None or node.speed <= 0:
+        if node is None:
             return
-        span = node.servicer.span
-        manifest = span.package.manifest
-        edges = [b.start for b in manifest.blocks] + [manifest.num_layers]
-        peers = node.presence.membership.live(span.package.package_id)
-        others = [Served(p.start, p.end, 1000 / p.speed if p.speed > 0 else 0.0)
-                  for p in peers if p.node_id != node.node_id]  # fmt: skip
-        layer_ms = 1000 / (node.speed * node.capacity_scale) / (span.end - span.start)
-        self.advice, move = check_move(self.advice, edges, others, (span.start, span.end), layer_ms,
-                                       self.life.max_layers(), self.config.rebalance_min_gain,
-                                       self.config.rebalance_patience)  # fmt: skip
+        move = self.rebalancer.check(node)
         if move is not None:
             self.last_move = move.reason
             self._begin(self._move(move.span, move.reason))
@@ -190,7 +183,7 @@ class Supervisor:
             "decision": self.policy.decision.to_dict(),
             "pending": pending.to_dict() if pending is not None else None,
             "device": self.device.to_dict() if self.device is not None else None,
-            "rebalance": {"enabled": self.config.rebalance, "candidate": self.advice.candidate,
-                          "streak": self.advice.streak, "last_move": self.last_move},
+            "rebalance": {"enabled": self.config.rebalance, "candidate": self.rebalancer.advice.candidate,
+                          "streak": self.rebalancer.advice.streak, "last_move": self.last_move},
             "events": self.events.count,
         }

@@ -56,7 +56,35 @@ def bench_model(name: str, cache: Path, rounds: int, generations: int) -> dict[s
                 print(f"  round {round_ + 1}: {setup}", file=sys.stderr)
                 runs[setup].append(measure(model, vocab, generations))
     rows = {setup: combine(results) for setup, results in runs.items()}
-    return {"model": name, "rounds": rounds, "generations_per_round": generations, "rows": rows}
+    return {"model": name, "rounds": rounds, "generations_per_round": generations, "rows": rows,
+            "hidden_size": manifest.architecture.hidden_size,
+            "frame_us": round(frame_cost_us(manifest.architecture.hidden_size), 2)}  # fmt: skip
+
+
+def frame_cost_us(hidden_size: int, repeats: int = 20_000) -> float:
+    """Microseconds to seal and open one decode step's hidden state (1, 1, H) on one link."""
+    import numpy as np
+
+    from swarm._proto import swarm_pb2 as pb
+    from swarm.auth import Credentials, new_exchange, session_keys
+    from swarm.frames import SealedFrames
+    from swarm.keys import Identity
+    from swarm.tensors import to_wire
+
+    key = SwarmKey.generate()
+    caller, callee = Credentials(key, Identity.generate()), Credentials(key, Identity.generate())
+    private, public = new_exchange()
+    metadata, transcript = caller.call("Session", public)
+    proof = callee.check_call(metadata, "Session")
+    peer_private, peer_public = new_exchange()
+    _, reply_transcript = callee.reply("Session", proof, peer_public)
+    sender = SealedFrames(session_keys(key, private, peer_public, transcript, reply_transcript, True), caller=True)
+    receiver = SealedFrames(session_keys(key, peer_private, public, transcript, reply_transcript, False), False)
+    step = pb.SessionRequest(step=pb.Step(step=1, position=1, hidden=to_wire(np.ones((1, 1, hidden_size), "f4"))))
+    started = time.perf_counter()
+    for _ in range(repeats):
+        receiver.open(sender.seal(step))
+    return (time.perf_counter() - started) / repeats * 1e6
 
 
 def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -77,11 +105,15 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
             lines.append(f"| {r['model']} | {setup} | {row['tpot_ms_p50']:.3f} | {row['tpot_ms_p95']:.3f} | "
                          f"{row['ttft_ms_p50']:.1f} | {row['decode_tok_s']:.1f} | "
                          f"{row['wire_bytes_per_token']} |")  # fmt: skip
-    lines += ["", "| model | per-token overhead of encryption (TPOT p50) | goal |", "| --- | ---: | --- |"]
+    lines += ["", "| model | per-token overhead, measured (TPOT p50) | seal + open of one hidden state | "
+              "crypto per token (4 links) | goal <= 3 % |", "| --- | ---: | ---: | ---: | --- |"]  # fmt: skip
     for r in results:
         on, off = r["rows"]["encrypted"]["tpot_ms_p50"], r["rows"]["open"]["tpot_ms_p50"]
+        crypto_ms = 4 * r["frame_us"] / 1000  # client -> A -> B and back: four sealed messages per token
         verdict = "met" if on / off - 1 <= 0.03 else "NOT met"
-        lines.append(f"| {r['model']} | {100 * (on / off - 1):+.1f} % ({on:.3f} vs {off:.3f} ms) | <= 3 %: {verdict} |")
+        lines.append(f"| {r['model']} | {100 * (on / off - 1):+.1f} % ({on:.3f} vs {off:.3f} ms) | "
+                     f"{r['frame_us']:.1f} µs (H={r['hidden_size']}) | {crypto_ms:.3f} ms = "
+                     f"{100 * crypto_ms / off:.2f} % | {verdict} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ from node.presence import Presence
 from node.servicer import NodeServicer, ServicerSettings
 from node.sessions import Limits, SessionTable
 from node.span import SpanRuntime
-from node.throughput import measure_steps_per_s
+from node.throughput import measure_prefill_tokens_per_s, measure_steps_per_s
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.auth import Credentials
 from swarm.errors import CapacityExceeded, InvalidRequest
@@ -37,6 +37,7 @@ class RunningNode:
     port: int
     config: NodeConfig
     speed: float = 0.0  # decode steps per second through the span, measured at start
+    prefill_speed: float = 0.0  # prompt tokens per second through the span, measured at start
     presence: Presence | None = None
     metrics: NodeMetrics | None = None  # with config.metrics_port
     metrics_port: int | None = None  # where /metrics is served, once bound
@@ -46,6 +47,7 @@ class RunningNode:
         """Announce `scale` x the measured speed (0 < scale <= 1), so routing and assignment send less here."""
         self.capacity_scale = min(max(scale, 0.01), 1.0)
         self.servicer.steps_per_s = self.speed * self.capacity_scale
+        self.servicer.prefill_tokens_per_s = self.prefill_speed * self.capacity_scale
 
     @property
     def node_id(self) -> str:
@@ -103,6 +105,7 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
     steps("measuring speed", len(span.blocks), 0)
     speed = await asyncio.to_thread(measure_steps_per_s, span)
     limits = _limits(config, span, m.max_context)
+    prefill_speed = await asyncio.to_thread(measure_prefill_tokens_per_s, span, limits.max_context)
     message_bytes = max_message_bytes(m.architecture.hidden_size, limits.max_context)
     identity = claim_identity(config.identity_file) if config.identity_file else Identity.generate()
     credentials = Credentials(config.swarm_key, identity) if config.swarm_key else None
@@ -125,7 +128,8 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
     pb_grpc.add_SwarmNodeServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()
-    node = RunningNode(server, servicer, port, config, speed=speed, metrics=metrics)
+    servicer.prefill_tokens_per_s = prefill_speed
+    node = RunningNode(server, servicer, port, config, speed=speed, prefill_speed=prefill_speed, metrics=metrics)
     log.info("node %s serving layers [%d, %d) of %s on port %d", node.node_id, start, end, m.name, port)
     steps("started", len(span.blocks) + 1, 0)
     try:
@@ -162,6 +166,7 @@ def own_record(node: RunningNode, address: str) -> PeerRecord:
         free_memory=max(limits.memory_budget - servicer.table.memory_used, 0),
         draining=servicer.draining,
         speed=node.speed * node.capacity_scale,
+        prefill_speed=node.prefill_speed * node.capacity_scale,
         swarm_id=servicer.settings.credentials.swarm_id if servicer.settings.credentials else "",
     )
 

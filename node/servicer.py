@@ -106,7 +106,8 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         self.batcher = DecodeBatcher(span, self._compute, lambda: len(table.sessions), settings.max_batch)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.known_peers: Callable[[], list[str]] = lambda: list(settings.peers)
-        self.steps_per_s = 0.0  # measured at start by the server
+        self.steps_per_s = 0.0  # measured at start by the server (times the capacity a device offers)
+        self.prefill_tokens_per_s = 0.0
         self._rates = PeerRates(settings.max_calls_per_s, 2 * settings.max_calls_per_s)
         self._peer_sessions = PeerSessions(settings.max_sessions_per_peer)
 
@@ -172,6 +173,7 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             kv_cache_bytes=self.table.cache_bytes,
             hidden_size=m.architecture.hidden_size,
             steps_per_s=self.steps_per_s,
+            prefill_tokens_per_s=self.prefill_tokens_per_s,
         )
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:

@@ -64,6 +64,7 @@ def txt_record(record: PeerRecord) -> dict[str, str]:
         "model": record.package_id,
         "span": f"{record.start}:{record.end}",
         "speed": f"{record.speed:.3g}",
+        "pf": f"{record.prefill_speed:.3g}",
         "mem": str(record.free_memory),
         "load": f"{record.sessions}/{record.max_sessions}",
         "drain": "1" if record.draining else "0",
@@ -80,6 +81,7 @@ def record_from_txt(properties: dict[bytes, bytes | None], address: str) -> Peer
             node_id=txt["id"], address=address, package_id=txt["model"], start=start, end=end,
             swarm_id=txt.get("sw", ""), protocol_version=int(txt["v"]), sessions=sessions,
             max_sessions=max_sessions, free_memory=int(txt.get("mem", "0")), speed=float(txt.get("speed", "0")),
+            prefill_speed=float(txt.get("pf", "0")),
             draining=txt.get("drain") == "1",
         )  # fmt: skip
     except (KeyError, ValueError, UnicodeDecodeError):
@@ -90,8 +92,7 @@ def record_from_txt(properties: dict[bytes, bytes | None], address: str) -> Peer
         and len(record.package_id) == 64
         and 0 <= sessions <= max_sessions
         and record.free_memory >= 0
-        and math.isfinite(record.speed)
-        and record.speed >= 0
+        and all(math.isfinite(s) and s >= 0 for s in (record.speed, record.prefill_speed))
     )
     return record if valid else None
 

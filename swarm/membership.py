@@ -30,6 +30,7 @@ class PeerRecord:
     max_sessions: int = 1
     free_memory: int = 0  # bytes
     speed: float = 0.0  # measured decode steps per second through its span
+    prefill_speed: float = 0.0  # measured prompt tokens per second through its span
     draining: bool = False
 
     def view(self) -> PeerView:

@@ -43,6 +43,7 @@ class PeerStatus:
     start: int = 0  # serves layers [start, end)
     end: int = 0
     steps_per_s: float = 0.0  # its measured decode steps per second through its span
+    prefill_tokens_per_s: float = 0.0  # its measured prompt tokens per second through its span
     free_memory: int = 0  # bytes of its budget not taken by weights and KV caches
     sessions: int = 0  # live sessions now
     max_sessions: int = 0
@@ -158,6 +159,7 @@ class StatusProbe:
             start=info.start,
             end=info.end,
             steps_per_s=info.steps_per_s,
+            prefill_tokens_per_s=info.prefill_tokens_per_s,
             free_memory=max(info.memory_budget - info.memory_used, 0),
             sessions=info.sessions,
             max_sessions=info.max_sessions,
@@ -183,7 +185,7 @@ class StatusProbe:
 
 # --- rendering ------------------------------------------------------------------------------
 
-COLUMNS = ("NODE", "ADDRESS", "LAYERS", "STEPS/S", "FREE MEM", "LOAD", "RTT", "LAST SEEN", "STATE")
+COLUMNS = ("NODE", "ADDRESS", "LAYERS", "STEPS/S", "PREFILL TOK/S", "FREE MEM", "LOAD", "RTT", "LAST SEEN", "STATE")
 
 
 def render(snapshot: StatusSnapshot) -> str:
@@ -215,12 +217,13 @@ def _row(peer: PeerStatus, now: float) -> tuple[str, ...]:
     seen = _ago(peer.last_seen, now)
     if peer.state == UNREACHABLE:
         layers = f"[{peer.start}, {peer.end})" if peer.end else "-"
-        return (peer.node_id or "?", peer.address, layers, "-", "-", "-", "-", seen, peer.state)
+        return (peer.node_id or "?", peer.address, layers, "-", "-", "-", "-", "-", seen, peer.state)
     return (
         peer.node_id,
         peer.address,
         f"[{peer.start}, {peer.end})",
         f"{peer.steps_per_s:.0f}",
+        f"{peer.prefill_tokens_per_s:.0f}",
         _bytes(peer.free_memory),
         f"{peer.sessions}/{peer.max_sessions}",
         f"{peer.rtt_ms:.1f} ms",

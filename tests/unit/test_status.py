@@ -10,8 +10,9 @@ NOW = 1_700_000_000.0
 
 
 def peer(node_id: str, start: int, end: int, state: str = UP) -> PeerStatus:
-    return PeerStatus(f"10.0.0.{start}:7000", state, node_id, "tiny", "ab" * 32, start, end, 100.0, 2**30, 1, 8,
-                      1.5, NOW)  # fmt: skip
+    return PeerStatus(f"10.0.0.{start}:7000", state, node_id=node_id, model="tiny", package_id="ab" * 32,
+                      start=start, end=end, steps_per_s=100.0, prefill_tokens_per_s=2000.0, free_memory=2**30,
+                      sessions=1, max_sessions=8, rtt_ms=1.5, last_seen=NOW)  # fmt: skip
 
 
 def test_coverage_marks_replicas_and_gaps() -> None:
