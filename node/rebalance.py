@@ -21,6 +21,7 @@ from node.config import NodeConfig
 from node.join import max_layers, missing_files, prepare
 from node.server import RunningNode, serve
 from swarm.assignment import Move, MoveAdvice, Served, check_move
+from swarm.package import load_package
 from swarm.progress import Progress
 
 log = logging.getLogger("swarm.node")
@@ -107,8 +108,6 @@ async def serve_and_rebalance(config: NodeConfig, stop: asyncio.Event, settings:
 async def _with_files(config: NodeConfig) -> NodeConfig:
     """`config`, its package now holding the files its span needs (fetched from peers if not)."""
     assert config.model is not None and config.span is not None
-    from swarm.package import load_package
-
     package = load_package(config.model)
     if not missing_files(package, *config.span):
         return config
