@@ -13,6 +13,7 @@ from export.exporter import ExportOptions, export_checkpoint
 from swarm.keys import SWARM_KEY_ENV
 from swarm.package import ModelPackage
 from tests.cluster import TEST_SWARM_KEY, LocalCluster
+from tests.golden.weights import materialize
 
 # Keys and identities of this machine's user never leak into the tests, nor the tests' into it.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="swarm-test-config-")
@@ -21,6 +22,7 @@ os.environ[SWARM_KEY_ENV] = TEST_SWARM_KEY.join_code
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
 GOLDEN = REPO / "tests" / "golden"
+_GOLDEN_COPIES = Path(tempfile.mkdtemp(prefix="swarm-golden-"))
 
 STORIES = SHARED_MODELS / "stories260K"
 STORIES_PROMPT = "Once upon a time"
@@ -39,6 +41,15 @@ STORIES_REFERENCE_TEXT = (
 def pytest_sessionstart(session: pytest.Session) -> None:
     if not STORIES.is_dir():
         raise pytest.UsageError(f"the test model is missing: {STORIES} (tests read ../shared/models)")
+
+
+def golden_checkpoint(name: str) -> Path:
+    """The golden case `name` as a complete checkpoint folder, its weights drawn from the seed in
+    weights.json (the repository holds no weights; tests/golden/weights.py)."""
+    dest = _GOLDEN_COPIES / name
+    if not dest.exists():
+        materialize(GOLDEN / name, dest)
+    return dest
 
 
 ExportFn = Callable[..., ModelPackage]

@@ -37,6 +37,7 @@ from transformers import (
 )
 from transformers.generation import GenerateDecoderOnlyOutput
 from transformers.utils import logging as hf_logging
+from weights import WEIGHT_STD, WEIGHTS_FILE, digest, draw
 
 GOLDEN_DIR = Path(__file__).resolve().parent
 
@@ -54,9 +55,6 @@ DECODE_STEPS = 8
 GREEDY_TOKENS = 16
 FIRST_ID = 3  # ids 0..2 are <unk>, <s>, </s>
 
-WEIGHT_STD = 0.2  # also written as initializer_range
-BIAS_STD = 0.1
-NORM_JITTER = 0.1  # norm weights are 1 + NORM_JITTER * randn
 CONSISTENCY_TOL = 1e-4
 MIN_GREEDY_MARGIN = 0.02  # ~1000x float32 noise; pick another seed if a case falls below
 
@@ -107,7 +105,7 @@ CASES: list[Case] = [
         "llama_rope_llama3",
         LlamaForCausalLM,
         LlamaConfig,
-        1002,
+        1102,
         {
             **LLAMA_BASE,
             "tie_word_embeddings": True,
@@ -133,21 +131,21 @@ CASES: list[Case] = [
         "mistral",
         MistralForCausalLM,
         MistralConfig,
-        1004,
+        1104,
         {"num_key_value_heads": 1, "head_dim": 16, "sliding_window": None, **rope(10000.0)},
     ),
     Case(
         "mistral_sliding",
         MistralForCausalLM,
         MistralConfig,
-        1017,
+        1117,
         {"num_key_value_heads": 2, "sliding_window": 5, **rope(10000.0)},
     ),
     Case(
         "qwen2",
         Qwen2ForCausalLM,
         Qwen2Config,
-        1006,
+        1306,
         {"num_key_value_heads": 2, "tie_word_embeddings": True, **rope(1000000.0)},
         chat_template=CHAT_TEMPLATE,
     ),
@@ -155,7 +153,7 @@ CASES: list[Case] = [
         "qwen2_rope_yarn",
         Qwen2ForCausalLM,
         Qwen2Config,
-        1019,
+        1119,
         {
             "num_key_value_heads": 2,
             "tie_word_embeddings": True,
@@ -171,21 +169,19 @@ def build_model(case: Case) -> PreTrainedModel:
     config = case.config_cls(**{**COMMON, **case.config})
     config.architectures = [case.model_cls.__name__]
     model = case.model_cls._from_config(config, attn_implementation="eager", dtype=torch.float32)
-    randomize_weights(model, torch.Generator().manual_seed(case.seed))
+    model.weights_spec = randomize_weights(model, case.seed)  # type: ignore[attr-defined]
     return model.eval()
 
 
 @torch.no_grad()
-def randomize_weights(model: PreTrainedModel, gen: torch.Generator) -> None:
-    """Overwrite every parameter ourselves so the result does not depend on transformers' init code."""
-    for name, param in model.named_parameters():  # tied lm_head is yielded once, as embed_tokens
-        noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
-        if "norm" in name:
-            param.copy_(1.0 + NORM_JITTER * noise)
-        elif name.endswith(".bias"):
-            param.copy_(BIAS_STD * noise)
-        else:
-            param.copy_(WEIGHT_STD * noise)
+def randomize_weights(model: PreTrainedModel, seed: int) -> dict[str, Any]:
+    """Overwrite every parameter with weights.draw (so the tests can redraw them without torch);
+    the weights.json that describes them."""
+    tensors = [(name, list(param.shape)) for name, param in model.named_parameters()]  # tied: embed_tokens only
+    drawn = draw(seed, tensors)
+    for name, param in model.named_parameters():
+        param.copy_(torch.from_numpy(drawn[name]))
+    return {"seed": seed, "sha256": digest(drawn), "tensors": tensors}
 
 
 def random_ids(gen: torch.Generator, n: int) -> torch.Tensor:
@@ -317,6 +313,8 @@ def write_case(case: Case, log: Callable[[str], None] = print) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model.save_pretrained(out, safe_serialization=True)
+    (out / "model.safetensors").unlink()  # the tests redraw it from weights.json (tests/golden/weights.py)
+    (out / WEIGHTS_FILE).write_text(json.dumps(model.weights_spec) + "\n")
     build_tokenizer().save(str(out / "tokenizer.json"))
     tok_config = json.dumps(tokenizer_config(case.chat_template), indent=2)
     (out / "tokenizer_config.json").write_text(tok_config + "\n")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from swarm.local import LocalModel
-from tests.conftest import GOLDEN, STORIES, ExportFn
+from tests.conftest import STORIES, ExportFn, golden_checkpoint
 
 
 def step_alone(model: LocalModel, prompt: list[int], steps: int) -> tuple[list[int], np.ndarray]:
@@ -19,7 +19,7 @@ def step_alone(model: LocalModel, prompt: list[int], steps: int) -> tuple[list[i
     return tokens, np.stack(logits)
 
 
-@pytest.mark.parametrize("checkpoint", [STORIES, GOLDEN / "mistral_sliding", GOLDEN / "qwen2"])
+@pytest.mark.parametrize("checkpoint", [STORIES, golden_checkpoint("mistral_sliding"), golden_checkpoint("qwen2")])
 def test_batched_steps_equal_single_steps(export_package: ExportFn, checkpoint) -> None:  # type: ignore[no-untyped-def]
     model = LocalModel(export_package(checkpoint, layers_per_block=2))
     vocab = model.manifest.architecture.vocab_size

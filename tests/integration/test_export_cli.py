@@ -12,9 +12,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from swarm.package import load_package
-from tests.conftest import GOLDEN, STORIES
+from tests.conftest import STORIES, golden_checkpoint
 
-SRC = GOLDEN / "llama_gqa_untied"
+SRC = golden_checkpoint("llama_gqa_untied")
 
 
 def run_export(*args: object) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ import pytest
 
 from swarm.generation import GenerationRequest
 from swarm.local import LocalModel
-from tests.conftest import GOLDEN, ExportFn
+from tests.conftest import GOLDEN, ExportFn, golden_checkpoint
 
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "golden.npz").is_file())
 TOLERANCE = 1e-4
@@ -26,7 +26,7 @@ def test_every_family_has_a_golden() -> None:
 
 @pytest.fixture(params=CASES)
 def case(request: pytest.FixtureRequest) -> Path:
-    return GOLDEN / request.param
+    return golden_checkpoint(request.param)
 
 
 @pytest.mark.parametrize("layers_per_block", [1, 2])
@@ -76,7 +76,7 @@ def test_transformers4_config_spelling(export_package: ExportFn, tmp_path: Path,
     import json
     import shutil
 
-    src = Path(shutil.copytree(GOLDEN / name, tmp_path / name))
+    src = Path(shutil.copytree(golden_checkpoint(name), tmp_path / name))
     config = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps(_as_transformers4_config(config)))
     golden = np.load(src / "golden.npz")

@@ -18,8 +18,9 @@ from export.exporter import ExportOptions, export_checkpoint
 from node.block_store import BlockStore, FileRef
 from swarm.errors import InvalidPackage, PeerUnavailable
 from swarm.package import ModelPackage
+from tests.conftest import golden_checkpoint
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "llama_gqa_untied"
+GOLDEN = golden_checkpoint("llama_gqa_untied")
 
 
 @dataclass(frozen=True)
