@@ -21,6 +21,7 @@ from node.config import NodeConfig
 from node.join import max_layers, missing_files, prepare
 from node.server import RunningNode, serve
 from swarm.assignment import Move, MoveAdvice, Served, check_move
+from swarm.errors import SwarmError
 from swarm.package import load_package
 from swarm.progress import Progress
 
@@ -101,8 +102,17 @@ async def serve_and_rebalance(config: NodeConfig, stop: asyncio.Event, settings:
                 return
             log.warning("moving to layers [%d, %d): %s; draining %d sessions first", *move.span, move.reason,
                         len(node.sessions.sessions))  # fmt: skip
-            config = replace(config, span=move.span, port=node.port)
-        config = await _with_files(config)
+            config = replace(config, port=node.port)
+        config = await _moved(config, move.span)
+
+
+async def _moved(config: NodeConfig, span: tuple[int, int]) -> NodeConfig:
+    """The config for serving `span`; the old one when the files for it cannot be had."""
+    try:
+        return await _with_files(replace(config, span=span))
+    except SwarmError as exc:  # e.g. no peer holds the blocks: better the old layers than none
+        log.warning("cannot serve layers [%d, %d) (%s); serving the old layers again", *span, exc)
+        return config
 
 
 async def _with_files(config: NodeConfig) -> NodeConfig:

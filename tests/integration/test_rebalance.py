@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
+import node.rebalance
 import node.server
 from node.config import NodeConfig
-from node.rebalance import RebalanceSettings, serve_and_rebalance
+from node.rebalance import Rebalancer, RebalanceSettings, serve_and_rebalance
 from node.server import RunningNode
+from swarm.assignment import Move
 from swarm.client import AsyncSwarm
+from swarm.errors import PeerUnavailable
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.keys import SwarmKey
 from swarm.package import ModelPackage
@@ -102,3 +105,29 @@ def test_a_node_moves_to_the_bottleneck_and_finishes_its_session_first(
     assert route == [f"{front.address}:0-3", f"{moved.address}:3-5"]  # around the slow node
     cluster.loop.call_soon(stop.set)
     mover_task.result(timeout=30)
+
+
+def test_a_move_whose_blocks_cannot_be_fetched_serves_the_old_layers_again(
+    cluster: LocalCluster, stories_package: ModelPackage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moves = iter([Move((3, 5), "a test asked for it")])
+
+    async def one_move(self: Rebalancer, node: RunningNode, stop: asyncio.Event) -> Move | None:
+        return next(moves, None)  # the first time: move; afterwards: serve until stopped
+
+    async def no_peer_has_them(config: NodeConfig, quiet: bool = False) -> NodeConfig:
+        raise PeerUnavailable("could not fetch block_003.onnx: no peer has it")
+
+    monkeypatch.setattr(Rebalancer, "wait_for_move", one_move)
+    monkeypatch.setattr(node.rebalance, "missing_files", lambda package, start, end: ["block_003.onnx"])
+    monkeypatch.setattr(node.rebalance, "prepare", no_peer_has_them)
+    served: list[tuple[int, int, int]] = []
+    stop = asyncio.Event()
+    config = NodeConfig(model=stories_package.root, span=(0, 3), host="127.0.0.1", threads=1, mdns=False,
+                        swarm_key=KEY)  # fmt: skip
+    task = cluster.loop.submit(serve_and_rebalance(config, stop, SETTINGS, lambda n: served.append(
+        (n.servicer.span.start, n.servicer.span.end, n.port))))  # fmt: skip
+    wait_until(lambda: len(served) == 2, 30)
+    assert [s[:2] for s in served] == [(0, 3), (0, 3)] and served[0][2] == served[1][2]  # same layers, same port
+    cluster.loop.call_soon(stop.set)
+    task.result(timeout=30)
