@@ -1,7 +1,7 @@
 """The host app's JSON config, checked in one place and turned into a NodeConfig.
 
 {"storage_dir": "/data/user/0/org.example/files/swarm",   required: keys, identity, blocks
- "swarm_key": "swarm1-...",        join code (or a key file path); absent = an open swarm
+ "swarm_key": "swarm1-...",        join code (or a key file path); required unless "insecure": true
  "model_id": "3f2a...",            which swarm model to join; absent = the one most nodes serve
  "memory_budget": "1.5GB",         weights + KV caches (bytes or a size like 1.5GB)
  "threads": 2,                     onnxruntime threads; 0 = one per core
@@ -28,7 +28,8 @@ DEVICES = ("auto", "linux", "termux", "callbacks", "static")
 @dataclass(frozen=True)
 class HostConfig:
     storage_dir: Path  # the app's private folder: identity, fetched blocks
-    swarm_key: str | None = None  # join code or key file; None = an open swarm
+    swarm_key: str | None = None  # join code or key file
+    insecure: bool = False  # no swarm key on purpose: an open swarm (trusted networks only)
     model_id: str | None = None  # package id (or prefix) to join; None = the swarm's model
     model_path: Path | None = None  # a complete local package to seed with instead of fetching
     span: tuple[int, int] | None = None  # layers [start, end) to serve; None = what the swarm lacks
@@ -66,6 +67,9 @@ class HostConfig:
         return self.storage_dir / "blocks"
 
     def node_config(self) -> NodeConfig:
+        if self.insecure == bool(self.swarm_key):
+            raise InvalidRequest('give the swarm\'s join code as "swarm_key", or "insecure": true for an open swarm '
+                                 "(not both)")  # fmt: skip
         try:
             key = load_swarm_key(self.swarm_key) if self.swarm_key else None
         except SwarmError as exc:
@@ -146,7 +150,7 @@ def _optional(convert: Any) -> Any:
 
 
 _PARSERS: dict[str, Any] = {
-    "storage_dir": lambda v: Path(_typed(str)(v)), "swarm_key": _optional(_typed(str)),
+    "storage_dir": lambda v: Path(_typed(str)(v)), "swarm_key": _optional(_typed(str)), "insecure": _typed(bool),
     "model_id": _optional(_typed(str)), "model_path": _optional(lambda v: Path(_typed(str)(v))),
     "span": _optional(_span), "memory_budget": _optional(_size), "threads": _typed(int),
     "max_sessions": _typed(int), "max_context": _optional(_typed(int)), "host": _typed(str), "port": _typed(int),

@@ -15,7 +15,9 @@ from swarm.keys import SwarmKey
 
 
 def test_a_minimal_config(tmp_path: Path) -> None:
-    config = parse_config(json.dumps({"storage_dir": str(tmp_path)}))
+    with pytest.raises(InvalidRequest, match='"swarm_key", or "insecure": true'):
+        parse_config(json.dumps({"storage_dir": str(tmp_path)})).node_config()  # an open swarm only on purpose
+    config = parse_config(json.dumps({"storage_dir": str(tmp_path), "insecure": True}))
     node = config.node_config()
     assert node.model is None and node.swarm_key is None and node.max_memory is None
     assert node.cache_dir == tmp_path / "blocks" and node.identity_file == tmp_path / "node.key"

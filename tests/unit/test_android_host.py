@@ -16,7 +16,7 @@ from swarm.errors import InvalidRequest
 def lonely(tmp_path: Path) -> str:
     """A node with no way to find a swarm: no mDNS, no peers."""
     return json.dumps({"storage_dir": str(tmp_path / "phone"), "device": "static", "mdns": False, "retry_s": 0.2,
-                       "poll_interval_s": 0.05})  # fmt: skip
+                       "poll_interval_s": 0.05, "insecure": True})  # fmt: skip
 
 
 def test_no_swarm_is_an_error_event_and_the_host_keeps_trying(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_bad_input_is_refused_in_the_callers_thread(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(InvalidRequest, match="cannot use storage_dir"):
-        host.start(json.dumps({"storage_dir": str(blocker / "sub")}))
+        host.start(json.dumps({"storage_dir": str(blocker / "sub"), "insecure": True}))
     with pytest.raises(InvalidRequest, match="unknown device state fields"):
         host.push_device_state('{"batery": 3}')
     assert json.loads(host.status_json()) == {"phase": "stopped"}
