@@ -35,7 +35,7 @@ from swarm.remote import RemoteSession
 from swarm.routing import PeerView, plan_route
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
-from swarm.transport import error_from_rpc, insecure_channel, unary
+from swarm.transport import error_from_rpc, insecure_channel, unary, unary_from
 
 MAX_PEERS = 256  # nodes a client will learn of through gossip
 
@@ -317,17 +317,14 @@ async def fetch_package_meta(stub: pb_grpc.SwarmNodeStub, address: str, credenti
                              timeout: float) -> pb.PackageMeta:  # fmt: skip
     """The manifest and tokenizer a peer serves; in a keyed swarm, signed by that (authenticated) peer."""
     try:
-        if credentials is None:
-            return await stub.GetPackageMeta(pb.PackageMetaRequest(), timeout=timeout)
-        metadata, transcript = credentials.call("GetPackageMeta")
-        call = stub.GetPackageMeta(pb.PackageMetaRequest(), metadata=metadata, timeout=timeout)
-        meta = await call
-        signer = credentials.check_reply(await call.initial_metadata(), "GetPackageMeta", transcript)
+        meta, signer = await unary_from(stub.GetPackageMeta, "GetPackageMeta", pb.PackageMetaRequest(), credentials,
+                                        timeout)  # fmt: skip
     except grpc.aio.AioRpcError as exc:
         raise error_from_rpc(exc, address) from exc
     except AuthenticationError as exc:
         raise InvalidPackage(f"{address} failed authentication: {exc}") from exc
-    check_manifest_signature(meta.manifest_json, meta.manifest_signature, signer)
+    if signer is not None:
+        check_manifest_signature(meta.manifest_json, meta.manifest_signature, signer)
     return meta
 
 

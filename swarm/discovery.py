@@ -73,8 +73,8 @@ def txt_record(record: PeerRecord) -> dict[str, str]:
 
 def record_from_txt(properties: dict[bytes, bytes | None], address: str) -> PeerRecord | None:
     """Parse a TXT record; None when anything is missing or malformed."""
+    txt = text_properties(properties)
     try:
-        txt = {k.decode(): (v or b"").decode() for k, v in properties.items()}
         start, end = (int(x) for x in txt["span"].split(":"))
         sessions, max_sessions = (int(x) for x in txt["load"].split("/"))
         record = PeerRecord(
@@ -84,7 +84,7 @@ def record_from_txt(properties: dict[bytes, bytes | None], address: str) -> Peer
             prefill_speed=float(txt.get("pf", "0")),
             draining=txt.get("drain") == "1",
         )  # fmt: skip
-    except (KeyError, ValueError, UnicodeDecodeError):
+    except (KeyError, ValueError):
         return None
     valid = (
         0 <= start < end <= 100_000
@@ -212,7 +212,7 @@ class MdnsBrowser:
         if record is None:
             log.debug("ignoring malformed announcement %s", name)
             return
-        if not txt_is_ours(_text_properties(info.properties), info.port, self._credentials):
+        if not txt_is_ours(text_properties(info.properties), info.port, self._credentials):
             log.debug("ignoring announcement %s: not signed for this swarm", name)
             return
         self._on_event(PeerSeen(record, self._clock()))
@@ -226,7 +226,8 @@ class MdnsBrowser:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _text_properties(properties: dict[bytes, bytes | None]) -> dict[str, str]:
+def text_properties(properties: dict[bytes, bytes | None]) -> dict[str, str]:
+    """A TXT record as text; empty (so every lookup fails) when it is not UTF-8."""
     try:
         return {k.decode(): (v or b"").decode() for k, v in properties.items()}
     except UnicodeDecodeError:

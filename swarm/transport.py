@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from swarm.auth import AUTH_KEY, Credentials, new_exchange, session_keys
+from swarm.auth import AUTH_KEY, Credentials, Proof, new_exchange, session_keys
 from swarm.errors import (
     AuthenticationError,
     CapacityExceeded,
@@ -92,13 +92,18 @@ async def unary(stub_method: Any, method: str, request: Any, credentials: Creden
                 expected_node: str = "") -> Any:  # fmt: skip
     """`stub_method(request)` with our credential; the callee's credential is checked before its
     answer is believed. Raises grpc.aio.AioRpcError as the plain call would."""
+    return (await unary_from(stub_method, method, request, credentials, timeout, expected_node))[0]
+
+
+async def unary_from(stub_method: Any, method: str, request: Any, credentials: Credentials | None, timeout: float,
+                     expected_node: str = "") -> tuple[Any, Proof | None]:  # fmt: skip
+    """`unary`, and who answered (the callee's checked credential; None in an open swarm)."""
     if credentials is None:
-        return await stub_method(request, timeout=timeout)
+        return await stub_method(request, timeout=timeout), None
     metadata, transcript = credentials.call(method)
     call = stub_method(request, metadata=metadata, timeout=timeout)
     reply = await call
-    credentials.check_reply(await call.initial_metadata(), method, transcript, expected_node)
-    return reply
+    return reply, credentials.check_reply(await call.initial_metadata(), method, transcript, expected_node)
 
 
 async def checked_stream(call: Any, method: str, transcript: bytes, credentials: Credentials,

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +33,7 @@ from swarm.keys import SwarmKey
 from swarm.package import ModelPackage
 from tests.cluster import LocalCluster
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
+from tests.waiting import wait_until
 
 LOOPBACK = ("127.0.0.1",)
 # a swarm of this run's own: nodes other test runs announce on this machine's loopback are not its members
@@ -41,13 +42,6 @@ MDNS = {"mdns": True, "mdns_interfaces": LOOPBACK, "announce_interval_s": 0.5, "
 PLUGGED_IN = DeviceState(battery_percent=90.0, charging=True, network=Network.UNMETERED, foreground=True)
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
 
 
 def host_config(storage: Path, **options: Any) -> str:
@@ -108,7 +102,7 @@ def test_low_battery_leaves_while_the_generation_moves_on_and_plugging_in_rejoin
         replica = cluster.start(stories_package.root, (2, 5), **MDNS)
         presence = front.presence
         assert presence is not None
-        assert wait_for(lambda: replica.address in presence.known_addresses())  # so the client can learn it
+        assert wait_until(lambda: replica.address in presence.known_addresses())  # so the client can learn it
         device.update(battery_percent=15.0)
         left = phone.events.wait_for("left", 15)
         tokens += list(stream)
@@ -161,7 +155,7 @@ def test_a_metered_network_pauses_a_block_download_and_resumes_without_refetchin
     part = next((tmp_path / "phone" / "blocks").glob("*/block_003.onnx.part"))
     kept = part.stat().st_size
     assert kept == 102400  # the chunk in which the network changed was kept, nothing after it
-    assert wait_for(lambda: not status(phone)["decision"]["downloads"], 2)  # the policy caught up
+    assert wait_until(lambda: not status(phone)["decision"]["downloads"], 2)  # the policy caught up
     time.sleep(0.5)
     assert status(phone)["phase"] == "paused"  # stays paused while metered
     phone.set_listener(None)

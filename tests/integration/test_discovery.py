@@ -27,18 +27,12 @@ from swarm.package import ModelPackage
 from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_metadata
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
 from tests.mdns_probe import browse
+from tests.waiting import wait_until
 
 LOOPBACK = ("127.0.0.1",)
 MDNS = {"mdns": True, "mdns_interfaces": LOOPBACK, "announce_interval_s": 0.5}
 
 
-def wait_for(condition, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
 
 
 def greedy(swarm: Swarm) -> list[int]:
@@ -63,10 +57,10 @@ def test_members_see_each_other_and_a_leaving_node_is_dropped(cluster: LocalClus
     a = cluster.start(stories_package.root, (0, 2), **MDNS)
     b = cluster.start(stories_package.root, (2, 5), **MDNS)
     assert a.presence is not None and b.presence is not None
-    assert wait_for(lambda: a.presence.known_addresses() == [b.address])
-    assert wait_for(lambda: b.presence.known_addresses() == [a.address])
+    assert wait_until(lambda: a.presence.known_addresses() == [b.address])
+    assert wait_until(lambda: b.presence.known_addresses() == [a.address])
     cluster.loop.run(b.presence.leave())  # what SIGTERM does first
-    assert wait_for(lambda: a.presence.known_addresses() == [], timeout_s=3.0)
+    assert wait_until(lambda: a.presence.known_addresses() == [], timeout_s=3.0)
 
 
 NODE_CMD = [sys.executable, "-m", "node.cli", "join", "--host", "127.0.0.1", "--mdns-interface", "127.0.0.1",
@@ -86,11 +80,11 @@ def test_a_crashed_node_expires(cluster: LocalCluster, stories_package: ModelPac
     assert a.presence is not None
     crashed = start_node("--model", str(stories_package.root), "--blocks", "2:5")
     try:
-        assert wait_for(lambda: len(a.presence.known_addresses()) == 1)
+        assert wait_until(lambda: len(a.presence.known_addresses()) == 1)
         crashed.send_signal(signal.SIGKILL)  # no goodbye: only the missing heartbeats tell
         crashed.wait()
         started = time.monotonic()
-        assert wait_for(lambda: a.presence.known_addresses() == [], timeout_s=5.0)
+        assert wait_until(lambda: a.presence.known_addresses() == [], timeout_s=5.0)
         assert time.monotonic() - started >= 0.5  # it took the heartbeat timeout, not a goodbye
     finally:
         crashed.kill()
@@ -101,12 +95,12 @@ def test_sigterm_unannounces_drains_and_exits(cluster: LocalCluster, stories_pac
     assert a.presence is not None
     leaving = start_node("--model", str(stories_package.root), "--blocks", "2:5", "--drain-timeout", "10")
     try:
-        assert wait_for(lambda: len(a.presence.known_addresses()) == 1)
+        assert wait_until(lambda: len(a.presence.known_addresses()) == 1)
         with Swarm(peers=[a.address, a.presence.known_addresses()[0]]) as swarm:
             stream = swarm.stream("Once upon a time", max_tokens=60, stop_on_eos=False)
             first = next(stream)
             leaving.send_signal(signal.SIGTERM)
-            assert wait_for(lambda: a.presence.known_addresses() == [], timeout_s=3.0)  # unannounced at once
+            assert wait_until(lambda: a.presence.known_addresses() == [], timeout_s=3.0)  # unannounced at once
             rest = "".join(stream)  # the session in flight still finishes while the node drains
         assert (first + rest).startswith(", there was a little girl named Lily")
         assert leaving.wait(timeout=15) == 0
@@ -200,7 +194,7 @@ def test_an_independent_mdns_browser_reads_the_announcement(cluster: LocalCluste
                                                             stories_package: ModelPackage) -> None:  # fmt: skip
     node = cluster.start(stories_package.root, (0, 2), **MDNS)
     services = {}
-    assert wait_for(lambda: bool(services.update(browse(SERVICE_TYPE, "127.0.0.1", wait_s=0.5)) or services))
+    assert wait_until(lambda: bool(services.update(browse(SERVICE_TYPE, "127.0.0.1", wait_s=0.5)) or services))
     txt = services[f"{node.node_id}.{SERVICE_TYPE}"]
     assert txt["id"] == node.node_id and txt["model"] == stories_package.package_id
     assert txt["span"] == "0:2" and txt["load"] == "0/32" and float(txt["speed"]) > 0

@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -25,6 +24,7 @@ from swarm.tensors import to_wire
 from swarm.transport import open_session_call
 from tests.cluster import LocalCluster, member_credentials
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
+from tests.waiting import wait_until
 
 SPANS = [(0, 2), (2, 5)]
 
@@ -33,13 +33,6 @@ def live(nodes: list[RunningNode]) -> list[tuple[int, int]]:
     return [(len(n.sessions.sessions), n.sessions.cache_bytes) for n in nodes]
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_memory_freed_on_close(cluster: LocalCluster, stories_package: ModelPackage) -> None:

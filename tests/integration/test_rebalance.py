@@ -29,17 +29,13 @@ from swarm.package import ModelPackage
 from swarm.sampling import SamplingParams
 from tests.cluster import LocalCluster
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
+from tests.waiting import wait_until
 
 KEY = SwarmKey.generate()  # a swarm of its own: other tests' nodes on loopback never count here
 MDNS = {"mdns": True, "mdns_interfaces": ("127.0.0.1",), "announce_interval_s": 0.2, "swarm_key": KEY}
 SETTINGS = RebalanceSettings(interval_s=0.2, min_gain=0.5, patience=3)
 
 
-def wait_until(condition: object, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def seen_by(node: RunningNode) -> list[tuple[str, int, int, float]]:
@@ -59,7 +55,7 @@ def test_a_node_moves_to_the_bottleneck_and_finishes_its_session_first(
     config = NodeConfig(model=stories_package.root, span=(0, 3), host="127.0.0.1", threads=1,
                         identity_file=tmp_path / "mover.key", drain_timeout_s=30, **MDNS)  # type: ignore[arg-type]  # fmt: skip
     mover_task = cluster.loop.submit(serve_and_rebalance(config, stop, SETTINGS, served.append))
-    wait_until(lambda: len(served) == 1, 30)
+    assert wait_until(lambda: len(served) == 1, 30)
     mover = served[0]
     time.sleep(1.5)  # several checks while the swarm is balanced: nobody moves
     assert len(served) == 1
@@ -84,7 +80,7 @@ def test_a_node_moves_to_the_bottleneck_and_finishes_its_session_first(
             await swarm.close()
 
     assert asyncio.run(generate_across_the_move()) == STORIES_REFERENCE_IDS
-    wait_until(lambda: len(served) == 2, 30)
+    assert wait_until(lambda: len(served) == 2, 30)
     moved = served[1]
     assert (moved.servicer.span.start, moved.servicer.span.end) == (3, 5)
     assert (moved.node_id, moved.port) == (mover.node_id, mover.port)  # same identity, same address
@@ -127,7 +123,7 @@ def test_a_move_whose_blocks_cannot_be_fetched_serves_the_old_layers_again(
                         swarm_key=KEY)  # fmt: skip
     task = cluster.loop.submit(serve_and_rebalance(config, stop, SETTINGS, lambda n: served.append(
         (n.servicer.span.start, n.servicer.span.end, n.port))))  # fmt: skip
-    wait_until(lambda: len(served) == 2, 30)
+    assert wait_until(lambda: len(served) == 2, 30)
     assert [s[:2] for s in served] == [(0, 3), (0, 3)] and served[0][2] == served[1][2]  # same layers, same port
     cluster.loop.call_soon(stop.set)
     task.result(timeout=30)

@@ -35,6 +35,7 @@ from swarm.tensors import to_wire
 from swarm.transport import open_session_call
 from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_credentials, member_metadata
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
+from tests.waiting import wait_until
 
 SPANS = [(0, 2), (2, 5)]
 OTHER_KEY = SwarmKey(bytes(32))
@@ -231,15 +232,6 @@ def test_frames_replayed_altered_or_injected_are_rejected(cluster: LocalCluster,
     assert wait_until(lambda: not node.sessions.sessions)  # the session was closed, its cache freed
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # --- bounds -------------------------------------------------------------------------------------
