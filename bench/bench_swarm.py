@@ -2,7 +2,8 @@
 
     python bench/bench_swarm.py [--models stories260K,tinyllama-1.1b] [--generations N]
 
-Every swarm is real `swarm-node` processes on 127.0.0.1 (2 onnxruntime threads each) driven
+Every swarm is real `swarm-node` processes on 127.0.0.1 (onnxruntime's default threads: one per
+core, one for a stage under 1 MiB; the same for the local runner) driven
 by the SDK; the local runner runs in a process of its own through the same SDK surface.
 Reports decode tokens/s, time to first token and time per output token (p50/p95), and the
 bytes that crossed the loopback interface per generated token (all of TCP/IP, gRPC and
@@ -78,16 +79,19 @@ def measure_local(package: Path, generations: int) -> dict[str, Any]:
     from swarm.local import LocalModel
     from swarm.runtime import RuntimeOptions
 
-    with LocalModel(package, RuntimeOptions(threads=2)) as model:
+    with LocalModel(package, RuntimeOptions(threads=0)) as model:
         return measure(model, model.manifest.architecture.vocab_size, generations)
 
 
-def measure_swarm(package: Path, nodes: int, generations: int) -> dict[str, Any]:
+def measure_swarm(package: Path, nodes: int, node_loop: bool, generations: int) -> dict[str, Any]:
     from swarm.client import Swarm
 
     manifest = load_package(package).manifest
     spans = split_spans([b.start for b in manifest.blocks] + [manifest.num_layers], nodes)
-    with NodeProcesses(package, spans, load_swarm_key(None), threads=2) as procs, Swarm(peers=procs.addresses) as swarm:
+    with (
+        NodeProcesses(package, spans, load_swarm_key(None), threads=0) as procs,
+        Swarm(peers=procs.addresses, node_loop=node_loop) as swarm,
+    ):
         return measure(swarm, manifest.architecture.vocab_size, generations)
 
 
@@ -98,7 +102,15 @@ def run_in_process(args: list[str]) -> dict[str, Any]:
     return result
 
 
-SETUPS = {"local runner": 0, "1-node swarm": 1, "2-node swarm": 2, "3-node swarm": 3}
+# setup: (nodes, the first node feeds tokens back itself); "client loop" is how every token
+# went before, through the client: one link more per token
+SETUPS = {
+    "local runner": (0, True),
+    "1-node swarm": (1, True),
+    "2-node swarm": (2, True),
+    "2-node swarm, client loop": (2, False),
+    "3-node swarm": (3, True),
+}
 
 
 def bench_model(name: str, cache: Path, generations: int, rounds: int) -> dict[str, Any]:
@@ -107,9 +119,10 @@ def bench_model(name: str, cache: Path, generations: int, rounds: int) -> dict[s
     print(f"== {name}", file=sys.stderr)
     runs: dict[str, list[dict[str, Any]]] = {setup: [] for setup in SETUPS}
     for round_ in range(rounds):
-        for setup, nodes in SETUPS.items():
+        for setup, (nodes, node_loop) in SETUPS.items():
             print(f"  round {round_ + 1}: {setup}", file=sys.stderr)
-            runs[setup].append(run_in_process(["--one", str(package), str(nodes), str(generations)]))
+            args = ["--one", str(package), str(nodes), str(int(node_loop)), str(generations)]
+            runs[setup].append(run_in_process(args))
     rows = [{"setup": setup, **combine(results)} for setup, results in runs.items()]
     return {"model": name, "rounds": rounds, "generations_per_round": generations, "rows": rows}
 
@@ -125,7 +138,10 @@ def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}; prompt {PROMPT_LEN} tokens, {NEW_TOKENS} new, "
-             "greedy; nodes are separate processes on 127.0.0.1 with 2 threads each; every setup once per round, "
+             "greedy; nodes are separate processes on 127.0.0.1; onnxruntime threads as by default, one per core "
+             "(2) and one for a stage under 1 MiB (every stories260K stage), in nodes and local runner alike; "
+             "'client loop' is the client feeding every token back, as before the first node closed the loop; "
+             "every setup once per round, "
              "figures are medians over rounds).", ""]  # fmt: skip
     for r in results:
         local = r["rows"][0]["decode_tok_s"]
@@ -148,13 +164,16 @@ def main() -> None:
     p.add_argument("--generations", type=int, default=3, help="generations per setup per round")
     p.add_argument("--rounds", type=int, default=3, help="rounds over all setups")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    p.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: PACKAGE NODES GENERATIONS
+    p.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # internal: PACKAGE NODES NODE_LOOP GENERATIONS
     args = p.parse_args()
     # a swarm key for this run, in the environment every node process and client reads
     os.environ.setdefault(SWARM_KEY_ENV, SwarmKey.generate().join_code)
     if args.one:
-        package, nodes, generations = Path(args.one[0]), int(args.one[1]), int(args.one[2])
-        result = measure_local(package, generations) if nodes == 0 else measure_swarm(package, nodes, generations)
+        package, (nodes, node_loop, generations) = Path(args.one[0]), map(int, args.one[1:])
+        if nodes == 0:
+            result = measure_local(package, generations)
+        else:
+            result = measure_swarm(package, nodes, bool(node_loop), generations)
         print(json.dumps(result))
         return
     results = [bench_model(m, args.cache, args.generations, args.rounds) for m in args.models.split(",")]

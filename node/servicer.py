@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +36,7 @@ from swarm.transport import FAILED_NODE_KEY, failed_node, insecure_channel, open
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
 FILE_CHUNK_BYTES = 1 << 20
 MAX_GOSSIP = 256  # addresses in one Peers reply
+MAX_STOP_IDS = 64  # end-of-sequence ids a following step may name
 INLINE_COMPUTE_BYTES = 8 << 20
 _PASSED_THROUGH = (
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -73,8 +74,9 @@ class Downstream:
 
     async def exchange(self, request: pb.SessionRequest) -> pb.SessionReply:
         try:
-            await self._call.write(self._frames.seal(request))
-            reply = await asyncio.wait_for(self._call.read(), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await self._call.write(self._frames.seal(request))
+                reply = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             code = exc.code() if exc.code() in _PASSED_THROUGH else grpc.StatusCode.UNAVAILABLE
             blamed = failed_node(exc) or self.hop.node_id
@@ -240,7 +242,8 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             session, downstream, node_ids = await self._open(first)
             yield frames.seal(pb.SessionReply(opened=pb.Opened(node_ids=node_ids)))
             while (request := await self._next_request(reader, frames)) is not None:
-                yield frames.seal(await self._step(session, request, downstream))
+                async for reply in self._steps(session, request, downstream):
+                    yield frames.seal(reply)
         except HopFailed as exc:
             context.set_trailing_metadata(((FAILED_NODE_KEY, exc.node_id),))
             await context.abort(exc.code, str(exc))
@@ -256,7 +259,8 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
 
     async def _next_request(self, reader: AsyncIterator[pb.SessionRequest], frames: Frames) -> pb.SessionRequest | None:
         try:
-            raw = await asyncio.wait_for(anext(reader), self.settings.idle_timeout_s)
+            async with asyncio.timeout(self.settings.idle_timeout_s):
+                raw = await anext(reader)
         except StopAsyncIteration:
             return None
         except TimeoutError:
@@ -338,6 +342,41 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             raise HopFailed(grpc.StatusCode.UNAVAILABLE, f"next hop {hop.address} did not open", hop.node_id)
         return downstream, list(reply.opened.node_ids)
 
+    async def _steps(
+        self, session: NodeSession, request: pb.SessionRequest, downstream: Downstream | None
+    ) -> AsyncIterator[pb.SessionReply]:
+        """The requested step, then (when it asks to `follow`) each sampled token fed back in as
+        the next step: the loop closes here rather than at the client, a link fewer per token."""
+        follow, stop_ids = self._check_follow(session, request)
+        step: Awaitable[pb.SessionReply] = self._step(session, request, downstream)
+        while True:
+            reply = await step
+            if follow == 0 or reply.result.token in stop_ids:
+                yield reply
+                return
+            follow -= 1
+            # the next step starts before this answer goes to the client, so writing it
+            # overlaps the next step's compute instead of delaying it
+            step = asyncio.ensure_future(self._step(session, _fed_back(session, reply), downstream))
+            try:
+                yield reply
+            except BaseException:
+                step.cancel()
+                raise
+
+    def _check_follow(self, session: NodeSession, request: pb.SessionRequest) -> tuple[int, frozenset[int]]:
+        step = request.step
+        if step.follow == 0:
+            return 0, frozenset()
+        if step.WhichOneof("input") != "tokens":
+            raise InvalidRequest("only the first node of a route follows on: send token ids with `follow`")
+        room = session.max_length - session.length - len(step.tokens.ids)
+        if step.follow > room:
+            raise InvalidRequest(f"follow of {step.follow} steps; the session has room for {max(room, 0)}")
+        if len(step.stop_ids) > MAX_STOP_IDS:
+            raise InvalidRequest(f"at most {MAX_STOP_IDS} stop ids, got {len(step.stop_ids)}")
+        return step.follow, frozenset(step.stop_ids)
+
     async def _step(
         self, session: NodeSession, request: pb.SessionRequest, downstream: Downstream | None
     ) -> pb.SessionReply:
@@ -394,6 +433,12 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             if hidden.shape[1] > room:
                 raise InvalidRequest(f"step has {hidden.shape[1]} positions; the session has room for {room}")
         return np.ascontiguousarray(hidden)
+
+
+def _fed_back(session: NodeSession, reply: pb.SessionReply) -> pb.SessionRequest:
+    """The next step of a following session: the token just sampled, as a client would send it."""
+    ids = pb.TokenIds(ids=[reply.result.token])
+    return pb.SessionRequest(step=pb.Step(step=session.next_step, position=session.length, tokens=ids))
 
 
 def _sampling(msg: pb.Sampling) -> SamplingParams:

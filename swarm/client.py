@@ -54,6 +54,7 @@ class ClientConfig:
     max_recoveries: int = 8  # reroutes one step may need before the generation fails
     recovery_wait_s: float = 30.0  # how long to wait for the swarm to cover lost layers again
     swarm_key: SwarmKey | None = None  # membership secret; None = an open swarm
+    node_loop: bool = True  # the first node feeds each token back itself: one link fewer per token
 
 
 async def discover(config: ClientConfig, credentials: Credentials | None = None) -> list[str]:

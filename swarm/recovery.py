@@ -104,11 +104,26 @@ class RecoveringSession:
             self._history.append(list(ids))
             return token
 
-    async def _timed_step(self, session: RemoteSession, ids: list[int], params: SamplingParams) -> int:
+    async def _timed_step(self, session: RemoteSession, ids: list[int], params: SamplingParams,
+                          replay: bool = False) -> int:  # fmt: skip
         started = time.perf_counter()
-        token = await session.step(ids, params, timeout=self._deadlines.for_step(len(ids)))
+        follow, stop_ids = (0, ()) if replay else self._follow()
+        timeout = self._deadlines.for_step(len(ids))
+        token = await session.step(ids, params, timeout=timeout, follow=follow, stop_ids=stop_ids)
         self._deadlines.observe(time.perf_counter() - started, len(ids))
         return token
+
+    def _follow(self) -> tuple[int, Sequence[int]]:
+        """How many more steps the first node may take by itself after the one being sent: the
+        rest of the request's tokens, ending at end-of-sequence as the token loop does."""
+        if not self._swarm.config.node_loop:
+            return 0, ()
+        sent = len(self._history)  # the prompt chunk, then one step per token
+        follow = max(self._request.max_tokens - 1 - sent, 0)
+        manifest = self._swarm.manifest
+        if not self._request.stop_on_eos or manifest is None:
+            return follow, ()
+        return follow, manifest.tokenizer.eos_token_ids
 
     async def _recover(self, error: SwarmError) -> None:
         started = time.perf_counter()
@@ -124,7 +139,7 @@ class RecoveringSession:
         self._session = None
         session = await self._reopen()
         for chunk in self._history:  # replay in the original chunking: same graphs, same numbers
-            await self._timed_step(session, chunk, self._request.sampling)
+            await self._timed_step(session, chunk, self._request.sampling, replay=True)
         self._session = session
         self._stats.recoveries.append(time.perf_counter() - started)
 

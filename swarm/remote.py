@@ -55,6 +55,9 @@ class RemoteSession:
         self._timeout = step_timeout_s
         self._step = 0
         self.length = 0
+        self._following = 0  # steps the first node will still take by itself
+        self._stop_ids: frozenset[int] = frozenset()
+        self._last_token = -1
         self.on_close: Callable[[list[PeerView]], None] | None = None  # told once, when the session closes
         self._closed = False
         self._stub = pb_grpc.SwarmNodeStub(channel)
@@ -84,26 +87,47 @@ class RemoteSession:
             raise PeerUnavailable(f"{self.route[0].address} did not open the session")
         self._stats.route = [f"{p.address}:{p.start}-{p.end}" for p in self.route]
 
-    async def step(self, ids: Sequence[int], params: SamplingParams, timeout: float | None = None) -> int:
+    async def step(
+        self, ids: Sequence[int], params: SamplingParams, timeout: float | None = None,
+        follow: int = 0, stop_ids: Sequence[int] = (),
+    ) -> int:  # fmt: skip
+        """Append `ids` and return the sampled next token. With `follow`, the first node goes on by
+        itself, feeding each token back for up to `follow` more steps (ending after one of
+        `stop_ids`); while it does, a step with the token last returned only reads its answer."""
         if params != self.sampling:
             raise InvalidRequest("sampling parameters are fixed when a session opens")
-        step = pb.Step(step=self._step, position=self.length, tokens=pb.TokenIds(ids=list(ids)))
-        reply = await self._exchange(pb.SessionRequest(step=step), timeout)
+        if self._following and list(ids) == [self._last_token]:
+            reply = await self._exchange(None, timeout)  # the first node fed it in already
+            self._following -= 1
+        elif self._following:
+            raise InvalidRequest("the route is still following on from the last token; step with that token")
+        else:
+            follow = max(min(follow, self._open.max_length - self.length - len(ids)), 0)
+            step = pb.Step(step=self._step, position=self.length, tokens=pb.TokenIds(ids=list(ids)),
+                           follow=follow, stop_ids=list(stop_ids))  # fmt: skip
+            reply = await self._exchange(pb.SessionRequest(step=step), timeout)
+            self._following, self._stop_ids = follow, frozenset(stop_ids)
         if reply.WhichOneof("kind") != "result" or reply.result.step != self._step:
             raise PeerUnavailable(f"{self.route[0].address} answered out of turn")
         self._step += 1
         self.length += len(ids)
         if reply.result.HasField("logits"):
             self.last_logits = from_wire(reply.result.logits, (None,))
-        return int(reply.result.token)
+        self._last_token = int(reply.result.token)
+        if self._last_token in self._stop_ids:
+            self._following = 0  # the first node stopped there
+        return self._last_token
 
-    async def _exchange(self, request: pb.SessionRequest, timeout: float | None = None) -> pb.SessionReply:
+    async def _exchange(self, request: pb.SessionRequest | None, timeout: float | None = None) -> pb.SessionReply:
+        """Send `request` (None: nothing) and read the answer."""
         first = self.route[0].address
         timeout = timeout or self._timeout
         assert self._call is not None and self._frames is not None, "open the session first"
         try:
-            await self._call.write(self._frames.seal(request))
-            reply = await asyncio.wait_for(self._call.read(), timeout)
+            async with asyncio.timeout(timeout):
+                if request is not None:
+                    await self._call.write(self._frames.seal(request))
+                reply = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             if not self._call.done():
                 raise error_from_rpc(exc, first) from exc

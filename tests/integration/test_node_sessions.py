@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from typing import Any
 
 import grpc
 import numpy as np
@@ -133,12 +134,12 @@ def open_message(package: ModelPackage, nodes: list[RunningNode], first: int, **
     return pb.SessionRequest(open=msg)
 
 
-def hidden_step(hidden: pb.Tensor, position: int = 0, step: int = 0) -> pb.SessionRequest:
-    return pb.SessionRequest(step=pb.Step(step=step, position=position, hidden=hidden))
+def hidden_step(hidden: pb.Tensor, position: int = 0, step: int = 0, **fields: Any) -> pb.SessionRequest:
+    return pb.SessionRequest(step=pb.Step(step=step, position=position, hidden=hidden, **fields))
 
 
-def token_step(ids: list[int], position: int = 0, step: int = 0) -> pb.SessionRequest:
-    return pb.SessionRequest(step=pb.Step(step=step, position=position, tokens=pb.TokenIds(ids=ids)))
+def token_step(ids: list[int], position: int = 0, step: int = 0, **fields: Any) -> pb.SessionRequest:
+    return pb.SessionRequest(step=pb.Step(step=step, position=position, tokens=pb.TokenIds(ids=ids), **fields))
 
 
 async def exchange(address: str, requests: list[pb.SessionRequest]) -> tuple[grpc.StatusCode, str]:
@@ -190,6 +191,17 @@ def bad_requests(
             0,
             [open_message(package, nodes, 0), hidden_step(to_wire(HIDDEN))],
             "takes token ids",
+        ),
+        "follow asked of a middle node": (1, [second, hidden_step(to_wire(HIDDEN), follow=3)], "only the first node"),
+        "follow past the session length": (
+            0,
+            [open_message(package, nodes, 0), token_step([5, 6], follow=63)],
+            "follow of 63 steps; the session has room for 62",
+        ),
+        "too many stop ids": (
+            0,
+            [open_message(package, nodes, 0), token_step([5], follow=3, stop_ids=list(range(65)))],
+            "at most 64 stop ids",
         ),
     }
 

@@ -20,6 +20,7 @@ from swarm.package import ModelPackage
 from tests.conftest import REPO
 
 SPANS = [(0, 2), (2, 3), (3, 5)]
+LONG = 400  # new tokens of a generation a fault must catch in flight while the first node loops
 PROMPT_TEXT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 
 
@@ -71,7 +72,8 @@ def replicated(stories_package: ModelPackage) -> Iterator[list[NodeProcess]]:
 def expected(stories_package: ModelPackage) -> dict[str, list[int]]:
     model = LocalModel(stories_package)
     ids = model.codec.encode(PROMPT_TEXT)
-    return {"prompt": ids, "tokens": list(model.generate_ids(GenerationRequest(tuple(ids), 60, stop_on_eos=False)))}
+    tokens = list(model.generate_ids(GenerationRequest(tuple(ids), LONG, stop_on_eos=False)))
+    return {"prompt": ids, "tokens": tokens[:60], "long": tokens}
 
 
 def on_route(nodes: list[NodeProcess], stats: GenerationStats, hop: int) -> NodeProcess:
@@ -80,16 +82,20 @@ def on_route(nodes: list[NodeProcess], stats: GenerationStats, hop: int) -> Node
 
 
 def generate_with_fault(nodes: list[NodeProcess], expected: dict[str, list[int]], hop: int, after: int,
-                        fault: signal.Signals) -> GenerationStats:  # fmt: skip
+                        fault: signal.Signals, node_loop: bool = False) -> GenerationStats:  # fmt: skip
+    """Generate, hitting the route's node at `hop` with `fault` after `after` tokens. Unless
+    `node_loop`, the client drives each step, so the fault lands exactly at that token."""
     stats = GenerationStats()
-    with Swarm(peers=[n.address for n in nodes], min_step_deadline_s=1.0, open_deadline_s=1.0) as swarm:
+    want = expected["long" if node_loop else "tokens"]
+    with Swarm(peers=[n.address for n in nodes], min_step_deadline_s=1.0, open_deadline_s=1.0,
+               node_loop=node_loop) as swarm:  # fmt: skip
         tokens = []
-        request = GenerationRequest(tuple(expected["prompt"]), 60, stop_on_eos=False)
+        request = GenerationRequest(tuple(expected["prompt"]), len(want), stop_on_eos=False)
         for token in swarm.generate_ids(request, stats):
             tokens.append(token)
             if len(tokens) == after:
                 on_route(nodes, stats, hop).signal(fault)
-    assert tokens == expected["tokens"]
+    assert tokens == want
     assert len(stats.recoveries) == 1
     return stats
 
@@ -98,6 +104,15 @@ def generate_with_fault(nodes: list[NodeProcess], expected: dict[str, list[int]]
 def test_kill_a_node_mid_decode(replicated: list[NodeProcess], expected: dict[str, list[int]], hop: int,
                                 after: int) -> None:  # fmt: skip
     stats = generate_with_fault(replicated, expected, hop, after, signal.SIGKILL)
+    assert stats.recoveries[0] < 2.0
+
+
+@pytest.mark.parametrize("hop", [0, 1, 2], ids=["first", "middle", "last"])
+def test_kill_a_node_while_the_first_node_loops(replicated: list[NodeProcess], expected: dict[str, list[int]],
+                                                hop: int) -> None:  # fmt: skip
+    # the first node runs ahead of what the client has read; a generation long enough that the
+    # fault lands while it still does (its end is hundreds of milliseconds away)
+    stats = generate_with_fault(replicated, expected, hop, 10, signal.SIGKILL, node_loop=True)
     assert stats.recoveries[0] < 2.0
 
 

@@ -57,7 +57,8 @@ import json, sys
 from swarm import Swarm
 from swarm.generation import GenerationRequest, GenerationStats
 peers = sys.argv[1:]
-with Swarm(peers=peers, min_step_deadline_s=1.0, open_deadline_s=1.0) as swarm:
+# the client drives each step (node_loop=False) so the generation is mid-way when the link is cut
+with Swarm(peers=peers, min_step_deadline_s=1.0, open_deadline_s=1.0, node_loop=False) as swarm:
     stats = GenerationStats()
     ids = []
     for token in swarm.generate_ids(GenerationRequest((1, 403, 407, 261, 378), 40), stats):
