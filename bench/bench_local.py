@@ -59,10 +59,11 @@ def measure_model(name: str, cache: Path, skip_llamacpp: bool) -> dict[str, Any]
     ckpt = checkpoint(name, cache)
     print(f"== {name}", file=sys.stderr)
     result: dict[str, Any] = {"model": name, "engines": []}
-    for variant in VARIANTS:
-        package = export(ckpt, variant, cache)
-        speed = run_json([sys.executable, "bench/engine_speed.py", str(package)])
-        result["engines"].append({**speed, "engine": f"swarm {variant}"})
+    for spin in (False, True):
+        for variant in VARIANTS:
+            package = export(ckpt, variant, cache)
+            speed = run_json([sys.executable, "bench/engine_speed.py", str(package), *(["--spin"] if spin else [])])
+            result["engines"].append({**speed, "engine": f"swarm {variant}" + (" --spin" if spin else "")})
     hf = run_json([sys.executable, "bench/baselines.py", "transformers", str(ckpt)])[0]
     result["engines"].append({**hf, "engine": "transformers eager float32"})
     if not skip_llamacpp:
@@ -93,7 +94,8 @@ def quality(ckpt: Path, cache: Path) -> list[dict[str, Any]]:
 def floor_lines(f32: dict[str, Any]) -> list[str]:
     q1, q2, q3 = f32["ratio_to_floor_quartiles"]
     gb = f32["weight_bytes_per_token"] / 1e9
-    return ["", f"Float32 decode against the memory-bandwidth floor ({gb:.2f} GB read per token, "
+    label = "with `--spin`" if f32.get("spin") else "default"
+    return ["", f"Float32 decode ({label}) against the memory-bandwidth floor ({gb:.2f} GB read per token, "
             f"{f32['bandwidth_gb_s']} GB/s probed at the end): **{f32['ratio_to_floor']:.2f}x** (median of "
             f"per-step ratios, each step paired with a bandwidth probe just before it; quartiles "
             f"{q1:.2f} / {q2:.2f} / {q3:.2f}).", ""]  # fmt: skip
@@ -101,7 +103,8 @@ def floor_lines(f32: dict[str, Any]) -> list[str]:
 
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}, 2 threads, prompt 128, 32 new tokens, "
-             "medians of 3 runs after a warm-up; every engine in its own process, one after another).", ""]  # fmt: skip
+             "medians of 3 runs after a warm-up; every engine in its own process, one after another; "
+             "`--spin`: one onnxruntime pool for the process, its threads spinning between ops).", ""]  # fmt: skip
     for r in results:
         lines += [f"### {r['model']}", "", "| engine | prefill tok/s | decode tok/s | decode vs transformers |",
                   "| --- | ---: | ---: | ---: |"]  # fmt: skip
@@ -109,11 +112,11 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         for e in r["engines"]:
             lines.append(f"| {e['engine']} | {e['prefill_tok_s']:.1f} | {e['decode_tok_s']:.2f} | "
                          f"{e['decode_tok_s'] / hf:.2f}x |")  # fmt: skip
-        f32 = next(e for e in r["engines"] if e["engine"] == "swarm float32")
-        if f32["weight_bytes_per_token"] < 100e6:
+        f32 = [e for e in r["engines"] if e["engine"] in ("swarm float32", "swarm float32 --spin")]
+        if f32[0]["weight_bytes_per_token"] < 100e6:
             lines += ["", "(Too small for the bandwidth floor to matter: per-token overhead dominates.)", ""]
         else:
-            lines += floor_lines(f32)
+            lines += [line for engine in f32 for line in floor_lines(engine)]
         if "quality" in r:
             lines += ["| package | perplexity on the fixed text | greedy tokens equal to float32 (of 40) |",
                       "| --- | ---: | ---: |"]  # fmt: skip

@@ -43,6 +43,7 @@ class NodeConfig:
     idle_timeout_s: float = 300.0  # a session with no step for this long is closed
     hop_timeout_s: float = 60.0  # the next hop must answer a step within this
     threads: int = 0  # onnxruntime threads; 0 = one per core
+    spin: bool = False  # one spinning onnxruntime pool: faster, for a device running this node alone
     identity_file: Path | None = None  # the node's Ed25519 key (its id); None = a new one for this run
     swarm_key: SwarmKey | None = None  # membership secret; None = an open swarm (no auth, plain frames)
     max_sessions_per_peer: int = 0  # sessions one peer may hold here; 0 = only max_sessions

@@ -99,7 +99,7 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
     start, end = config.span or (0, m.num_layers)
     if not 0 <= start < end <= m.num_layers:
         raise InvalidRequest(f"layers [{start}, {end}) are outside the model's [0, {m.num_layers})")
-    options = RuntimeOptions(threads=config.threads)
+    options = RuntimeOptions(threads=config.threads, spin=config.spin)
     steps = _start_steps(progress, len(list(m.blocks_in(start, end))))
     span = await asyncio.to_thread(SpanRuntime, package, start, end, options, steps)
     steps("measuring speed", len(span.blocks), 0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from swarm.package import ModelPackage
 from tests.conftest import STORIES_PROMPT, STORIES_REFERENCE_TEXT
 
@@ -14,12 +16,13 @@ def run_client(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
-def test_greedy_text_on_stdout_stats_on_stderr(stories_package: ModelPackage) -> None:
-    result = run_client("generate", "--local", stories_package.root, "--max-tokens", 40, "--temperature", 0,
+@pytest.mark.parametrize("pool", [(), ("--spin",)], ids=["stage pools", "one spinning pool"])
+def test_greedy_text_on_stdout_stats_on_stderr(stories_package: ModelPackage, pool: tuple[str, ...]) -> None:
+    result = run_client("generate", "--local", stories_package.root, *pool, "--max-tokens", 40, "--temperature", 0,
                         STORIES_PROMPT)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert STORIES_PROMPT + result.stdout.rstrip("\n") == STORIES_REFERENCE_TEXT
-    assert "5 prompt tokens, 40 new" in result.stderr
+    assert result.stderr.startswith("5 prompt tokens, 40 new") and result.stderr.count("\n") == 1  # nothing else
 
 
 def test_seeded_sampling_repeats(stories_package: ModelPackage) -> None:

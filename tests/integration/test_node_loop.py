@@ -22,6 +22,7 @@ from swarm.runtime import RuntimeOptions
 from swarm.transport import open_session_call
 from tests.cluster import LocalCluster, member_credentials
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
+from tests.integration.test_discovery import start_node
 from tests.integration.test_node_sessions import SPANS, live, open_message, token_step
 from tests.waiting import wait_until
 
@@ -79,3 +80,15 @@ def test_both_loops_give_the_local_runners_tokens(cluster: LocalCluster, stories
         assert list(swarm.generate_ids(request, stats)) == expected
         assert len(stats.step_s) == 59
         assert list(swarm.generate_ids(GenerationRequest(tuple(STORIES_PROMPT_IDS), 40))) == STORIES_REFERENCE_IDS
+
+
+def test_a_node_on_one_spinning_pool_serves_the_reference(stories_package: ModelPackage) -> None:
+    node = start_node("--model", str(stories_package.root), "--no-mdns", "--spin")
+    try:
+        address = node.serving.split()[5]  # type: ignore[attr-defined]
+        with Swarm(peers=[address]) as swarm:
+            assert list(swarm.generate_ids(GenerationRequest(tuple(STORIES_PROMPT_IDS), 40))) == STORIES_REFERENCE_IDS
+    finally:
+        node.terminate()
+        node.wait(timeout=15)
+    assert "[W:onnxruntime" not in (node.stderr.read() if node.stderr else "")  # no warnings from its pool setup
