@@ -2,7 +2,7 @@
 
     python bench/bench_security.py [--models stories260K,tinyllama-1.1b] [--rounds 5] [--generations 2]
 
-Two 2-node swarms of real `swarm-node` processes on 127.0.0.1 (2 onnxruntime threads each)
+Two 2-node swarms of real `swarm-node` processes on 127.0.0.1 (default onnxruntime threads)
 serve the same float32 package: one keyed (every call authenticated, every session frame
 sealed with ChaCha20-Poly1305), one open (`--insecure`). Rounds alternate between them so the
 machine's drift hits both alike. Reports time per output token (p50 / p95) and time to first
@@ -44,8 +44,8 @@ def bench_model(name: str, cache: Path, rounds: int, generations: int) -> dict[s
     runs: dict[str, list[dict[str, Any]]] = {"encrypted": [], "open": []}
     print(f"== {name}: spans {spans}", file=sys.stderr)
     with (
-        NodeProcesses(package, spans, key, threads=2) as keyed,
-        NodeProcesses(package, spans, None, threads=2) as open_,
+        NodeProcesses(package, spans, key, threads=0) as keyed,
+        NodeProcesses(package, spans, None, threads=0) as open_,
         Swarm(peers=keyed.addresses, swarm_key=key, mdns=False) as secure,
         Swarm(peers=open_.addresses, swarm_key=None, mdns=False) as plain,
     ):
@@ -96,7 +96,8 @@ def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}; two 2-node swarms of `swarm-node` processes on "
-             "127.0.0.1, 2 threads each, float32; prompt 64 tokens, 32 new, greedy; rounds alternate between the "
+             "127.0.0.1, default onnxruntime threads (2, or 1 for a stage under 1 MiB), float32; prompt 64 "
+             "tokens, 32 new, greedy; rounds alternate between the "
              "keyed and the open swarm; medians over rounds).", "",
              "| model | setup | TPOT p50 ms | TPOT p95 ms | TTFT p50 ms | decode tok/s | loopback bytes/token |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
