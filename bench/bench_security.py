@@ -17,6 +17,8 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,21 @@ from swarm.package import load_package  # noqa: E402
 SPANS_OF = 2  # nodes per swarm
 
 
+@contextmanager
+def swarms(package: Path, spans: list[tuple[int, int]], key: SwarmKey,
+           keyed_first: bool) -> Iterator[tuple[Swarm, Swarm]]:  # fmt: skip
+    """A keyed and an open 2-node swarm of the same spans, with a client for each."""
+    with ExitStack() as stack:
+        keys = (key, None) if keyed_first else (None, key)
+        started = {k: stack.enter_context(NodeProcesses(package, spans, k, threads=0)) for k in keys}
+        secure = Swarm(peers=started[key].addresses, swarm_key=key, mdns=False)
+        stack.callback(secure.close)
+        plain = Swarm(peers=started[None].addresses, swarm_key=None, mdns=False)
+        stack.callback(plain.close)
+        assert secure.swarm.credentials is not None and plain.swarm.credentials is None
+        yield secure, plain
+
+
 def bench_model(name: str, cache: Path, rounds: int, generations: int) -> dict[str, Any]:
     package = export(checkpoint(name, cache), "float32", cache)
     manifest = load_package(package).manifest
@@ -43,18 +60,16 @@ def bench_model(name: str, cache: Path, rounds: int, generations: int) -> dict[s
     key = SwarmKey.generate()
     runs: dict[str, list[dict[str, Any]]] = {"encrypted": [], "open": []}
     print(f"== {name}: spans {spans}", file=sys.stderr)
-    with (
-        NodeProcesses(package, spans, key, threads=0) as keyed,
-        NodeProcesses(package, spans, None, threads=0) as open_,
-        Swarm(peers=keyed.addresses, swarm_key=key, mdns=False) as secure,
-        Swarm(peers=open_.addresses, swarm_key=None, mdns=False) as plain,
-    ):
-        assert secure.swarm.credentials is not None and plain.swarm.credentials is None
-        for round_ in range(rounds):
-            order = [("encrypted", secure), ("open", plain)]
-            for setup, model in order if round_ % 2 == 0 else reversed(order):
-                print(f"  round {round_ + 1}: {setup}", file=sys.stderr)
-                runs[setup].append(measure(model, vocab, generations))
+    # whichever swarm's processes start first ran ~5 % slower in an open-vs-open control, so
+    # each half of the rounds starts the other one first
+    for half, keyed_first in enumerate((True, False)):
+        half_rounds = range(half * rounds // 2, (half + 1) * rounds // 2)
+        with swarms(package, spans, key, keyed_first) as (secure, plain):
+            for round_ in half_rounds:
+                order = [("encrypted", secure), ("open", plain)]
+                for setup, model in order if round_ % 2 == 0 else reversed(order):
+                    print(f"  round {round_ + 1}: {setup}", file=sys.stderr)
+                    runs[setup].append(measure(model, vocab, generations))
     rows = {setup: combine(results) for setup, results in runs.items()}
     return {"model": name, "rounds": rounds, "generations_per_round": generations, "rows": rows,
             "hidden_size": manifest.architecture.hidden_size,
@@ -97,7 +112,8 @@ def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}; two 2-node swarms of `swarm-node` processes on "
              "127.0.0.1, default onnxruntime threads (2, or 1 for a stage under 1 MiB), float32; prompt 64 "
-             "tokens, 32 new, greedy; rounds alternate between the "
+             "tokens, 32 new, greedy; each half of the rounds starts the other swarm's processes first, "
+             "since the first-started ran ~5 % slower in an open-vs-open control; rounds alternate between the "
              "keyed and the open swarm; medians over rounds).", "",
              "| model | setup | TPOT p50 ms | TPOT p95 ms | TTFT p50 ms | decode tok/s | loopback bytes/token |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
