@@ -150,4 +150,7 @@ def test_concurrent_sessions_spread_over_replicas(cluster: LocalCluster, stories
             await swarm.close()
 
     assert asyncio.run(run_all()) == [expected] * 4
-    assert [node.servicer.batcher.rows for node in replicas] == [38, 38]  # 2 sessions x 19 decode steps each
+    # 4 sessions x 19 decode steps, on both replicas (routing weighs each replica's measured speed
+    # against its load, so a replica measured faster may take 3 of the 4)
+    rows = [node.servicer.batcher.rows for node in replicas]
+    assert sum(rows) == 76 and min(rows) >= 19, rows
