@@ -11,12 +11,12 @@ A push may carry any subset of the fields; the rest keep their last value.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from android_bridge.config import json_object
 from android_bridge.device import DeviceState, Network, Thermal
 from swarm.errors import InvalidRequest
 
@@ -89,13 +89,7 @@ class CallbackProvider:
         return state
 
     def update_json(self, text: str) -> DeviceState:
-        try:
-            fields = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"device state is not JSON: {exc}") from None
-        if not isinstance(fields, dict):
-            raise InvalidRequest("device state must be a JSON object")
-        return self.update(**fields)
+        return self.update(**json_object(text, "device state"))
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after every push (the host re-evaluates its policy at once)."""

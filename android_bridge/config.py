@@ -163,14 +163,20 @@ _PARSERS: dict[str, Any] = {
 }  # fmt: skip
 
 
-def parse_config(text: str) -> HostConfig:
-    """A HostConfig from the host app's JSON; a clear InvalidRequest naming the bad key otherwise."""
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """`text` parsed as a JSON object; a clear InvalidRequest naming `what` otherwise."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"the node config is not JSON: {exc}") from None
+        raise InvalidRequest(f"{what} is not JSON: {exc}") from None
     if not isinstance(raw, dict):
-        raise InvalidRequest("the node config must be a JSON object")
+        raise InvalidRequest(f"{what} must be a JSON object")
+    return raw
+
+
+def parse_config(text: str) -> HostConfig:
+    """A HostConfig from the host app's JSON; a clear InvalidRequest naming the bad key otherwise."""
+    raw = json_object(text, "the node config")
     unknown = set(raw) - set(_PARSERS)
     if unknown:
         raise InvalidRequest(f"unknown node config keys {sorted(unknown)}; known: {sorted(_PARSERS)}")

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -138,6 +138,19 @@ def _final_code(context: grpc.aio.ServicerContext, failed: BaseException | None)
     return grpc.StatusCode.CANCELLED if gone else grpc.StatusCode.UNKNOWN
 
 
+@contextlib.contextmanager
+def _ending(metrics: NodeMetrics, method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
+    """Count the RPC's end with the status it ended with, however it ended."""
+    failed: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        failed = exc
+        raise
+    finally:
+        metrics.ended(method, _final_code(context, failed))
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Wraps each handler to count its messages, bytes, status and (Session) step times."""
 
@@ -175,16 +188,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             metrics.received.labels(method).inc(_size(request))
-            failed: BaseException | None = None
-            try:
+            with _ending(metrics, method, context):
                 reply = await behavior(request, context)
                 metrics.sent.labels(method).inc(_size(reply))
                 return reply
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                metrics.ended(method, _final_code(context, failed))
 
         return wrapped
 
@@ -193,17 +200,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             metrics.received.labels(method).inc(_size(request))
-            failed: BaseException | None = None
-            try:
+            with _ending(metrics, method, context):
                 async with contextlib.aclosing(behavior(request, context)) as replies:
                     async for reply in replies:
                         metrics.sent.labels(method).inc(_size(reply))
                         yield reply
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                metrics.ended(method, _final_code(context, failed))
 
         return wrapped
 
@@ -220,9 +221,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     metrics.received.labels(method).inc(_size(request))
                     yield request
 
-            failed: BaseException | None = None
             sent = 0
-            try:
+            with _ending(metrics, method, context):
                 async with contextlib.aclosing(behavior(counted(), context)) as replies:
                     async for reply in replies:
                         metrics.sent.labels(method).inc(_size(reply))
@@ -231,10 +231,5 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                             metrics.step_seconds.observe(time.perf_counter() - arrived[0])
                         sent += 1
                         yield reply
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                metrics.ended(method, _final_code(context, failed))
 
         return wrapped
