@@ -7,10 +7,14 @@ disjoint arrays approximate what a multi-threaded GEMV can stream.
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
+
+SETTLE_S = 0.06  # a spinning thread pool (ours with --spin, llama.cpp's) idles down within this
 
 
 class BandwidthProbe:
@@ -34,6 +38,33 @@ class BandwidthProbe:
                 w.join()
             best = max(best, self.nbytes / (time.perf_counter() - start))
         return best
+
+
+def paired_steps(probe: BandwidthProbe, step: Callable[[], object], steps: int) -> list[tuple[float, float]]:
+    """(seconds, bytes/s probed just before) for each of `steps` calls of `step`.
+
+    Memory bandwidth on a shared machine drifts by tens of percent within seconds, so engines
+    measured minutes apart cannot be compared by tokens/s alone. Dividing each step's speed by
+    a probe taken tens of milliseconds earlier gives a figure that drift leaves alone. Every
+    engine gets the same pause before its step, so none keeps threads spinning into it.
+    """
+    pairs = []
+    for _ in range(steps):
+        time.sleep(SETTLE_S)  # a spinning pool must not steal the probe's cores
+        bandwidth = probe.measure(repeats=1)
+        start = time.perf_counter()
+        step()
+        pairs.append((time.perf_counter() - start, bandwidth))
+    return pairs
+
+
+def per_bandwidth(pairs: list[tuple[float, float]]) -> dict[str, float | list[float]]:
+    """Decode speed per GB/s of probed bandwidth: median and quartiles over paired steps."""
+    values = [1 / seconds / (bandwidth / 1e9) for seconds, bandwidth in pairs]
+    return {
+        "decode_tok_s_per_gb_s": round(statistics.median(values), 4),
+        "decode_tok_s_per_gb_s_quartiles": [round(q, 4) for q in statistics.quantiles(values, n=4)],
+    }
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))  # run as a script, it still imports bench.bandwidth
 DEFAULT_CACHE = Path(os.environ.get("SWARM_BENCH_CACHE", BENCH_DIR / "out"))
 GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_K_M")
 # llama_ftype values (llama.h) for the types made with llama_model_quantize
@@ -274,6 +275,21 @@ def llama_run(llm: Any, ids: list[int], new_tokens: int) -> tuple[float, float]:
     return mid - start, time.perf_counter() - mid
 
 
+def llama_paired_decode(llm: Any, ids: list[int], steps: int, threads: int) -> dict:
+    """Decode tok/s per GB/s of bandwidth probed before each step (as bench/engine_speed.py)."""
+    from bench.bandwidth import BandwidthProbe, paired_steps, per_bandwidth
+
+    probe = BandwidthProbe(threads=threads, gib=1.0)
+    probe.measure(1)
+    llm.reset()
+    llm.eval(ids)
+
+    def step() -> None:
+        llm.eval([llama_next_token(llm)])
+
+    return per_bandwidth(paired_steps(probe, step, steps))
+
+
 def llamacpp_speed(
     gguf_path: Path | str,
     prompt_len: int = 128,
@@ -290,6 +306,7 @@ def llamacpp_speed(
     llama_run(llm, ids, min(new_tokens, 4))  # warm-up (also pages in the mmapped weights)
     times = [llama_run(llm, ids, new_tokens) for _ in range(repeats)]
     return {
+        **llama_paired_decode(llm, ids[:16], new_tokens, threads),
         "engine": "llama.cpp",
         "gguf": str(gguf_path),
         "n_ctx": n_ctx,

@@ -3,7 +3,8 @@
     python bench/engine_speed.py PKG [--prompt-len 128 --new-tokens 32 --threads 2 --repeats 3]
 
 The bandwidth floor is probed right before each decode step of a separate interleaved run, so
-the ratio `decode / floor` holds even on a machine whose bandwidth drifts.
+the ratio `decode / floor`, and decode tok/s per GB/s of bandwidth (comparable across engines,
+see bench/baselines.py), hold even on a machine whose bandwidth drifts.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bandwidth import BandwidthProbe
+from bench.bandwidth import BandwidthProbe, paired_steps, per_bandwidth
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
 from swarm.runtime import RuntimeOptions
 from swarm.sampling import SamplingParams
-
-SPIN_SETTLE_S = 0.06  # a spinning onnxruntime pool stops spinning ~40 ms after a step
 
 
 def weight_bytes_per_token(package: ModelPackage) -> int:
@@ -45,24 +44,17 @@ def run_once(model: LocalModel, prompt: list[int], new_tokens: int) -> tuple[flo
     return mid - start, time.perf_counter() - mid
 
 
-def interleaved_ratio(model: LocalModel, probe: BandwidthProbe, prompt: list[int], steps: int) -> list[float]:
-    """Per decode step: its speed over the floor the bandwidth probe measured right before it.
-
-    Memory bandwidth on a shared machine drifts by tens of percent within seconds; pairing each
-    step with a probe taken tens of milliseconds earlier keeps the ratio honest.
-    """
-    per_token = weight_bytes_per_token(model.package)
+def paired_decode(model: LocalModel, probe: BandwidthProbe, prompt: list[int], steps: int) -> list[tuple[float, float]]:
+    """Decode steps, each paired with a bandwidth probe taken right before it."""
     session = model.session(len(prompt) + steps + 1)
     greedy = SamplingParams()
     token = session.next_token(prompt, greedy)
-    ratios = []
-    for _ in range(steps):
-        time.sleep(SPIN_SETTLE_S)  # a spinning pool must not steal the probe's cores
-        floor = probe.measure(repeats=1) / per_token
-        start = time.perf_counter()
+
+    def step() -> None:
+        nonlocal token
         token = session.next_token([token], greedy)
-        ratios.append(1 / (time.perf_counter() - start) / floor)
-    return ratios
+
+    return paired_steps(probe, step, steps)
 
 
 def local_speed(package_dir: Path, prompt_len: int, new_tokens: int, threads: int, repeats: int,
@@ -75,7 +67,8 @@ def local_speed(package_dir: Path, prompt_len: int, new_tokens: int, threads: in
     run_once(model, prompt, 4)  # warm-up: page in every weight
     probe.measure(1)
     runs = [run_once(model, prompt, new_tokens) for _ in range(repeats)]
-    ratios = interleaved_ratio(model, probe, prompt[:16], new_tokens)
+    pairs = paired_decode(model, probe, prompt[:16], new_tokens)
+    ratios = [1 / seconds / (bandwidth / per_token) for seconds, bandwidth in pairs]
     bandwidth = probe.measure(repeats=5)
     return {
         "engine": "swarm local",
@@ -94,6 +87,7 @@ def local_speed(package_dir: Path, prompt_len: int, new_tokens: int, threads: in
         "floor_tok_s": round(bandwidth / per_token, 2),
         "ratio_to_floor": round(statistics.median(ratios), 3),
         "ratio_to_floor_quartiles": [round(q, 3) for q in statistics.quantiles(ratios, n=4)],
+        **per_bandwidth(pairs),
     }
 
 

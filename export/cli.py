@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layers-per-block", type=int, default=1, help="decoder layers per ONNX block (default 1)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="weight storage dtype")
     p.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of linear layers")
-    p.add_argument("--block-size", type=int, help="quantization block size (default: 32 for int8, 128 for int4)")
+    p.add_argument("--block-size", type=int, help="quantization block size (default 128)")
     p.add_argument(
         "--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],
         help="MatMulNBits compute precision: 4 = int8 activations (fastest), 0/1 = float32",

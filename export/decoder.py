@@ -56,10 +56,17 @@ def _stored(g: Graph, name: str, array: np.ndarray, fmt: WeightFormat) -> str:
     return g.weight(name, array.astype(np.float32))
 
 
+def _block_for(in_features: int, block_size: int) -> int:
+    """The block size, shrunk to the smallest power of two (at least 16, MatMulNBits' minimum)
+    that holds a whole row when the layer is narrower: padding a 64-wide row to a block of 128
+    would store as many zero weights as real ones."""
+    return min(block_size, max(16, 1 << (in_features - 1).bit_length()))
+
+
 def linear(g: Graph, x: str, weight: np.ndarray, bias: np.ndarray | None, path: str, fmt: WeightFormat) -> str:
     """x @ weight.T (+ bias); `weight` is (out, in) as Hugging Face stores it."""
     if fmt.bits:
-        qw = quantize(weight, fmt.bits, fmt.block_size)
+        qw = quantize(weight, fmt.bits, _block_for(weight.shape[1], fmt.block_size))
         inputs = [
             x,
             g.weight(f"{path}.qweight", qw.packed),

@@ -33,9 +33,12 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                         "$SWARM_MDNS_INTERFACES, else all IPv4)")  # fmt: skip
     p.add_argument("--discovery-timeout", type=float, default=5.0, help="seconds to look for the swarm")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --local (0 = one per core)")
-    p.add_argument("--spin", action="store_true",
-                   help="with --local: one onnxruntime pool whose threads spin between ops (faster; a core stays "
-                        "busy ~40 ms after each step)")  # fmt: skip
+    # On by default because a local run usually has the device to itself, as llama.cpp assumes:
+    # spinning decodes the 1.1B shape ~15-40 % faster (docs/BENCHMARKS.md).
+    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --local: one onnxruntime pool whose threads spin between ops (default: on). "
+                        "--no-spin: a pool per stage, asleep between ops, for when other busy processes share "
+                        "the cores (a spinning core stays busy ~40 ms after each step)")  # fmt: skip
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser, max_tokens: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,31 @@ class KVCache:
         return self._arrays[layer]
 
 
+class _DecodeBinding:
+    """A block's inputs and outputs for single-token steps on one cache, bound once.
+
+    onnxruntime reads inputs from and writes the output into these arrays in place (an OrtValue
+    made from a numpy array shares its memory), so a step only refills them."""
+
+    def __init__(self, session: ort.InferenceSession, cache: KVCache, hidden_size: int) -> None:
+        self.hidden = np.zeros((1, 1, hidden_size), np.float32)
+        self.position = np.zeros((1, 1), np.int64)
+        self.seqlens = np.zeros(1, np.int32)  # tokens before this step
+        self.total = np.zeros((), np.int32)
+        self.out = np.zeros((1, 1, hidden_size), np.float32)
+        self.binding = session.io_binding()
+        for name, array in (("hidden_states", self.hidden), ("position_ids", self.position),
+                            ("seqlens_k", self.seqlens), ("total_sequence_length", self.total)):  # fmt: skip
+            self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+        self.binding.bind_ortvalue_output("hidden_states_out", ort.OrtValue.ortvalue_from_numpy(self.out))
+        for layer in cache.layers:
+            key, value = cache.ortvalues(layer)
+            self.binding.bind_ortvalue_input(f"past_key_values.{layer}.key", key)
+            self.binding.bind_ortvalue_input(f"past_key_values.{layer}.value", value)
+            self.binding.bind_ortvalue_output(f"present.{layer}.key", key)
+            self.binding.bind_ortvalue_output(f"present.{layer}.value", value)
+
+
 class BlockRunner:
     """One ONNX block of layers [start, end)."""
 
@@ -115,6 +141,7 @@ class BlockRunner:
         self.arch = arch
         self.layers = range(entry.start, entry.end)
         self._session = _session(path, options)
+        self._decode_bindings: weakref.WeakKeyDictionary[KVCache, _DecodeBinding] = weakref.WeakKeyDictionary()
 
     def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
         return KVCache(self.arch, self.layers, capacity, batch)
@@ -125,6 +152,8 @@ class BlockRunner:
         past, total = cache.length, cache.length + steps
         if total > cache.capacity:
             raise InvalidRequest(f"{total} tokens exceed this session's cache of {cache.capacity}")
+        if steps == 1:
+            return self._decode(hidden, cache)
         binding = self._session.io_binding()
         binding.bind_output("hidden_states_out")  # first, so it is get_outputs()[0]
         binding.bind_cpu_input("hidden_states", np.ascontiguousarray(hidden, dtype=np.float32))
@@ -141,6 +170,21 @@ class BlockRunner:
         cache.length = total
         out: np.ndarray = binding.get_outputs()[0].numpy()
         return out
+
+    def _decode(self, hidden: np.ndarray, cache: KVCache) -> np.ndarray:
+        """One token: the binding made for this cache at its first decode step, refilled in place.
+
+        Building a binding costs ~75 µs of Python per block and token (about 5 % of a 1.1B-shape
+        int8 step over 22 blocks); refilling four small arrays costs a few."""
+        step = self._decode_bindings.get(cache)
+        if step is None:
+            step = self._decode_bindings[cache] = _DecodeBinding(self._session, cache, self.arch.hidden_size)
+        np.copyto(step.hidden, hidden)
+        step.position[0, 0] = step.seqlens[0] = cache.length
+        step.total[()] = cache.length + 1
+        self._session.run_with_iobinding(step.binding)
+        cache.length += 1
+        return step.out.copy()  # the buffer is refilled next step; the caller may keep this
 
     def forward_batch(self, hidden: np.ndarray, caches: Sequence[KVCache]) -> np.ndarray:
         """One decode step for each of B sessions at once: `hidden` (B, 1, H), row i belongs to

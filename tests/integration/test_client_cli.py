@@ -16,7 +16,7 @@ def run_client(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("pool", [(), ("--spin",)], ids=["stage pools", "one spinning pool"])
+@pytest.mark.parametrize("pool", [(), ("--no-spin",)], ids=["one spinning pool (default)", "stage pools"])
 def test_greedy_text_on_stdout_stats_on_stderr(stories_package: ModelPackage, pool: tuple[str, ...]) -> None:
     result = run_client("generate", "--local", stories_package.root, *pool, "--max-tokens", 40, "--temperature", 0,
                         STORIES_PROMPT)  # fmt: skip
@@ -45,3 +45,10 @@ def test_errors_are_one_line(stories_package: ModelPackage, tmp_path) -> None:  
         result = run_client(*args)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip().startswith("swarm-client: error:") and message in result.stderr
+
+
+def test_local_runs_on_the_spinning_pool_unless_told_not_to() -> None:
+    from swarm.cli import _parser
+
+    assert _parser().parse_args(["generate", "--local", "pkg", "hi"]).spin is True
+    assert _parser().parse_args(["chat", "--local", "pkg", "--no-spin"]).spin is False

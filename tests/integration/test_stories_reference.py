@@ -95,3 +95,18 @@ def test_stats_are_filled(stories_package: ModelPackage) -> None:
     assert text.startswith(", there was")
     assert stats.prompt_tokens == 5 and stats.generated_tokens == 10
     assert stats.ttft_s > 0 and stats.decode_tokens_per_s > 0 and len(stats.step_s) == 9
+
+
+def test_a_decode_step_hands_back_its_own_array(stories_package: ModelPackage) -> None:
+    """Single-token steps refill one binding per cache in place; what a step returned must not
+    change under the caller, and each step must equal recomputing the whole sequence."""
+    model = LocalModel(stories_package)
+    block, embed = model.blocks[0], model.embedding.forward
+    cache = block.new_cache(8)
+    block.forward(embed(np.array([[1, 2, 3]])), cache)
+    first = block.forward(embed(np.array([[4]])), cache)
+    kept = first.copy()
+    second = block.forward(embed(np.array([[5]])), cache)
+    assert cache.length == 5 and np.array_equal(first, kept) and not np.array_equal(first, second)
+    whole = block.forward(embed(np.array([[1, 2, 3, 4, 5]])), block.new_cache(8))
+    np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole[:, 3:], atol=1e-5)

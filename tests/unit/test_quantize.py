@@ -38,3 +38,14 @@ def test_matmulnbits_layout_matches_dequantized_weight(bits: int) -> None:
     got = session.run(None, {"x": x})[0]
     expected = x @ dequantize(quantize(w, bits)).T
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("k, block", [(64, 64), (40, 64), (8, 16), (300, 128)])
+def test_a_narrow_layer_gets_a_block_its_rows_fill(k: int, block: int) -> None:
+    """With the default block of 128, a 64-wide layer is stored in blocks of 64, not padded to
+    twice its size; a wide one keeps 128 (MatMulNBits wants a power of two of at least 16)."""
+    w = np.random.default_rng(2).standard_normal((8, k)).astype(np.float32)
+    g = Graph("q")
+    linear(g, g.input("x", FLOAT, [1, 1, k]), w, None, "/lin", WeightFormat(bits=8, block_size=128))
+    (node,) = [n for n in g.to_model().graph.node if n.op_type == "MatMulNBits"]
+    assert {a.name: a.i for a in node.attribute}["block_size"] == block
