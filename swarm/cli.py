@@ -34,7 +34,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--discovery-timeout", type=float, default=5.0, help="seconds to look for the swarm")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --local (0 = one per core)")
     # On by default because a local run usually has the device to itself, as llama.cpp assumes:
-    # spinning decodes the 1.1B shape ~15-40 % faster (docs/BENCHMARKS.md).
+    # spinning decodes the 1.1B shape ~10-25 % faster (docs/BENCHMARKS.md).
     p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=True,
                    help="with --local: one onnxruntime pool whose threads spin between ops (default: on). "
                         "--no-spin: a pool per stage, asleep between ops, for when other busy processes share "

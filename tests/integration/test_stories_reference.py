@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from swarm.errors import InvalidRequest
 from swarm.generation import GenerationRequest, GenerationStats, generate_ids
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
@@ -110,3 +111,11 @@ def test_a_decode_step_hands_back_its_own_array(stories_package: ModelPackage) -
     assert cache.length == 5 and np.array_equal(first, kept) and not np.array_equal(first, second)
     whole = block.forward(embed(np.array([[1, 2, 3, 4, 5]])), block.new_cache(8))
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole[:, 3:], atol=1e-5)
+
+
+def test_a_decode_step_refuses_a_misshaped_hidden_state(stories_package: ModelPackage) -> None:
+    block = LocalModel(stories_package).blocks[0]
+    cache = block.new_cache(4)
+    with pytest.raises(InvalidRequest, match="expected"):
+        block.forward(np.zeros((1, 1, 1), np.float32), cache)  # would broadcast into every feature
+    assert cache.length == 0
