@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,30 +31,17 @@ sys.path.insert(0, str(REPO))
 from bench.baselines import DEFAULT_CACHE, build_gguf, llama_next_token, load_llama  # noqa: E402
 from bench.bench_local import checkpoint, export  # noqa: E402
 from bench.report import replace_section  # noqa: E402
+from bench.turns import NEW_TOKENS, PROMPT, local_decode, round_ratios, take_turns  # noqa: E402
 
 PAIRS = {"float32": "F32", "int8": "Q8_0", "int4": "Q4_K_M"}  # our variant -> llama.cpp type
-PROMPT = list(range(3, 19))
-NEW_TOKENS = 24
 PAUSE_S = 0.1  # longer than either engine's threads keep spinning after a step
 
 
 def ours_decode(package: Path, spin: bool) -> Callable[[], float]:
     from swarm.local import LocalModel
     from swarm.runtime import RuntimeOptions
-    from swarm.sampling import SamplingParams
 
-    model = LocalModel(package, RuntimeOptions(threads=2, spin=spin))
-    greedy = SamplingParams()
-
-    def decode() -> float:
-        session = model.session(len(PROMPT) + NEW_TOKENS + 1)
-        token = session.next_token(PROMPT, greedy)
-        start = time.perf_counter()
-        for _ in range(NEW_TOKENS):
-            token = session.next_token([token], greedy)
-        return NEW_TOKENS / (time.perf_counter() - start)
-
-    return decode
+    return partial(local_decode, LocalModel(package, RuntimeOptions(threads=2, spin=spin)))
 
 
 def llama_decode(gguf: Path) -> Callable[[], float]:
@@ -70,22 +58,9 @@ def llama_decode(gguf: Path) -> Callable[[], float]:
     return decode
 
 
-def take_turns(engines: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    speeds: dict[str, list[float]] = {name: [] for name in engines}
-    order = list(engines)
-    for decode in engines.values():
-        decode()  # warm-up: page in every weight
-    for _ in range(rounds):
-        for name in order:
-            time.sleep(PAUSE_S)
-            speeds[name].append(engines[name]())
-        order.reverse()
-    return speeds
-
-
 def one_pair(package: Path, gguf: Path, spin: bool, rounds: int) -> dict[str, Any]:
-    speeds = take_turns({"ours": ours_decode(package, spin), "llama": llama_decode(gguf)}, rounds)
-    ratios = [a / b for a, b in zip(speeds["ours"], speeds["llama"], strict=True)]
+    speeds = take_turns({"ours": ours_decode(package, spin), "llama": llama_decode(gguf)}, rounds, PAUSE_S)
+    ratios = round_ratios(speeds["ours"], speeds["llama"])
     return {"ours_tok_s": round(statistics.median(speeds["ours"]), 2),
             "llama_tok_s": round(statistics.median(speeds["llama"]), 2),
             "ratio": round(statistics.median(ratios), 3), "ratio_quartiles": [round(q, 3) for q in
@@ -112,6 +87,8 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--pair", nargs=3, metavar=("PKG", "GGUF", "SPIN"), help=argparse.SUPPRESS)  # one process each
     args = p.parse_args()
+    if args.rounds < 2:
+        p.error("--rounds must be at least 2 (the ratio's quartiles need two rounds)")
     if args.pair:
         package, gguf, spin = args.pair
         print(json.dumps(one_pair(Path(package), Path(gguf), spin == "1", args.rounds)))

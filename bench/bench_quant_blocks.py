@@ -15,6 +15,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,43 +24,18 @@ sys.path.insert(0, str(REPO))
 from bench.baselines import DEFAULT_CACHE  # noqa: E402
 from bench.bench_local import checkpoint, export_with  # noqa: E402
 from bench.report import replace_section  # noqa: E402
+from bench.turns import NEW_TOKENS, local_decode, round_ratios, take_turns  # noqa: E402
 from swarm.local import LocalModel  # noqa: E402
 from swarm.runtime import RuntimeOptions  # noqa: E402
-from swarm.sampling import SamplingParams  # noqa: E402
-
-PROMPT = list(range(3, 19))
-NEW_TOKENS = 24
-
-
-def decode_tok_s(model: LocalModel) -> float:
-    session = model.session(len(PROMPT) + NEW_TOKENS + 1)
-    greedy = SamplingParams()
-    token = session.next_token(PROMPT, greedy)
-    start = time.perf_counter()
-    for _ in range(NEW_TOKENS):
-        token = session.next_token([token], greedy)
-    return NEW_TOKENS / (time.perf_counter() - start)
-
-
-def interleaved(models: dict[int, LocalModel], rounds: int) -> dict[int, list[float]]:
-    speeds: dict[int, list[float]] = {size: [] for size in models}
-    order = list(models)
-    for _ in range(rounds):
-        for size in order:
-            speeds[size].append(decode_tok_s(models[size]))
-        order.reverse()
-    return speeds
 
 
 def measure(ckpt: Path, quantize: str, sizes: list[int], rounds: int, cache: Path) -> list[dict]:
     packages = {s: export_with(ckpt, ["--quantize", quantize, "--block-size", str(s)], cache) for s in sizes}
     models = {s: LocalModel(p, RuntimeOptions(threads=2)) for s, p in packages.items()}
-    for model in models.values():
-        decode_tok_s(model)  # warm-up: page in every weight
-    speeds = interleaved(models, rounds)
+    speeds = take_turns({s: partial(local_decode, m) for s, m in models.items()}, rounds)
     base = speeds[sizes[0]]
     return [{"quantize": quantize, "block_size": s, "decode_tok_s": round(statistics.median(v), 2),
-             "ratio_to_first": round(statistics.median(a / b for a, b in zip(v, base, strict=True)), 3),
+             "ratio_to_first": round(statistics.median(round_ratios(v, base)), 3),
              "bytes_per_token": sum(b.bytes for b in models[s].manifest.blocks) + models[s].manifest.head.bytes}
             for s, v in speeds.items()]  # fmt: skip
 

@@ -44,12 +44,13 @@ def _spinning_pool(threads: int) -> None:
 
     By default every stage session has a pool of its own whose worker sleeps between ops, and a
     token runs hundreds of small ops across many stages, each waking it again. One pool shared
-    by every stage lets its worker spin instead: 1.1B-shape decode went from 7.9-9.4 to
-    10.2-10.4 tokens/s in float32 and from 22 to 31 in int8 (docs/BENCHMARKS.md). The price:
-    after each step one core spins for about 40 ms, which a phone pays in battery and other
-    processes on the same cores pay in time (two such nodes on this 2-core machine decode at
-    0.7x of one). So it is opt-in, for a process that has its cores to itself. onnxruntime
-    allows no per-session pools beside it: once it exists, every stage in the process uses it."""
+    by every stage lets its worker spin instead: 1.1B-shape decode gains ~10-25 %
+    (docs/BENCHMARKS.md). The price: after each step one core spins for about 40 ms, which a
+    phone pays in battery and other processes on the same cores pay in time (two such nodes on
+    this 2-core machine decode at 0.7x of one). So only a process that has its cores to itself
+    should ask for it (`swarm-client --local` does by default; nodes and the SDK do not).
+    onnxruntime allows no per-session pools beside it: once it exists, every stage in the
+    process uses it."""
     global _pool_threads
     with _pool_lock:
         if _pool_threads is None:
@@ -108,6 +109,16 @@ class KVCache:
         return self._arrays[layer]
 
 
+def _bind_cache(binding: ort.IOBinding, cache: KVCache) -> None:
+    """Each layer's cache as both its past input and its present output: written in place."""
+    for layer in cache.layers:
+        key, value = cache.ortvalues(layer)
+        binding.bind_ortvalue_input(f"past_key_values.{layer}.key", key)
+        binding.bind_ortvalue_input(f"past_key_values.{layer}.value", value)
+        binding.bind_ortvalue_output(f"present.{layer}.key", key)
+        binding.bind_ortvalue_output(f"present.{layer}.value", value)
+
+
 class _DecodeBinding:
     """A block's inputs and outputs for single-token steps on one cache, bound once.
 
@@ -125,12 +136,7 @@ class _DecodeBinding:
                             ("seqlens_k", self.seqlens), ("total_sequence_length", self.total)):  # fmt: skip
             self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
         self.binding.bind_ortvalue_output("hidden_states_out", ort.OrtValue.ortvalue_from_numpy(self.out))
-        for layer in cache.layers:
-            key, value = cache.ortvalues(layer)
-            self.binding.bind_ortvalue_input(f"past_key_values.{layer}.key", key)
-            self.binding.bind_ortvalue_input(f"past_key_values.{layer}.value", value)
-            self.binding.bind_ortvalue_output(f"present.{layer}.key", key)
-            self.binding.bind_ortvalue_output(f"present.{layer}.value", value)
+        _bind_cache(self.binding, cache)
 
 
 class BlockRunner:
@@ -160,12 +166,7 @@ class BlockRunner:
         binding.bind_cpu_input("position_ids", np.arange(past, total, dtype=np.int64)[None, :])
         binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
-        for layer in self.layers:
-            key, value = cache.ortvalues(layer)
-            binding.bind_ortvalue_input(f"past_key_values.{layer}.key", key)
-            binding.bind_ortvalue_input(f"past_key_values.{layer}.value", value)
-            binding.bind_ortvalue_output(f"present.{layer}.key", key)
-            binding.bind_ortvalue_output(f"present.{layer}.value", value)
+        _bind_cache(binding, cache)
         self._session.run_with_iobinding(binding)
         cache.length = total
         out: np.ndarray = binding.get_outputs()[0].numpy()
