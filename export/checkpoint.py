@@ -11,11 +11,12 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from export.errors import ExportError
+from export.quantize import BlockWeight
 
 _DTYPES = {
     "F64": np.float64,
@@ -63,6 +64,26 @@ def _read_header(path: Path) -> dict[str, _TensorSlot]:
     return slots
 
 
+class WeightSource(Protocol):
+    """What the graph builders read weights from: a checkpoint folder or a GGUF file."""
+
+    config: dict[str, Any]
+
+    def has(self, name: str) -> bool: ...
+
+    def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The weight `name` as float32, checked against the shape the config implies."""
+        ...
+
+    def take_linear(self, name: str, shape: tuple[int, ...]) -> np.ndarray | BlockWeight:
+        """A linear layer's (out, in) weight in the form the source keeps it: float32 or blocks."""
+        ...
+
+    def ignore(self, name: str) -> None: ...
+
+    def unused(self) -> list[str]: ...
+
+
 @dataclass
 class Checkpoint:
     """A checkpoint folder; `take(name)` hands out each weight once and remembers what was used."""
@@ -93,6 +114,10 @@ class Checkpoint:
             widened = raw.astype(np.uint32) << 16
             return widened.view(np.float32).reshape(shape)
         return np.asarray(raw, dtype=np.float32).reshape(shape)
+
+    def take_linear(self, name: str, shape: tuple[int, ...]) -> np.ndarray | BlockWeight:
+        """Checkpoint folders hold float weights: the same as `take`."""
+        return self.take(name, shape)
 
     def ignore(self, name: str) -> None:
         """Mark a tensor as deliberately unused (e.g. a tied lm_head stored anyway)."""

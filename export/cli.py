@@ -1,4 +1,4 @@
-"""`swarm-export SRC OUT`: a Hugging Face checkpoint folder in, a model package out."""
+"""`swarm-export SRC OUT`: a Hugging Face checkpoint folder or a GGUF file in, a model package out."""
 
 from __future__ import annotations
 
@@ -15,13 +15,21 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="swarm-export",
         description="Export a Hugging Face causal-LM checkpoint (config.json, *.safetensors, tokenizer.json) "
-        "into a swarm model package: one ONNX file per block of layers plus embedding and head.",
+        "or a GGUF file (llama.cpp, Ollama, LM Studio) into a swarm model package: one ONNX file per block "
+        "of layers plus embedding and head. A GGUF keeps its own quantization unless --dtype or --quantize "
+        "say otherwise.",
     )
-    p.add_argument("src", help="checkpoint folder")
+    p.add_argument("src", help="checkpoint folder or .gguf file")
     p.add_argument("out", help="package folder to create")
     p.add_argument("--layers-per-block", type=int, default=1, help="decoder layers per ONNX block (default 1)")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="weight storage dtype")
-    p.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of linear layers")
+    p.add_argument(
+        "--dtype", choices=["float32", "float16"],
+        help="store unquantized weights in this dtype (default: float32; a GGUF keeps its own formats)",
+    )  # fmt: skip
+    p.add_argument(
+        "--quantize", choices=["int8", "int4"],
+        help="re-quantize every linear layer (default: none; a GGUF keeps its own formats)",
+    )  # fmt: skip
     p.add_argument("--block-size", type=int, help="quantization block size (default 128)")
     p.add_argument(
         "--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],

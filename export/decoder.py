@@ -18,19 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.checkpoint import Checkpoint
+from export.checkpoint import WeightSource
 from export.graph import FLOAT, INT32, INT64, MS_DOMAIN, Graph
-from export.quantize import quantize
+from export.linear import WeightFormat, embedding_gather, linear
 from export.rope import cos_sin_tables
 from export.spec import ModelSpec
-
-
-@dataclass(frozen=True)
-class WeightFormat:
-    storage: str = "float32"  # float32 | float16: how unquantized weights are stored on disk
-    bits: int | None = None  # 4 | 8: weight-only MatMulNBits quantization of the linear layers
-    block_size: int = 32  # input features per quantization block
-    accuracy_level: int = 4  # MatMulNBits compute type: 4 = int8 activations (fastest on CPU)
 
 
 def past_key_name(layer: int) -> str:
@@ -47,41 +39,6 @@ def present_key_name(layer: int) -> str:
 
 def present_value_name(layer: int) -> str:
     return f"present.{layer}.value"
-
-
-def _stored(g: Graph, name: str, array: np.ndarray, fmt: WeightFormat) -> str:
-    """A float weight in the storage dtype, cast back to float32 for compute when stored as float16."""
-    if fmt.storage == "float16":
-        return g.op1("Cast", [g.weight(name, array.astype(np.float16))], f"{name}/Cast", to=FLOAT)
-    return g.weight(name, array.astype(np.float32))
-
-
-def _block_for(in_features: int, block_size: int) -> int:
-    """The block size, shrunk to the smallest power of two (at least 16, MatMulNBits' minimum)
-    that holds a whole row when the layer is narrower: padding a 64-wide row to a block of 128
-    would store as many zero weights as real ones."""
-    return min(block_size, max(16, 1 << (in_features - 1).bit_length()))
-
-
-def linear(g: Graph, x: str, weight: np.ndarray, bias: np.ndarray | None, path: str, fmt: WeightFormat) -> str:
-    """x @ weight.T (+ bias); `weight` is (out, in) as Hugging Face stores it."""
-    if fmt.bits:
-        qw = quantize(weight, fmt.bits, _block_for(weight.shape[1], fmt.block_size))
-        inputs = [
-            x,
-            g.weight(f"{path}.qweight", qw.packed),
-            g.weight(f"{path}.scales", qw.scales),
-            g.weight(f"{path}.qzeros", qw.zero_points),
-        ]
-        y = g.op1(
-            "MatMulNBits", inputs, f"{path}/MatMulNBits", domain=MS_DOMAIN,
-            K=qw.k, N=qw.n, bits=qw.bits, block_size=qw.block_size, accuracy_level=fmt.accuracy_level,
-        )  # fmt: skip
-    else:
-        y = g.op1("MatMul", [x, _stored(g, f"{path}.weight", weight.T, fmt)], f"{path}/MatMul")
-    if bias is not None:
-        y = g.op1("Add", [y, g.weight(f"{path}.bias", bias.astype(np.float32))], f"{path}/BiasAdd")
-    return y
 
 
 def rms_norm(g: Graph, x: str, weight: np.ndarray, eps: float, path: str) -> str:
@@ -114,21 +71,21 @@ class _BlockInputs:
 
 
 def _attention(
-    g: Graph, ckpt: Checkpoint, spec: ModelSpec, fmt: WeightFormat, layer: int, h: str, io: _BlockInputs
+    g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, layer: int, h: str, io: _BlockInputs
 ) -> str:
     hf = f"model.layers.{layer}.self_attn"
     path = f"/model/layers.{layer}/attn"
     H, D, Dc = spec.hidden_size, spec.head_dim, spec.cache_head_dim
     weights = [
-        ckpt.take(f"{hf}.q_proj.weight", (spec.q_size, H)),
-        ckpt.take(f"{hf}.k_proj.weight", (spec.kv_size, H)),
-        ckpt.take(f"{hf}.v_proj.weight", (spec.kv_size, H)),
+        ckpt.take_linear(f"{hf}.q_proj.weight", (spec.q_size, H)),
+        ckpt.take_linear(f"{hf}.k_proj.weight", (spec.kv_size, H)),
+        ckpt.take_linear(f"{hf}.v_proj.weight", (spec.kv_size, H)),
     ]
     bias = None
     if spec.family.qkv_bias:
         sizes = (spec.q_size, spec.kv_size, spec.kv_size)
         bias = np.concatenate([ckpt.take(f"{hf}.{p}_proj.bias", (n,)) for p, n in zip("qkv", sizes, strict=False)])
-    qkv = linear(g, h, np.concatenate(weights), bias, f"{path}/qkv_proj", fmt)  # (B, S, (N + 2K) * D)
+    qkv = linear(g, h, weights, bias, f"{path}/qkv_proj", fmt)  # (B, S, (N + 2K) * D)
     split = g.constant(np.array([spec.q_size, spec.kv_size, spec.kv_size], np.int64))
     q, k, v = g.op("Split", [qkv, split], f"{path}/Split", outputs=3, axis=-1)
     rotary_inputs = [io.position_ids, io.cos, io.sin]
@@ -161,28 +118,28 @@ def _attention(
     if Dc != D:
         attn = _unpad_heads(g, attn, spec.num_heads, D, Dc, f"{path}/unpad")
     o_bias = ckpt.take(f"{hf}.o_proj.bias", (H,)) if spec.family.o_bias else None
-    o_weight = ckpt.take(f"{hf}.o_proj.weight", (H, spec.q_size))
+    o_weight = ckpt.take_linear(f"{hf}.o_proj.weight", (H, spec.q_size))
     return linear(g, attn, o_weight, o_bias, f"{path}/o_proj", fmt)
 
 
-def _mlp(g: Graph, ckpt: Checkpoint, spec: ModelSpec, fmt: WeightFormat, layer: int, h: str) -> str:
+def _mlp(g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, layer: int, h: str) -> str:
     hf = f"model.layers.{layer}.mlp"
     path = f"/model/layers.{layer}/mlp"
     H, inter = spec.hidden_size, spec.intermediate_size
-    gate = ckpt.take(f"{hf}.gate_proj.weight", (inter, H))
-    up = ckpt.take(f"{hf}.up_proj.weight", (inter, H))
-    gate_up = linear(g, h, np.concatenate([gate, up]), None, f"{path}/gate_up_proj", fmt)  # (B, S, 2I)
+    gate = ckpt.take_linear(f"{hf}.gate_proj.weight", (inter, H))
+    up = ckpt.take_linear(f"{hf}.up_proj.weight", (inter, H))
+    gate_up = linear(g, h, [gate, up], None, f"{path}/gate_up_proj", fmt)  # (B, S, 2I)
     split = g.constant(np.array([inter, inter], np.int64))
     gate_out, up_out = g.op("Split", [gate_up, split], f"{path}/Split", outputs=2, axis=-1)
     sigmoid = g.op1("Sigmoid", [gate_out], f"{path}/act/Sigmoid")
     silu = g.op1("Mul", [gate_out, sigmoid], f"{path}/act/Mul")
     hidden = g.op1("Mul", [silu, up_out], f"{path}/Mul")
-    down = ckpt.take(f"{hf}.down_proj.weight", (H, inter))
+    down = ckpt.take_linear(f"{hf}.down_proj.weight", (H, inter))
     return linear(g, hidden, down, None, f"{path}/down_proj", fmt)
 
 
 def _decoder_layer(
-    g: Graph, ckpt: Checkpoint, spec: ModelSpec, fmt: WeightFormat, layer: int, x: str, io: _BlockInputs
+    g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, layer: int, x: str, io: _BlockInputs
 ) -> str:
     hf, path, eps = f"model.layers.{layer}", f"/model/layers.{layer}", spec.rms_norm_eps
     H = spec.hidden_size
@@ -198,7 +155,9 @@ def _decoder_layer(
     return g.op1("Add", [x, _mlp(g, ckpt, spec, fmt, layer, h)], f"{path}/mlp_residual/Add")
 
 
-def build_block(ckpt: Checkpoint, spec: ModelSpec, fmt: WeightFormat, start: int, end: int, max_context: int) -> Graph:
+def build_block(
+    ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, start: int, end: int, max_context: int
+) -> Graph:
     g = Graph(f"block_{start}_{end}")
     H, K, Dc = spec.hidden_size, spec.num_kv_heads, spec.cache_head_dim
     x = g.input("hidden_states", FLOAT, ["batch", "seq", H])
@@ -221,35 +180,27 @@ def build_block(ckpt: Checkpoint, spec: ModelSpec, fmt: WeightFormat, start: int
     return g
 
 
-def build_embedding(ckpt: Checkpoint, spec: ModelSpec, fmt: WeightFormat) -> Graph:
+def build_embedding(ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat) -> Graph:
     g = Graph("embedding")
     ids = g.input("input_ids", INT64, ["batch", "seq"])
-    table = ckpt.take("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size))
-    dtype = np.float16 if fmt.storage == "float16" else np.float32
-    # gather in the storage dtype, then cast the few gathered rows: the table stays small in memory
-    x = g.op1(
-        "Gather",
-        [g.weight("model.embed_tokens.weight", table.astype(dtype)), ids],
-        "/model/embed_tokens/Gather",
-    )
-    if fmt.storage == "float16":
-        x = g.op1("Cast", [x], "/model/embed_tokens/Cast", to=FLOAT)
+    table = ckpt.take_linear("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size))
+    x = embedding_gather(g, ids, table, "model.embed_tokens", "/model/embed_tokens", fmt)
     g.op("Identity", [x], "/model/embed_tokens/Identity", outputs=["hidden_states"])
     g.output("hidden_states", FLOAT, ["batch", "seq", spec.hidden_size])
     return g
 
 
-def build_head(ckpt: Checkpoint, spec: ModelSpec, fmt: WeightFormat) -> Graph:
+def build_head(ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat) -> Graph:
     g = Graph("head")
     V, H = spec.vocab_size, spec.hidden_size
     x = g.input("hidden_states", FLOAT, ["batch", "seq", H])
     h = rms_norm(g, x, ckpt.take("model.norm.weight", (H,)), spec.rms_norm_eps, "/model/norm")
     if spec.tie_word_embeddings:
-        weight = ckpt.take("model.embed_tokens.weight", (V, H))
+        weight = ckpt.take_linear("model.embed_tokens.weight", (V, H))
         if ckpt.has("lm_head.weight"):
             ckpt.ignore("lm_head.weight")  # some checkpoints store the tied copy too
     else:
-        weight = ckpt.take("lm_head.weight", (V, H))
+        weight = ckpt.take_linear("lm_head.weight", (V, H))
     logits = linear(g, h, weight, None, "/lm_head", fmt)
     g.op("Identity", [logits], "/lm_head/Identity", outputs=["logits"])
     g.output("logits", FLOAT, ["batch", "seq", V])

@@ -1,4 +1,4 @@
-"""Turn a Hugging Face checkpoint folder into a model package, atomically.
+"""Turn a Hugging Face checkpoint folder or a GGUF file into a model package, atomically.
 
 Everything is written into a staging folder beside OUT and renamed into place at the end,
 so a failed or interrupted export never leaves a half package behind.
@@ -6,7 +6,6 @@ so a failed or interrupted export never leaves a half package behind.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -16,12 +15,13 @@ from pathlib import Path
 
 import onnx
 
-from export.checkpoint import Checkpoint, open_checkpoint
-from export.decoder import WeightFormat, build_block, build_embedding, build_head
+from export.checkpoint import WeightSource
+from export.decoder import build_block, build_embedding, build_head
 from export.errors import ExportError
 from export.graph import Graph
-from export.spec import ModelSpec, read_spec
-from export.tokenizer_info import TOKENIZER_FILE, read_tokenizer_info
+from export.linear import WeightFormat
+from export.sources import Source, open_source
+from export.spec import ModelSpec
 from swarm.package import (
     MANIFEST_NAME,
     Architecture,
@@ -47,8 +47,10 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 @dataclass(frozen=True)
 class ExportOptions:
     layers_per_block: int = 1
-    dtype: str = "float32"  # float32 | float16 storage of unquantized weights
-    quantize: str | None = None  # None | int8 | int4
+    # float32 | float16 storage of unquantized weights; None = as the source has them: float32 for
+    # a checkpoint folder, and for a GGUF file every tensor in its own format (see export.gguf_blocks)
+    dtype: str | None = None
+    quantize: str | None = None  # None | int8 | int4: re-quantize every linear layer
     block_size: int | None = None  # quantization block, input features; None = DEFAULT_BLOCK_SIZE
     accuracy_level: int = 4  # MatMulNBits accuracy level (4 = int8 activations)
     max_context: int | None = None  # default: min(max_position_embeddings, DEFAULT_MAX_CONTEXT)
@@ -58,13 +60,15 @@ class ExportOptions:
     def quant_block_size(self) -> int:
         return self.block_size or DEFAULT_BLOCK_SIZE
 
-    def weight_format(self) -> WeightFormat:
+    def weight_format(self, source: Source) -> WeightFormat:
         bits = {None: None, "int8": 8, "int4": 4}[self.quantize]
-        return WeightFormat(self.dtype, bits, self.quant_block_size, self.accuracy_level)
+        native = source.holds_blocks and self.dtype is None and bits is None
+        storage = self.dtype or (source.float_storage if native else "float32")
+        return WeightFormat(storage, bits, self.quant_block_size, self.accuracy_level, native)
 
 
 def _check_options(options: ExportOptions, spec: ModelSpec) -> None:
-    if options.dtype not in ("float32", "float16"):
+    if options.dtype not in (None, "float32", "float16"):
         raise ExportError(f"--dtype must be float32 or float16, got {options.dtype!r}")
     if options.quantize not in (None, "int8", "int4"):
         raise ExportError(f"--quantize must be int8 or int4, got {options.quantize!r}")
@@ -125,14 +129,14 @@ def _architecture(spec: ModelSpec) -> Architecture:
 
 
 def _write_stages(
-    ckpt: Checkpoint,
+    ckpt: WeightSource,
     spec: ModelSpec,
     options: ExportOptions,
+    fmt: WeightFormat,
     max_context: int,
     stage: Path,
     progress: Progress,
 ) -> list[BlockEntry]:
-    fmt = options.weight_format()
     ranges = _block_ranges(spec.num_layers, options.layers_per_block)
     total = len(ranges) + 2
     progress("embedding", 0, total)
@@ -150,7 +154,7 @@ def _write_stages(
     return blocks
 
 
-def _unused_weights(ckpt: Checkpoint) -> list[str]:
+def _unused_weights(ckpt: WeightSource) -> list[str]:
     # rotary frequency buffers are recomputed from the config, never read
     return [n for n in ckpt.unused() if not n.endswith("rotary_emb.inv_freq")]
 
@@ -158,36 +162,35 @@ def _unused_weights(ckpt: Checkpoint) -> list[str]:
 def export_checkpoint(
     src: str | Path, out: str | Path, options: ExportOptions, progress: Progress | None = None
 ) -> ModelPackage:
-    src, out = Path(src), Path(out)
-    ckpt = open_checkpoint(src)
-    generation_path = src / "generation_config.json"
-    generation = json.loads(generation_path.read_text()) if generation_path.is_file() else {}
-    spec = read_spec(ckpt.config, generation)
+    """Export a checkpoint folder or a GGUF file `src` into the package folder `out`."""
+    source = open_source(src)
+    spec = source.spec
     _check_options(options, spec)
-    tokenizer = read_tokenizer_info(src, spec)
+    fmt = options.weight_format(source)
     max_context = min(spec.rope.max_position_embeddings, options.max_context or DEFAULT_MAX_CONTEXT)
+    out = Path(out)
     _prepare_out(out, options.force)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        blocks = _write_stages(ckpt, spec, options, max_context, stage, progress or (lambda *_: None))
-        unused = _unused_weights(ckpt)
+        blocks = _write_stages(source.weights, spec, options, fmt, max_context, stage, progress or (lambda *_: None))
+        unused = _unused_weights(source.weights)
         if unused:
             shown = ", ".join(unused[:5]) + (" ..." if len(unused) > 5 else "")
             family = spec.family.name
             raise ExportError(f"checkpoint has {len(unused)} tensors unused by the {family} graph: {shown}")
-        shutil.copyfile(src / TOKENIZER_FILE, stage / TOKENIZER_FILE)
+        tokenizer = source.write_tokenizer(stage)
         manifest = Manifest(
-            name=src.resolve().name,
+            name=source.name,
             architecture=_architecture(spec),
-            dtype=options.dtype,
+            dtype=fmt.storage,
             activation_dtype="float32",
-            quantization=options.quantize,
+            quantization=source.native_quantization if fmt.native else options.quantize,
             max_context=max_context,
             tokenizer=tokenizer,
             embedding=file_entry(stage, "embedding.onnx"),
             blocks=tuple(blocks),
             head=file_entry(stage, "head.onnx"),
-            source={"checkpoint": src.resolve().name, "exporter": "swarm-export 1"},
+            source={**source.provenance, "exporter": "swarm-export 1"},
         )
         (stage / MANIFEST_NAME).write_text(manifest.to_json())
         _move_into_place(stage, out)

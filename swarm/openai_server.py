@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from swarm.conversation import fit_conversation
 from swarm.errors import SwarmError
 from swarm.openai_api import (
     COMPLETION_DEFAULT_MAX_TOKENS,
@@ -182,8 +183,10 @@ def create_app(model: TextGenerator | HasText, model_name: str | None = None, ap
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatBody) -> dict[str, Any] | StreamingResponse:
         check_model(body.model)
-        prompt_ids = text.codec.encode_chat(chat_messages(body.messages))
-        job = make_job(text, body, prompt_ids, body.max_completion_tokens or body.max_tokens)
+        # a conversation longer than the context loses its oldest turns, not the request
+        fitted = fit_conversation(text.codec, chat_messages(body.messages), text.manifest.max_context,
+                                  body.max_completion_tokens or body.max_tokens)  # fmt: skip
+        job = make_job(text, body, fitted.prompt_ids, fitted.max_tokens)
         if body.stream:
             env = Envelope("chat.completion.chunk", name, new_id("chatcmpl"))
             return _event_stream(_chat_chunks(text, job, env, _include_usage(body)))

