@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 
 from node.config import DEFAULT_KV_HEADROOM, NodeConfig
+from node.decoding import UndecodableRequests
 from node.metrics import NodeMetrics
 from node.presence import Presence
 from node.servicer import NodeServicer, ServicerSettings
@@ -123,7 +124,9 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
     servicer = NodeServicer(span, SessionTable(limits), settings)
     servicer.steps_per_s = speed
     metrics = NodeMetrics(servicer.table) if config.metrics_port is not None else None
+    # metrics outermost, so that requests refused as undecodable are counted too
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.interceptor] if metrics is not None else []
+    interceptors.append(UndecodableRequests())
     server = grpc.aio.server(options=channel_options(message_bytes), interceptors=interceptors)
     pb_grpc.add_SwarmNodeServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")

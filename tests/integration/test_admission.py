@@ -1,11 +1,12 @@
 """Who a node admits and what they may take, attacked with raw stubs on 127.0.0.1: credentials
 bound to one node and one request, per-client limits through relays, open-swarm limits across
-reconnects."""
+reconnects, and undecodable messages."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import grpc
 import pytest
@@ -21,7 +22,7 @@ from swarm.remote import RemoteSession
 from swarm.routing import PeerView
 from swarm.sampling import SamplingParams
 from swarm.transport import request_bytes
-from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_credentials
+from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_credentials, member_metadata
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
 from tests.waiting import wait_until
 
@@ -197,3 +198,44 @@ def test_open_swarm_session_limits_hold_across_reconnects(cluster: LocalCluster,
                 await session.close()
 
     asyncio.run(run())
+
+
+# --- undecodable messages ------------------------------------------------------------------------------
+
+
+def test_undecodable_messages_get_invalid_argument_and_one_warning(
+    cluster: LocalCluster, stories_package: ModelPackage, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = cluster.start(stories_package.root)
+    whole = pb.FetchFileRequest(package_id=stories_package.package_id, file="manifest.json").SerializeToString()
+    truncated = whole[:-5]
+
+    async def run() -> list[tuple[str, str]]:
+        outcomes = []
+        async with grpc.aio.insecure_channel(node.address) as channel:  # raw bytes: no serializers
+            info = channel.unary_unary("/swarm.v1.SwarmNode/Info")
+            fetch = channel.unary_stream("/swarm.v1.SwarmNode/FetchFile")
+            session = channel.stream_stream("/swarm.v1.SwarmNode/Session")
+            for garbage in (b"\xff\xff\xff\xff", truncated):
+                outcomes.append(await failure(info(garbage, metadata=member_metadata("Info", node.node_id), timeout=5)))
+                outcomes.append(await failure(fetch(garbage, metadata=member_metadata("FetchFile", node.node_id),
+                                                    timeout=5)))  # fmt: skip
+                handshake = member_credentials().call("Session", node.node_id, x_public=new_exchange()[1])[0]
+                call = session(metadata=handshake, timeout=5)
+                await call.write(garbage)
+                outcomes.append(await failure(call.read()))
+            stub = pb_grpc.SwarmNodeStub(channel)  # and the node goes on serving
+            served = await stub.Info(pb.InfoRequest(), metadata=member_metadata("Info", node.node_id, pb.InfoRequest()))
+            assert served.node_id == node.node_id
+        return outcomes
+
+    with caplog.at_level(logging.WARNING):
+        outcomes = asyncio.run(run())
+    assert [code for code, _ in outcomes] == ["INVALID_ARGUMENT"] * 6
+    for (_, details), method in zip(outcomes, ["Info", "FetchFile", "Session"] * 2, strict=True):
+        assert details.startswith(f"could not decode the {method} message: Error parsing message"), details
+    lines = [r for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]  # six bad messages, one line: the rest wait their turn
+    assert lines[0].levelno == logging.WARNING and lines[0].exc_info is None
+    assert lines[0].getMessage().startswith("undecodable Info message from ipv4:127.0.0.1 (4 bytes)")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR] and "Traceback" not in caplog.text

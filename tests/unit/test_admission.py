@@ -1,10 +1,13 @@
-"""Origins of sessions and peers of an open swarm, without a network."""
+"""Origins of sessions, peers of an open swarm and rate-limited warnings, without a network."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 
 from node.admission import Admission, peer_host
+from node.decoding import RateLimitedWarnings
 from swarm._proto import swarm_pb2 as pb
 from swarm.auth import NO_X25519, Credentials, Proof
 from swarm.errors import AuthenticationError, CapacityExceeded, InvalidRequest
@@ -98,3 +101,19 @@ def test_a_relay_is_not_held_back_by_its_clients_sessions() -> None:
 ])  # fmt: skip
 def test_an_open_swarm_peer_is_its_host(peer: str, host: str) -> None:
     assert peer_host(peer) == host
+
+
+def test_warnings_are_one_line_per_key_per_interval_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    warnings = RateLimitedWarnings(logging.getLogger("test.warnings"), interval_s=60, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, "test.warnings"):
+        for _ in range(5):
+            warnings.warn("ipv4:10.0.0.2", "bad bytes from 10.0.0.2")
+            now[0] += 1
+        warnings.warn("ipv4:10.0.0.3", "bad bytes from 10.0.0.3")  # another peer is not held back
+        now[0] = 161.0
+        warnings.warn("ipv4:10.0.0.2", "bad bytes from 10.0.0.2")
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad bytes from 10.0.0.2", "bad bytes from 10.0.0.3",
+        "bad bytes from 10.0.0.2 (4 more like it in the 61s since the last line)",
+    ]  # fmt: skip
