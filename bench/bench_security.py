@@ -89,7 +89,7 @@ def frame_cost_us(hidden_size: int, repeats: int = 20_000) -> float:
     key = SwarmKey.generate()
     caller, callee = Credentials(key, Identity.generate()), Credentials(key, Identity.generate())
     private, public = new_exchange()
-    metadata, transcript = caller.call("Session", public)
+    metadata, transcript = caller.call("Session", callee.node_id, x_public=public)
     proof = callee.check_call(metadata, "Session")
     peer_private, peer_public = new_exchange()
     _, reply_transcript = callee.reply("Session", proof, peer_public)

@@ -14,6 +14,7 @@ import logging
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 
@@ -22,7 +23,7 @@ from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.auth import Credentials
 from swarm.errors import CapacityExceeded, InvalidPackage, PeerUnavailable, SwarmError
 from swarm.package import MANIFEST_NAME, BlockEntry, FileEntry, Manifest, ModelPackage, load_package, sha256_file
-from swarm.transport import checked_stream, insecure_channel
+from swarm.transport import checked_stream, insecure_channel, request_bytes
 
 log = logging.getLogger("swarm.node")
 Progress = Callable[[str, int, int], None]
@@ -36,6 +37,13 @@ class StoreError(SwarmError):
 class DownloadPaused(SwarmError):
     """The caller's `allowed()` said stop (e.g. a metered network): the `.part` file stays and the
     next fetch resumes from its size, so no byte already written is fetched again."""
+
+
+class Source(NamedTuple):
+    """A peer to fetch from: where it is, and who it is (credentials are made for that node only)."""
+
+    address: str  # host:port
+    node_id: str
 
 
 class BadPeerData(Exception):
@@ -93,7 +101,7 @@ class BlockStore:
     def missing(self, package: ModelPackage, entries: Sequence[FileRef]) -> list[FileRef]:
         return [e for e in entries if not _complete(package.path(e.file), e)]
 
-    async def fetch(self, package: ModelPackage, entry: FileRef, sources: Sequence[str], progress: Progress,
+    async def fetch(self, package: ModelPackage, entry: FileRef, sources: Sequence[Source], progress: Progress,
                     credentials: Credentials | None = None,
                     allowed: Callable[[], bool] | None = None) -> None:  # fmt: skip
         """Download one file from the first source that has it, resuming a partial download.
@@ -104,9 +112,10 @@ class BlockStore:
         if allowed is not None:
             progress = _pausable(progress, allowed)
             progress(entry.file, part.stat().st_size if part.exists() else 0, entry.bytes)
-        for address in sources:
+        for source in sources:
+            address = source.address
             try:
-                await _download(address, package.package_id, entry, part, progress, credentials)
+                await _download(source, package.package_id, entry, part, progress, credentials)
             except DownloadPaused:
                 raise
             except grpc.aio.AioRpcError as exc:
@@ -163,21 +172,22 @@ def _complete(path: Path, entry: FileRef) -> bool:
     return path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256
 
 
-async def _download(address: str, package_id: str, entry: FileRef, part: Path, progress: Progress,
+async def _download(source: Source, package_id: str, entry: FileRef, part: Path, progress: Progress,
                     credentials: Credentials | None) -> None:  # fmt: skip
     offset = part.stat().st_size if part.exists() else 0
     if offset > entry.bytes:
         part.unlink()
         offset = 0
+    address = source.address
     async with insecure_channel(address) as channel:
         request = pb.FetchFileRequest(package_id=package_id, file=entry.file, offset=offset)
         stub = pb_grpc.SwarmNodeStub(channel)
         if credentials is None:
             call = stub.FetchFile(request, timeout=600)
         else:
-            metadata, transcript = credentials.call("FetchFile")
+            metadata, transcript = credentials.call("FetchFile", source.node_id, request_bytes(request))
             call = stub.FetchFile(request, metadata=metadata, timeout=600)
-            await checked_stream(call, "FetchFile", transcript, credentials, address)
+            await checked_stream(call, "FetchFile", transcript, credentials, address, source.node_id)
         with part.open("ab") as out:
             async for chunk in call:
                 if chunk.offset != offset or offset + len(chunk.data) > entry.bytes:

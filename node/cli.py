@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="one onnxruntime pool whose threads spin between ops: faster decoding for a device "
                            "that runs this node alone; a core stays busy ~40 ms after each step")  # fmt: skip
     join.add_argument("--max-sessions-per-peer", type=int, default=0,
-                      help="sessions one peer may hold here (default 0: only --max-sessions)")  # fmt: skip
+                      help="sessions one client may hold here, relayed or not (default 0: no limit)")  # fmt: skip
     join.add_argument("--rate-limit", type=float, default=2000.0, metavar="N",
                       help="calls per second one peer may make (default 2000; 0 = unlimited)")  # fmt: skip
     join.add_argument("--metrics-port", type=int, metavar="N",

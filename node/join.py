@@ -15,18 +15,18 @@ from pathlib import Path
 
 import grpc
 
-from node.block_store import BlockStore, FileRef, Progress, StoreError
+from node.block_store import BlockStore, FileRef, Progress, Source, StoreError
 from node.config import NodeConfig
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.assignment import Served, choose_span
-from swarm.auth import Credentials
+from swarm.auth import ANY_NODE, Credentials
 from swarm.client import ClientConfig, discover, fetch_package_meta
-from swarm.errors import NoRouteError, SwarmError
+from swarm.errors import AuthenticationError, NoRouteError, SwarmError
 from swarm.keys import Identity
 from swarm.package import ModelPackage
 from swarm.progress import ProgressLine
-from swarm.transport import insecure_channel, unary
+from swarm.transport import insecure_channel, unary_from
 
 log = logging.getLogger("swarm.node")
 INFO_TIMEOUT_S = 5.0
@@ -38,11 +38,18 @@ def default_cache_dir() -> Path:
 
 
 async def _infos(addresses: list[str], credentials: Credentials | None) -> dict[str, pb.NodeInfo]:
+    """What each address serves, from an Info to whoever answers there (the first contact: its node
+    id is not known yet); the node ids in the answers are the ones their credentials prove."""
+
     async def info(address: str) -> pb.NodeInfo | None:
         async with insecure_channel(address) as channel:
             stub = pb_grpc.SwarmNodeStub(channel)
             try:
-                return await unary(stub.Info, "Info", pb.InfoRequest(), credentials, INFO_TIMEOUT_S)
+                answer, proof = await unary_from(stub.Info, "Info", pb.InfoRequest(), credentials, INFO_TIMEOUT_S,
+                                                 ANY_NODE)  # fmt: skip
+                if proof is not None and proof.node_id != answer.node_id:
+                    raise AuthenticationError(f"answers as node {proof.node_id} but says it is {answer.node_id}")
+                return answer
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     log.warning("%s refused us: %s (is the swarm key right?)", address, exc.details())
@@ -66,9 +73,10 @@ def choose_model(infos: dict[str, pb.NodeInfo], wanted: str | None) -> str:
     return ranked[0][0]
 
 
-async def _fetch_meta(store: BlockStore, address: str, credentials: Credentials | None) -> ModelPackage:
-    async with insecure_channel(address) as channel:
-        meta = await fetch_package_meta(pb_grpc.SwarmNodeStub(channel), address, credentials, timeout=30)
+async def _fetch_meta(store: BlockStore, source: Source, credentials: Credentials | None) -> ModelPackage:
+    async with insecure_channel(source.address) as channel:
+        stub = pb_grpc.SwarmNodeStub(channel)
+        meta = await fetch_package_meta(stub, source.address, source.node_id, credentials, timeout=30)
     return store.save_meta(meta.manifest_json, meta.tokenizer_json)
 
 
@@ -95,13 +103,12 @@ def _needed_files(package: ModelPackage, start: int, end: int) -> list[FileRef]:
     return files
 
 
-def _sources(infos: dict[str, pb.NodeInfo], package_id: str, entry: FileRef) -> list[str]:
+def _sources(infos: dict[str, pb.NodeInfo], package_id: str, entry: FileRef) -> list[Source]:
     """Peers of the model, those whose span holds the file first."""
     start = getattr(entry, "start", None)
-    holders = [
-        a for a, i in infos.items() if i.package_id == package_id and start is not None and i.start <= start < i.end
-    ]
-    return list(dict.fromkeys([*holders, *(a for a, i in infos.items() if i.package_id == package_id)]))
+    peers = [Source(a, i.node_id) for a, i in infos.items() if i.package_id == package_id]
+    holders = [s for s in peers if start is not None and infos[s.address].start <= start < infos[s.address].end]
+    return list(dict.fromkeys([*holders, *peers]))
 
 
 async def prepare(config: NodeConfig, quiet: bool = False, progress: Progress | None = None,
@@ -123,7 +130,7 @@ async def prepare(config: NodeConfig, quiet: bool = False, progress: Progress | 
     package_id = choose_model(infos, config.model_id)
     store = BlockStore(config.cache_dir or default_cache_dir(), config.cache_limit)
     peers = [a for a, i in infos.items() if i.package_id == package_id]
-    package = await _fetch_meta(store, peers[0], credentials)
+    package = await _fetch_meta(store, Source(peers[0], infos[peers[0]].node_id), credentials)
     m = package.manifest
     served = [Served(i.start, i.end, 1000 / i.steps_per_s if i.steps_per_s > 0 else 0.0)
               for i in infos.values() if i.package_id == package_id]  # fmt: skip

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 
 from node.config import DEFAULT_KV_HEADROOM, NodeConfig
+from node.decoding import UndecodableRequests
 from node.metrics import NodeMetrics
 from node.presence import Presence
 from node.servicer import NodeServicer, ServicerSettings
@@ -123,7 +124,9 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
     servicer = NodeServicer(span, SessionTable(limits), settings)
     servicer.steps_per_s = speed
     metrics = NodeMetrics(servicer.table) if config.metrics_port is not None else None
+    # metrics outermost, so that requests refused as undecodable are counted too
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.interceptor] if metrics is not None else []
+    interceptors.append(UndecodableRequests())
     # GetPackageMeta sends the manifest and tokenizer.json (3.5 MB for a 49k vocabulary) in one message
     meta_bytes = sum(package.path(n).stat().st_size for n in (MANIFEST_NAME, m.tokenizer.file)) + (64 << 10)
     server = grpc.aio.server(options=channel_options(message_bytes, max(message_bytes, meta_bytes)),

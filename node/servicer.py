@@ -19,15 +19,16 @@ from typing import Any
 import grpc
 import numpy as np
 
+from node.admission import Admission
 from node.batcher import DecodeBatcher
-from node.ratelimit import PeerRates, PeerSessions
 from node.sessions import NodeSession, SessionTable
 from node.span import SpanRuntime
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
-from swarm.auth import Credentials, Proof, manifest_signed_bytes, new_exchange, session_keys
+from swarm.auth import Credentials, manifest_signed_bytes
 from swarm.errors import InvalidRequest, PeerUnavailable, SessionExpired, StaleRoute, SwarmError
-from swarm.frames import Frames, PlainFrames, SealedFrames
+from swarm.frames import Frames
+from swarm.keys import NODE_ID_HEX, is_node_id
 from swarm.package import MANIFEST_NAME
 from swarm.sampling import SamplingParams
 from swarm.tensors import from_wire, to_wire
@@ -110,8 +111,7 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         self.known_peers: Callable[[], list[str]] = lambda: list(settings.peers)
         self.steps_per_s = 0.0  # measured at start by the server (times the capacity a device offers)
         self.prefill_tokens_per_s = 0.0
-        self._rates = PeerRates(settings.max_calls_per_s, 2 * settings.max_calls_per_s)
-        self._peer_sessions = PeerSessions(settings.max_sessions_per_peer)
+        self.admission = Admission(settings.credentials, settings.max_calls_per_s, settings.max_sessions_per_peer)
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -120,43 +120,8 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
 
     # --- small RPCs ---------------------------------------------------------------------
 
-    # --- who is calling --------------------------------------------------------------------
-
-    async def _admit(self, context: grpc.aio.ServicerContext, method: str) -> Proof | None:
-        """Check the caller's credential (in a keyed swarm) and its call rate; a unary call is
-        answered with this node's credential, bound to the caller's."""
-        credentials = self.settings.credentials
-        if credentials is None:
-            self._rates.take(context.peer())
-            return None
-        proof = credentials.check_call(context.invocation_metadata(), method)
-        self._rates.take(proof.node_id)
-        if method != "Session":  # a session answers with its key exchange instead
-            await context.send_initial_metadata(credentials.reply(method, proof)[0])
-        return proof
-
-    async def _accept_frames(self, context: grpc.aio.ServicerContext, caller: Proof | None) -> Frames:
-        """The frames of a session stream: keys from the caller's and a fresh X25519 key."""
-        credentials = self.settings.credentials
-        if credentials is None or caller is None:
-            return PlainFrames()
-        private, x_public = new_exchange()
-        metadata, transcript = credentials.reply("Session", caller, x_public)
-        keys = session_keys(credentials.key, private, caller.x_public, caller.transcript, transcript, caller=False)
-        await context.send_initial_metadata(metadata)
-        return SealedFrames(keys, caller=False)
-
-    async def _admit_unary(self, context: grpc.aio.ServicerContext, method: str) -> Proof | None:
-        try:
-            return await self._admit(context, method)
-        except SwarmError as exc:
-            await context.abort(status_for(exc), str(exc))
-            raise  # abort always raises; this tells the type checker so
-
-    # --- small RPCs ---------------------------------------------------------------------
-
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.NodeInfo:
-        await self._admit_unary(context, "Info")
+        await self.admission.unary(context, "Info", request)
         m = self.span.package.manifest
         limits = self.table.limits
         return pb.NodeInfo(
@@ -179,12 +144,12 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         )
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:
-        await self._admit_unary(context, "Health")
+        await self.admission.unary(context, "Health", request)
         status = pb.HealthReply.DRAINING if self.draining else pb.HealthReply.SERVING
         return pb.HealthReply(status=status, protocol_version=PROTOCOL_VERSION)
 
     async def GetPackageMeta(self, request: pb.PackageMetaRequest, context: grpc.aio.ServicerContext) -> pb.PackageMeta:
-        await self._admit_unary(context, "GetPackageMeta")
+        await self.admission.unary(context, "GetPackageMeta", request)
         package = self.span.package
         manifest = package.path(MANIFEST_NAME).read_bytes()
         meta = pb.PackageMeta(
@@ -195,13 +160,13 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         return meta
 
     async def Peers(self, request: pb.PeersRequest, context: grpc.aio.ServicerContext) -> pb.PeerList:
-        await self._admit_unary(context, "Peers")
+        await self.admission.unary(context, "Peers", request)
         return pb.PeerList(addresses=self.known_peers()[:MAX_GOSSIP])
 
     async def FetchFile(
         self, request: pb.FetchFileRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.FileChunk]:
-        await self._admit_unary(context, "FetchFile")
+        await self.admission.unary(context, "FetchFile", request)
         package = self.span.package
         if request.package_id != package.package_id:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"this node has model {package.package_id[:16]} only")
@@ -229,17 +194,15 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         reader = aiter(requests)
         session: NodeSession | None = None
         downstream: Downstream | None = None
-        peer, counted = context.peer(), False
+        origin: str | None = None  # the client this session counts against, once admitted
         try:
-            caller = await self._admit(context, "Session")
-            peer = caller.node_id if caller is not None else peer
-            frames = await self._accept_frames(context, caller)
+            caller, frames = await self.admission.handshake(context)
             first = await self._next_request(reader, frames)
             if first is None:
                 return
-            self._peer_sessions.acquire(peer)
-            counted = True
-            session, downstream, node_ids = await self._open(first)
+            opening = self._check_open(first)
+            origin = self.admission.open_session(opening, caller, context.peer())
+            session, downstream, node_ids = await self._open(opening)
             yield frames.seal(pb.SessionReply(opened=pb.Opened(node_ids=node_ids)))
             while (request := await self._next_request(reader, frames)) is not None:
                 async for reply in self._steps(session, request, downstream):
@@ -254,8 +217,8 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
                 downstream.cancel()
             if session is not None:
                 self.table.close(session.session_id)
-            if counted:
-                self._peer_sessions.release(peer)
+            if origin is not None:
+                self.admission.close_session(origin)
 
     async def _next_request(self, reader: AsyncIterator[pb.SessionRequest], frames: Frames) -> pb.SessionRequest | None:
         try:
@@ -269,13 +232,9 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         # upstream node carries many clients' sessions, which a per-peer rate would throttle
         return frames.open(raw)
 
-    async def _open(self, request: pb.SessionRequest) -> tuple[NodeSession, Downstream | None, list[str]]:
-        if request.WhichOneof("kind") != "open":
-            raise InvalidRequest("a session stream must start with OpenSession")
+    async def _open(self, msg: pb.OpenSession) -> tuple[NodeSession, Downstream | None, list[str]]:
         if self.draining:
             raise PeerUnavailable("node is shutting down and takes no new sessions")
-        msg = request.open
-        self._check_open(msg)
         sampling = _sampling(msg.sampling)
         cache_bytes = self.span.cache_bytes(msg.max_length)
         session = self.table.open(
@@ -292,7 +251,11 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             raise
         return session, downstream, node_ids
 
-    def _check_open(self, msg: pb.OpenSession) -> None:
+    def _check_open(self, request: pb.SessionRequest) -> pb.OpenSession:
+        """The opening of a session stream, checked against this node before anything is counted or held."""
+        if request.WhichOneof("kind") != "open":
+            raise InvalidRequest("a session stream must start with OpenSession")
+        msg = request.open
         if msg.protocol_version != PROTOCOL_VERSION:
             raise InvalidRequest(f"protocol version {msg.protocol_version}; this node speaks {PROTOCOL_VERSION}")
         if msg.package_id != self.span.package.package_id:
@@ -315,6 +278,11 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
                 raise InvalidRequest("route hops must chain: each hop starts where the previous one ends")
         if route[-1].end != self.span.arch.num_layers:
             raise InvalidRequest(f"route must end at layer {self.span.arch.num_layers}")
+        if self.settings.credentials is not None:  # the next hop's credential is made for that node only
+            for number, hop in enumerate(route[1:], start=2):
+                if not is_node_id(hop.node_id):
+                    raise InvalidRequest(f"route hop {number} must name its node id ({NODE_ID_HEX} hex digits)")
+        return msg
 
     async def _connect(self, msg: pb.OpenSession) -> tuple[Downstream, list[str]]:
         hop = msg.route[1]

@@ -23,7 +23,7 @@ import grpc
 from swarm._loop import BackgroundLoop
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
-from swarm.auth import Credentials, check_manifest_signature
+from swarm.auth import ANY_NODE, Credentials, check_manifest_signature
 from swarm.discovery import MdnsBrowser, open_zeroconf
 from swarm.errors import AuthenticationError, InvalidPackage, NoRouteError, PeerUnavailable, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
@@ -109,6 +109,7 @@ class AsyncSwarm:
         self._text: TextGenerator | None = None
         self._in_flight: dict[str, int] = {}  # node id -> this client's open sessions through it
         self._known: list[str] = []  # every node address learned so far
+        self._node_ids: dict[str, str] = {}  # address -> the node that last answered there (authenticated)
         self.bans = Bans()
         self._refused: list[SwarmError] = []  # peers that answered, but refused our credential
         # a client's identity lives as long as the client: it is not an address anyone routes to
@@ -140,16 +141,28 @@ class AsyncSwarm:
             self._channels[address] = insecure_channel(address)
         return self._channels[address]
 
+    async def _probe(self, address: str) -> str:
+        """The node id of whoever answers at `address`: an Info to any node, the one call made
+        before the caller knows who it is talking to (docs/SECURITY.md); every later call names it."""
+        stub = pb_grpc.SwarmNodeStub(self._channel(address))
+        info, proof = await unary_from(stub.Info, "Info", pb.InfoRequest(), self.credentials,
+                                       self.config.connect_timeout_s, ANY_NODE)  # fmt: skip
+        node_id = proof.node_id if proof is not None else info.node_id
+        if info.node_id != node_id:
+            raise PeerUnavailable(f"{address} answers as node {node_id} but says it is {info.node_id}")
+        self._node_ids[address] = node_id
+        return node_id
+
     async def _info(self, address: str) -> tuple[pb.NodeInfo, float] | None:
         """The peer's Info and the round trip it took, in ms."""
         stub = pb_grpc.SwarmNodeStub(self._channel(address))
         timeout = self.config.connect_timeout_s
         try:
-            await unary(stub.Health, "Health", pb.HealthRequest(), self.credentials, timeout)  # connect first
+            node_id = await self._probe(address)  # connects first, and learns who answers there
             round_trips = []
             for _ in range(3):  # the quickest of a few: one round trip alone is noisy
                 started = time.perf_counter()
-                info = await unary(stub.Info, "Info", pb.InfoRequest(), self.credentials, timeout)
+                info = await unary(stub.Info, "Info", pb.InfoRequest(), self.credentials, timeout, node_id)
                 round_trips.append((time.perf_counter() - started) * 1000)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
@@ -161,21 +174,28 @@ class AsyncSwarm:
 
     async def _peers_of(self, address: str) -> list[str]:
         stub = pb_grpc.SwarmNodeStub(self._channel(address))
+        node_id = self._node_ids.get(address)
+        if node_id is None:  # it never answered us
+            return []
         try:
-            reply = await unary(stub.Peers, "Peers", pb.PeersRequest(), self.credentials, self.config.connect_timeout_s)
+            reply = await unary(stub.Peers, "Peers", pb.PeersRequest(), self.credentials,
+                                self.config.connect_timeout_s, node_id)  # fmt: skip
         except (grpc.aio.AioRpcError, SwarmError):
             return []
         return [a for a in reply.addresses[:MAX_PEERS] if 0 < len(a) <= 255]
 
-    async def _known_addresses(self, start: list[str]) -> list[str]:
-        """`start` and every node they know of, transitively (bounded)."""
-        known = list(start)
-        frontier = known
-        while frontier and len(known) < MAX_PEERS:
+    async def _answers(self, addresses: list[str]) -> dict[str, tuple[pb.NodeInfo, float] | None]:
+        """Each address's Info and round trip (None: no answer), and the same for every node they
+        know of, transitively (bounded): gossip is asked of the peers that answered."""
+        answers = dict(zip(addresses, await asyncio.gather(*(self._info(a) for a in addresses)), strict=True))
+        frontier = [a for a in addresses if answers[a] is not None]
+        while frontier and len(answers) < MAX_PEERS:
             found = await asyncio.gather(*(self._peers_of(a) for a in frontier))
-            frontier = [a for a in dict.fromkeys(x for f in found for x in f) if a not in known]
-            known += frontier[: MAX_PEERS - len(known)]
-        return known
+            new = [a for a in dict.fromkeys(x for f in found for x in f) if a not in answers]
+            new = new[: MAX_PEERS - len(answers)]
+            answers |= dict(zip(new, await asyncio.gather(*(self._info(a) for a in new)), strict=True))
+            frontier = [a for a in new if answers[a] is not None]
+        return answers
 
     async def refresh(self, rediscover: bool = True) -> None:
         """Ask every known peer what it serves; learn the model from one of them.
@@ -184,13 +204,12 @@ class AsyncSwarm:
         if not self.config.peers and not self.config.mdns:
             raise NoRouteError("no peers given and mDNS discovery is off; pass peers=['host:port', ...]")
         found = await discover(self.config, self.credentials) if rediscover and not self.config.peers else []
-        addresses = list(dict.fromkeys([*self.config.peers, *self._known, *found]))
-        addresses = await self._known_addresses(addresses)
-        self._known = list(dict.fromkeys([*self._known, *addresses]))[:MAX_PEERS]
         self._refused = []
-        answers = await asyncio.gather(*(self._info(a) for a in addresses))
-        live = [(a, answer[0]) for a, answer in zip(addresses, answers, strict=True) if answer is not None]
-        latency = {a: answer[1] for a, answer in zip(addresses, answers, strict=True) if answer is not None}
+        answers = await self._answers(list(dict.fromkeys([*self.config.peers, *self._known, *found])))
+        addresses = list(answers)
+        self._known = list(dict.fromkeys([*self._known, *addresses]))[:MAX_PEERS]
+        live = [(a, answer[0]) for a, answer in answers.items() if answer is not None]
+        latency = {a: answer[1] for a, answer in answers.items() if answer is not None}
         if not live:
             if not addresses:
                 raise NoRouteError(
@@ -208,7 +227,7 @@ class AsyncSwarm:
             if i.package_id == package_id
         ]  # fmt: skip
         if package_id != self.package_id:
-            await self._load_model(package_id, next(a for a, i in live if i.package_id == package_id))
+            await self._load_model(package_id, next((a, i.node_id) for a, i in live if i.package_id == package_id))
 
     def _choose_model(self, infos: list[pb.NodeInfo]) -> str:
         ids = sorted({i.package_id for i in infos})
@@ -221,9 +240,10 @@ class AsyncSwarm:
             raise NoRouteError(f"peers serve several models ({', '.join(i[:12] for i in ids)}); choose with model_id")
         return ids[0]
 
-    async def _load_model(self, package_id: str, address: str) -> None:
+    async def _load_model(self, package_id: str, source: tuple[str, str]) -> None:
+        address, node_id = source
         stub = pb_grpc.SwarmNodeStub(self._channel(address))
-        meta = await fetch_package_meta(stub, address, self.credentials, self.config.connect_timeout_s)
+        meta = await fetch_package_meta(stub, address, node_id, self.credentials, self.config.connect_timeout_s)
         manifest = Manifest.from_dict(json.loads(meta.manifest_json))
         if manifest.package_id != package_id:
             raise InvalidPackage(f"{address} sent a manifest that does not match its model id")
@@ -268,19 +288,19 @@ class AsyncSwarm:
         for peer in route:
             self._in_flight[peer.node_id] -= 1
 
-    async def unresponsive(self, addresses: Sequence[str], timeout_s: float = 1.0) -> set[str]:
-        """The addresses that do not answer a health check in time."""
+    async def unresponsive(self, peers: Sequence[PeerView], timeout_s: float = 1.0) -> set[str]:
+        """The node ids of the `peers` that do not answer a health check in time."""
 
-        async def silent(address: str) -> bool:
-            stub = pb_grpc.SwarmNodeStub(self._channel(address))
+        async def silent(peer: PeerView) -> bool:
+            stub = pb_grpc.SwarmNodeStub(self._channel(peer.address))
             try:
-                await unary(stub.Health, "Health", pb.HealthRequest(), self.credentials, timeout_s)
+                await unary(stub.Health, "Health", pb.HealthRequest(), self.credentials, timeout_s, peer.node_id)
             except (grpc.aio.AioRpcError, SwarmError):
                 return True
             return False
 
-        answers = await asyncio.gather(*(silent(a) for a in addresses))
-        return {a for a, quiet in zip(addresses, answers, strict=True) if quiet}
+        answers = await asyncio.gather(*(silent(p) for p in peers))
+        return {p.node_id for p, quiet in zip(peers, answers, strict=True) if quiet}
 
     @asynccontextmanager
     async def _open_stepper(
@@ -314,12 +334,12 @@ class AsyncSwarm:
         self._channels.clear()
 
 
-async def fetch_package_meta(stub: pb_grpc.SwarmNodeStub, address: str, credentials: Credentials | None,
+async def fetch_package_meta(stub: pb_grpc.SwarmNodeStub, address: str, node_id: str, credentials: Credentials | None,
                              timeout: float) -> pb.PackageMeta:  # fmt: skip
-    """The manifest and tokenizer a peer serves; in a keyed swarm, signed by that (authenticated) peer."""
+    """The manifest and tokenizer node `node_id` serves; in a keyed swarm, signed by that (authenticated) node."""
     try:
         meta, signer = await unary_from(stub.GetPackageMeta, "GetPackageMeta", pb.PackageMetaRequest(), credentials,
-                                        timeout)  # fmt: skip
+                                        timeout, node_id)  # fmt: skip
     except grpc.aio.AioRpcError as exc:
         raise error_from_rpc(exc, address) from exc
     except AuthenticationError as exc:

@@ -139,6 +139,10 @@ def node_id_of(public: Ed25519PublicKey | bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:NODE_ID_HEX]
 
 
+def is_node_id(text: str) -> bool:
+    return len(text) == NODE_ID_HEX and all(c in "0123456789abcdef" for c in text)
+
+
 class Identity:
     """A device's Ed25519 key pair; its node id is derived from the public key."""
 

@@ -148,9 +148,9 @@ class RecoveringSession:
         if named:
             return str(named)
         if isinstance(error, StepTimeout):  # a stall: the hop that does not answer a health check
-            silent = await self._swarm.unresponsive([p.address for p in route])
+            silent = await self._swarm.unresponsive(route)
             for peer in route:
-                if peer.address in silent:
+                if peer.node_id in silent:
                     return peer.node_id
         return route[0].node_id
 

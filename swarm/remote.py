@@ -16,6 +16,7 @@ from swarm.auth import Credentials
 from swarm.errors import InvalidRequest, PeerUnavailable, SwarmError
 from swarm.frames import Frames
 from swarm.generation import GenerationStats
+from swarm.origin import sign_origin
 from swarm.routing import PeerView
 from swarm.sampling import SamplingParams
 from swarm.tensors import from_wire
@@ -73,6 +74,8 @@ class RemoteSession:
             sampling=_sampling_message(sampling),
             return_logits=return_logits,
         )
+        if credentials is not None:  # every hop counts this session against us, not against its relays
+            sign_origin(credentials, self._open)
 
     async def open(self, timeout: float | None = None) -> None:
         first = self.route[0]

@@ -8,11 +8,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import Message
+
 from node.config import NodeConfig
 from node.server import RunningNode, serve
 from swarm._loop import BackgroundLoop
+from swarm._proto import swarm_pb2 as pb
 from swarm.auth import Credentials, Metadata
 from swarm.keys import Identity, SwarmKey
+from swarm.origin import sign_origin
+from swarm.transport import request_bytes
 
 # the swarm every test node and client is in, unless a test says otherwise (conftest puts it
 # in $SWARM_KEY too, so SDK clients and node processes started by tests use it)
@@ -24,9 +29,20 @@ def member_credentials() -> Credentials:
     return Credentials(TEST_SWARM_KEY, Identity.generate())
 
 
-def member_metadata(method: str) -> Metadata:
-    """Call metadata of a fresh member of the test swarm."""
-    return member_credentials().call(method)[0]
+def member_metadata(method: str, node_id: str, request: Message | None = None) -> Metadata:
+    """Call metadata of a fresh member of the test swarm, made for `method` with `request` on node
+    `node_id` (ANY_NODE: whoever answers, for Info only)."""
+    return member_credentials().call(method, node_id, request_bytes(request) if request is not None else b"")[0]
+
+
+def signed(credentials: Credentials, request: pb.SessionRequest) -> pb.SessionRequest:
+    """`request`, when it opens a session, signed as opened by `credentials` (as RemoteSession does)."""
+    if request.WhichOneof("kind") != "open":
+        return request
+    copy = pb.SessionRequest()
+    copy.CopyFrom(request)
+    sign_origin(credentials, copy.open)
+    return copy
 
 
 class LocalCluster:

@@ -135,7 +135,8 @@ def test_fetch_serves_only_package_files(cluster: LocalCluster, stories_package:
         async with grpc.aio.insecure_channel(node.address) as channel:
             request = pb.FetchFileRequest(package_id=package_id, file=name, offset=offset)
             try:
-                call = pb_grpc.SwarmNodeStub(channel).FetchFile(request, metadata=member_metadata("FetchFile"))
+                metadata = member_metadata("FetchFile", node.node_id, request)
+                call = pb_grpc.SwarmNodeStub(channel).FetchFile(request, metadata=metadata)
                 data = b"".join([c.data async for c in call])
             except grpc.aio.AioRpcError as exc:
                 return -1, f"{exc.code().name}: {exc.details()}"

@@ -23,13 +23,13 @@ from node.server import RunningNode
 from swarm import Swarm
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
-from swarm.auth import AUTH_KEY, Credentials
+from swarm.auth import AUTH_KEY, Credentials, new_exchange
 from swarm.generation import GenerationRequest
 from swarm.keys import Identity, SwarmKey
 from swarm.package import ModelPackage
 from swarm.tensors import to_wire
 from swarm.transport import open_session_call
-from tests.cluster import LocalCluster, member_credentials
+from tests.cluster import LocalCluster, member_credentials, member_metadata, signed
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
 
 SPANS = [(0, 2), (2, 5)]
@@ -140,17 +140,20 @@ class Fuzzer:
 
     async def _send(self, message: Hostile) -> None:
         stub = pb_grpc.SwarmNodeStub(self.channel(message.target))
+        node_id = self.nodes[message.target].node_id
         if message.kind == "outsider":
-            metadata = {"none": None, "other swarm": OUTSIDER.call("Info")[0],
+            metadata = {"none": None, "other swarm": OUTSIDER.call("Info", node_id)[0],
                         "garbled": ((AUTH_KEY, b"\x00" * 40),)}[message.payload]  # fmt: skip
             await stub.Info(pb.InfoRequest(), metadata=metadata, timeout=10)
         elif message.kind == "fetch":
-            call = stub.FetchFile(message.payload, metadata=member_credentials().call("FetchFile")[0], timeout=10)
+            call = stub.FetchFile(message.payload, metadata=member_metadata("FetchFile", node_id, message.payload),
+                                  timeout=10)  # fmt: skip
             async for _ in call:
                 pass
-        elif message.kind == "garbage bytes":
+        elif message.kind == "garbage bytes":  # after a good handshake: garbage where a frame should be
             method = self.channel(message.target).stream_stream("/swarm.v1.SwarmNode/Session")  # raw bytes out
-            call = method(metadata=member_credentials().call("Session")[0], timeout=10)
+            call = method(metadata=member_credentials().call("Session", node_id, x_public=new_exchange()[1])[0],
+                          timeout=10)  # fmt: skip
             await call.write(message.payload)
             await call.read()
             await call.read()
@@ -158,17 +161,18 @@ class Fuzzer:
             await self._session(stub, message)
 
     async def _session(self, stub: pb_grpc.SwarmNodeStub, message: Hostile) -> None:
-        address = self.nodes[message.target].address
+        node = self.nodes[message.target]
+        credentials = member_credentials()
         try:
-            call, frames = await open_session_call(stub, member_credentials(), address, timeout=10)
+            call, frames = await open_session_call(stub, credentials, node.address, node.node_id, timeout=10)
         except Exception as exc:  # the handshake itself failed: a test failure, shown plainly
-            raise AssertionError(f"handshake with {address} failed: {exc}") from exc
+            raise AssertionError(f"handshake with {node.address} failed: {exc}") from exc
         if message.kind == "sealed garbage":
             await call.write(pb.SessionRequest(sealed=message.payload))
         elif message.kind == "open":
-            await call.write(frames.seal(pb.SessionRequest(open=message.payload)))
+            await call.write(frames.seal(signed(credentials, pb.SessionRequest(open=message.payload))))
         else:
-            await call.write(frames.seal(self.valid_open(message.target)))
+            await call.write(frames.seal(signed(credentials, self.valid_open(message.target))))
             reply = await asyncio.wait_for(call.read(), 10)
             assert reply is not grpc.aio.EOF and frames.open(reply).WhichOneof("kind") == "opened"
             await call.write(frames.seal(pb.SessionRequest(step=message.payload)))

@@ -12,6 +12,7 @@ import asyncio
 import grpc
 import pytest
 
+from node.server import RunningNode
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.client import Swarm
@@ -20,19 +21,20 @@ from swarm.local import LocalModel
 from swarm.package import ModelPackage
 from swarm.runtime import RuntimeOptions
 from swarm.transport import open_session_call
-from tests.cluster import LocalCluster, member_credentials
+from tests.cluster import LocalCluster, member_credentials, signed
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
 from tests.integration.test_discovery import start_node
 from tests.integration.test_node_sessions import SPANS, live, open_message, token_step
 from tests.waiting import wait_until
 
 
-async def follow_on_the_wire(address: str, open_request: pb.SessionRequest, step: pb.SessionRequest,
+async def follow_on_the_wire(node: RunningNode, open_request: pb.SessionRequest, step: pb.SessionRequest,
                              replies: int) -> tuple[list[pb.StepResult], grpc.StatusCode]:  # fmt: skip
     """Open, send ONE step, then only read: `replies` answers, and the status after we end the stream."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        call, frames = await open_session_call(pb_grpc.SwarmNodeStub(channel), member_credentials(), address)
-        await call.write(frames.seal(open_request))
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        credentials = member_credentials()
+        call, frames = await open_session_call(pb_grpc.SwarmNodeStub(channel), credentials, node.address, node.node_id)
+        await call.write(frames.seal(signed(credentials, open_request)))
         assert frames.open(await call.read()).WhichOneof("kind") == "opened"
         await call.write(frames.seal(step))
         results = []
@@ -47,7 +49,7 @@ async def follow_on_the_wire(address: str, open_request: pb.SessionRequest, step
 def test_one_step_sent_every_token_answered(cluster: LocalCluster, stories_package: ModelPackage) -> None:
     nodes = cluster.start_chain(stories_package.root, SPANS)
     step = token_step(STORIES_PROMPT_IDS, follow=19)
-    results, code = asyncio.run(follow_on_the_wire(nodes[0].address, open_message(stories_package, nodes, 0),
+    results, code = asyncio.run(follow_on_the_wire(nodes[0], open_message(stories_package, nodes, 0),
                                                    step, replies=20))  # fmt: skip
     assert code == grpc.StatusCode.OK
     assert [r.token for r in results] == STORIES_REFERENCE_IDS[:20]
@@ -60,7 +62,7 @@ def test_following_ends_after_a_stop_id(cluster: LocalCluster, stories_package: 
     nodes = cluster.start_chain(stories_package.root, SPANS)
     stop = STORIES_REFERENCE_IDS[3]  # first seen at index 3 of the reference
     step = token_step(STORIES_PROMPT_IDS, follow=30, stop_ids=[stop, 511])
-    results, code = asyncio.run(follow_on_the_wire(nodes[0].address, open_message(stories_package, nodes, 0),
+    results, code = asyncio.run(follow_on_the_wire(nodes[0], open_message(stories_package, nodes, 0),
                                                    step, replies=4))  # fmt: skip
     assert code == grpc.StatusCode.OK  # and no fifth answer: the stream ended with the fourth
     assert [r.token for r in results] == STORIES_REFERENCE_IDS[:4]

@@ -23,7 +23,7 @@ from swarm.remote import RemoteSession
 from swarm.sampling import SamplingParams
 from swarm.tensors import to_wire
 from swarm.transport import open_session_call
-from tests.cluster import LocalCluster, member_credentials
+from tests.cluster import LocalCluster, member_credentials, signed
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
 from tests.waiting import wait_until
 
@@ -142,13 +142,15 @@ def token_step(ids: list[int], position: int = 0, step: int = 0, **fields: Any) 
     return pb.SessionRequest(step=pb.Step(step=step, position=position, tokens=pb.TokenIds(ids=ids), **fields))
 
 
-async def exchange(address: str, requests: list[pb.SessionRequest]) -> tuple[grpc.StatusCode, str]:
-    """Send the requests on one session stream; the status the node ends it with."""
-    async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
-        call, frames = await open_session_call(pb_grpc.SwarmNodeStub(channel), member_credentials(), address)
+async def exchange(node: RunningNode, requests: list[pb.SessionRequest]) -> tuple[grpc.StatusCode, str]:
+    """Send the requests on one session stream (an opening signed as ours); the status the node ends it with."""
+    options = [("grpc.max_send_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(node.address, options=options) as channel:
+        credentials = member_credentials()
+        call, frames = await open_session_call(pb_grpc.SwarmNodeStub(channel), credentials, node.address, node.node_id)
         try:
             for request in requests:
-                await call.write(frames.seal(request))
+                await call.write(frames.seal(signed(credentials, request)))
                 if await call.read() == grpc.aio.EOF:
                     break
             await call.done_writing()
@@ -219,7 +221,7 @@ def test_bad_input_gets_a_clear_error_and_the_node_keeps_serving(cluster: LocalC
             await healthy.open()
             tokens = [await healthy.step(STORIES_PROMPT_IDS, SamplingParams())]
             for name, (index, requests, expected) in cases.items():
-                code, details = await exchange(nodes[index].address, requests)
+                code, details = await exchange(nodes[index], requests)
                 want = (
                     grpc.StatusCode.FAILED_PRECONDITION
                     if name == "route not for me"
@@ -241,7 +243,7 @@ def test_huge_message_is_refused(cluster: LocalCluster, stories_package: ModelPa
     nodes = cluster.start_chain(stories_package.root, SPANS)
     huge = to_wire(np.zeros((1, 8192, 64), np.float32))  # 2 MiB, over the node's 1 MiB limit
     second = open_message(stories_package, nodes, 1)
-    code, details = asyncio.run(exchange(nodes[1].address, [second, hidden_step(huge)]))
+    code, details = asyncio.run(exchange(nodes[1], [second, hidden_step(huge)]))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
     with Swarm(peers=cluster.addresses) as swarm:
         ids = list(swarm.generate_ids(GenerationRequest(tuple(STORIES_PROMPT_IDS), 10)))

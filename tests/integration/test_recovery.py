@@ -172,12 +172,13 @@ def live_sessions(address: str) -> int:
 
     from swarm._proto import swarm_pb2 as pb
     from swarm._proto import swarm_pb2_grpc as pb_grpc
+    from swarm.auth import ANY_NODE
     from tests.cluster import member_metadata
 
     async def ask() -> int:
         async with grpc.aio.insecure_channel(address) as channel:
             info = await pb_grpc.SwarmNodeStub(channel).Info(pb.InfoRequest(), timeout=2,
-                                                             metadata=member_metadata("Info"))
+                                                             metadata=member_metadata("Info", ANY_NODE))
             return int(info.sessions)
 
     return asyncio.run(ask())

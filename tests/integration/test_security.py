@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.message import Message
 
 from node.config import NodeConfig
 from node.join import prepare
@@ -32,7 +33,7 @@ from swarm.remote import RemoteSession
 from swarm.routing import PeerView
 from swarm.sampling import SamplingParams
 from swarm.tensors import to_wire
-from swarm.transport import open_session_call
+from swarm.transport import open_session_call, request_bytes
 from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_credentials, member_metadata
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
 from tests.waiting import wait_until
@@ -70,16 +71,25 @@ def test_a_client_outside_the_swarm_is_refused(
         asyncio.run(connect(cluster.addresses, key))
 
 
-METHODS: dict[str, Callable[[pb_grpc.SwarmNodeStub, object], Awaitable[object]]] = {
-    "Info": lambda stub, md: stub.Info(pb.InfoRequest(), metadata=md, timeout=5),
-    "Health": lambda stub, md: stub.Health(pb.HealthRequest(), metadata=md, timeout=5),
-    "Peers": lambda stub, md: stub.Peers(pb.PeersRequest(), metadata=md, timeout=5),
-    "GetPackageMeta": lambda stub, md: stub.GetPackageMeta(pb.PackageMetaRequest(), metadata=md, timeout=5),
-}
+REQUESTS: dict[str, Message] = {
+    "Info": pb.InfoRequest(), "Health": pb.HealthRequest(), "Peers": pb.PeersRequest(),
+    "GetPackageMeta": pb.PackageMetaRequest(),
+}  # fmt: skip
 
 
-async def fetch_all(stub: pb_grpc.SwarmNodeStub, metadata: object, package_id: str) -> bytes:
-    call = stub.FetchFile(pb.FetchFileRequest(package_id=package_id, file="manifest.json"), metadata=metadata)
+def unary_call(name: str) -> Callable[[pb_grpc.SwarmNodeStub, object], Awaitable[object]]:
+    return lambda stub, metadata: getattr(stub, name)(REQUESTS[name], metadata=metadata, timeout=5)
+
+
+METHODS = {name: unary_call(name) for name in REQUESTS}
+
+
+def manifest_request(package: ModelPackage, file: str = "manifest.json") -> pb.FetchFileRequest:
+    return pb.FetchFileRequest(package_id=package.package_id, file=file)
+
+
+async def fetch_all(stub: pb_grpc.SwarmNodeStub, metadata: object, request: pb.FetchFileRequest) -> bytes:
+    call = stub.FetchFile(request, metadata=metadata)
     return b"".join([chunk.data async for chunk in call])
 
 
@@ -100,16 +110,19 @@ def test_every_call_needs_a_member_credential(cluster: LocalCluster, stories_pac
     node = cluster.start(stories_package.root)
     outsider = Credentials(OTHER_KEY, Identity.generate())
 
-    def metadata(method: str) -> object:
-        return None if who == "no credential" else outsider.call(method)[0] if who == "another swarm" \
-            else member_metadata(method)  # fmt: skip
+    fetch = manifest_request(stories_package)
+
+    def metadata(method: str, request: Message | None) -> object:
+        body = request_bytes(request) if request is not None else b""
+        return None if who == "no credential" else outsider.call(method, node.node_id, body)[0] \
+            if who == "another swarm" else member_metadata(method, node.node_id, request)  # fmt: skip
 
     async def run() -> dict[str, str]:
         outcomes = {}
         async with grpc.aio.insecure_channel(node.address) as channel:
             stub = pb_grpc.SwarmNodeStub(channel)
-            calls = {name: call(stub, metadata(name)) for name, call in METHODS.items()}
-            calls["FetchFile"] = fetch_all(stub, metadata("FetchFile"), stories_package.package_id)
+            calls = {name: call(stub, metadata(name, REQUESTS[name])) for name, call in METHODS.items()}
+            calls["FetchFile"] = fetch_all(stub, metadata("FetchFile", fetch), fetch)
             for name, pending in calls.items():
                 try:
                     await pending
@@ -117,7 +130,7 @@ def test_every_call_needs_a_member_credential(cluster: LocalCluster, stories_pac
                 except grpc.aio.AioRpcError as exc:
                     outcomes[name] = exc.code().name
             try:
-                await session_reply(stub, metadata("Session"))
+                await session_reply(stub, metadata("Session", None))
                 outcomes["Session"] = "OK"
             except grpc.aio.AioRpcError as exc:
                 outcomes["Session"] = exc.code().name
@@ -134,7 +147,7 @@ def test_a_replayed_credential_is_refused(cluster: LocalCluster, stories_package
     node = cluster.start(stories_package.root)
 
     async def run() -> None:
-        metadata = member_metadata("Info")
+        metadata = member_metadata("Info", node.node_id, pb.InfoRequest())
         async with grpc.aio.insecure_channel(node.address) as channel:
             stub = pb_grpc.SwarmNodeStub(channel)
             await stub.Info(pb.InfoRequest(), metadata=metadata, timeout=5)
@@ -214,7 +227,7 @@ def test_frames_replayed_altered_or_injected_are_rejected(cluster: LocalCluster,
                 box[len(box) // 2] ^= 1
                 bad = pb.SessionRequest(sealed=pb.Sealed(seq=follow.sealed.seq, box=bytes(box)))
             elif attack == "inject":  # made by a member of the swarm, but not of this session
-                _, other = await open_session_call(stub, member_credentials(), node.address)
+                _, other = await open_session_call(stub, member_credentials(), node.address, node.node_id)
                 for _ in range(follow.sealed.seq):
                     other.seal(follow)  # so its frame carries the sequence number the node expects
                 bad = other.seal(token_step(1, [token], len(STORIES_PROMPT_IDS)))
@@ -249,7 +262,7 @@ def test_nan_hidden_states_and_per_peer_limits(cluster: LocalCluster, stories_pa
             await first.close()
             async with grpc.aio.insecure_channel(nodes[1].address) as channel:
                 call, frames = await open_session_call(pb_grpc.SwarmNodeStub(channel), member_credentials(),
-                                                       nodes[1].address)  # fmt: skip
+                                                       nodes[1].address, nodes[1].node_id)  # fmt: skip
                 route = [pb.Hop(address=nodes[1].address, node_id=nodes[1].node_id, start=2, end=5)]
                 await call.write(frames.seal(pb.SessionRequest(open=pb.OpenSession(
                     protocol_version=pb.PROTOCOL_VERSION_CURRENT, session_id="n", package_id=swarm.package_id,
@@ -278,12 +291,13 @@ def test_rate_limit_per_peer(cluster: LocalCluster, stories_package: ModelPackag
             stub = pb_grpc.SwarmNodeStub(channel)
             for _ in range(20):
                 try:
-                    await stub.Health(pb.HealthRequest(), metadata=credentials.call("Health")[0], timeout=5)
+                    metadata = credentials.call("Health", node.node_id)[0]
+                    await stub.Health(pb.HealthRequest(), metadata=metadata, timeout=5)
                     codes.append("OK")
                 except grpc.aio.AioRpcError as exc:
                     codes.append(exc.code().name)
             # another peer is not held back by the first one's flood
-            await stub.Health(pb.HealthRequest(), metadata=member_metadata("Health"), timeout=5)
+            await stub.Health(pb.HealthRequest(), metadata=member_metadata("Health", node.node_id), timeout=5)
         return codes
 
     codes = asyncio.run(run())

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 import node.block_store as block_store
-from node.block_store import BlockStore, DownloadPaused, FileRef
+from node.block_store import BlockStore, DownloadPaused, FileRef, Source
 from swarm.package import ModelPackage, sha256_file
 
 CHUNK = 4096
+PEER = Source("peer:1", "0" * 24)
 
 
 class ChunkedPeer:
@@ -21,7 +22,7 @@ class ChunkedPeer:
         self.source = source
         self.sent: list[tuple[int, int]] = []  # (offset the call started at, bytes it wrote)
 
-    async def download(self, address: str, package_id: str, entry: FileRef, part: Path, progress: block_store.Progress,
+    async def download(self, peer: Source, package_id: str, entry: FileRef, part: Path, progress: block_store.Progress,
                        credentials: object = None) -> None:  # fmt: skip
         data = self.source.path(entry.file).read_bytes()
         start = offset = part.stat().st_size if part.exists() else 0
@@ -55,13 +56,13 @@ def test_a_paused_download_resumes_without_fetching_a_byte_twice(
         metered = metered or done >= 100_000  # the phone walks out of Wi-Fi range here
 
     with pytest.raises(DownloadPaused, match=r"paused at 102400 of 204759 bytes"):
-        asyncio.run(store.fetch(package, entry, ["peer:1"], progress, allowed=lambda: not metered))
+        asyncio.run(store.fetch(package, entry, [PEER], progress, allowed=lambda: not metered))
     part = package.path(entry.file + ".part")
     assert part.stat().st_size == 102400 and not package.path(entry.file).exists()
     with pytest.raises(DownloadPaused, match=r"paused at 102400"):  # still metered: not even a chunk
-        asyncio.run(store.fetch(package, entry, ["peer:1"], progress, allowed=lambda: not metered))
+        asyncio.run(store.fetch(package, entry, [PEER], progress, allowed=lambda: not metered))
     metered = False
-    asyncio.run(store.fetch(package, entry, ["peer:1"], lambda *_: None, allowed=lambda: True))
+    asyncio.run(store.fetch(package, entry, [PEER], lambda *_: None, allowed=lambda: True))
     assert sha256_file(package.path(entry.file)) == entry.sha256 and not part.exists()
     assert peer.sent == [(0, 102400), (102400, entry.bytes - 102400)]
     assert sum(n for _, n in peer.sent) == entry.bytes
@@ -74,5 +75,5 @@ def test_without_a_gate_nothing_changes(stories_package: ModelPackage, tmp_path:
                               stories_package.path("tokenizer.json").read_bytes())  # fmt: skip
     peer = ChunkedPeer(stories_package)
     monkeypatch.setattr(block_store, "_download", peer.download)
-    asyncio.run(store.fetch(package, package.manifest.head, ["peer:1"], lambda *_: None))
+    asyncio.run(store.fetch(package, package.manifest.head, [PEER], lambda *_: None))
     assert peer.sent == [(0, package.manifest.head.bytes)]

@@ -15,7 +15,7 @@ import pytest
 
 import node.block_store as block_store
 from export.exporter import ExportOptions, export_checkpoint
-from node.block_store import BlockStore, FileRef
+from node.block_store import BlockStore, FileRef, Source
 from swarm.errors import InvalidPackage, PeerUnavailable
 from swarm.package import ModelPackage
 from tests.conftest import golden_checkpoint
@@ -261,8 +261,9 @@ class FakePeers:
     calls: list[tuple[str, str, str, int]] = field(default_factory=list)
     progress: list[tuple[str, int, int]] = field(default_factory=list)
 
-    async def download(self, address: str, package_id: str, entry: FileRef, part: Path, progress: object,
+    async def download(self, source: Source, package_id: str, entry: FileRef, part: Path, progress: object,
                        credentials: object = None) -> None:
+        address = source.address
         offset = part.stat().st_size if part.exists() else 0
         self.calls.append((address, package_id, entry.file, offset))
         data = self.serves[address][offset:]
@@ -281,7 +282,7 @@ class FakePeers:
 
 
 def fetch(store: BlockStore, package: ModelPackage, entry: FileRef, sources: list[str], peers: FakePeers) -> None:
-    asyncio.run(store.fetch(package, entry, sources, peers.record))
+    asyncio.run(store.fetch(package, entry, [Source(a, "0" * 24) for a in sources], peers.record))
 
 
 def corrupt(data: bytes) -> bytes:

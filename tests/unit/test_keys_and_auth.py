@@ -98,26 +98,34 @@ def test_identity_persists_and_is_claimed_by_one_node_at_a_time(tmp_path: Path) 
 
 def test_member_calls_are_accepted_and_bound_to_the_reply() -> None:
     caller, callee = member(), member()
-    metadata, transcript = caller.call("Info")
+    metadata, transcript = caller.call("Info", callee.node_id)
     proof = callee.check_call(metadata, "Info")
     assert proof.node_id == caller.node_id
     reply, _ = callee.reply("Info", proof)
     assert caller.check_reply(reply, "Info", transcript, expected_node=callee.node_id).node_id == callee.node_id
-    metadata, transcript = caller.call("Info")
+    metadata, transcript = caller.call("Info", callee.node_id)
     reply, _ = callee.reply("Info", callee.check_call(metadata, "Info"))
     with pytest.raises(StaleRoute, match="not the"):  # someone else answers at that address now
         caller.check_reply(reply, "Info", transcript, expected_node="0" * 24)
-    metadata, transcript = caller.call("Info")
-    reply, _ = callee.reply("Info", callee.check_call(caller.call("Info")[0], "Info"))
-    with pytest.raises(AuthenticationError):  # an answer to another call
+    metadata, transcript = caller.call("Info", callee.node_id)
+    reply, _ = callee.reply("Info", callee.check_call(caller.call("Info", callee.node_id)[0], "Info"))
+    with pytest.raises(AuthenticationError, match="another request"):  # an answer to another call
         caller.check_reply(reply, "Info", transcript)
+    reply, _ = callee.reply("Info", callee.check_call(member().call("Info", callee.node_id)[0], "Info"))
+    with pytest.raises(AuthenticationError, match=f"made for node {reply_target(reply)}, not for this node"):
+        caller.check_reply(reply, "Info", transcript)  # an answer meant for another caller
+
+
+def reply_target(metadata: object) -> str:
+    """The node id a credential names as its callee (bytes 88 to 100 of its signed fields)."""
+    return bytes(metadata[0][1][8 + 16 + 32 + 32 : 8 + 16 + 32 + 32 + 12]).hex()  # type: ignore[index]
 
 
 @pytest.mark.parametrize("case", ["other swarm", "no credential", "other method", "replayed", "stale", "garbled"])
 def test_bad_credentials_are_refused(case: str) -> None:
     callee = member()
     caller = member(OTHER) if case == "other swarm" else member(clock=1.0) if case == "stale" else member()
-    metadata, _ = caller.call("Info")
+    metadata, _ = caller.call("Info", callee.node_id)
     if case == "no credential":
         metadata = ()
     if case == "garbled":
@@ -129,6 +137,46 @@ def test_bad_credentials_are_refused(case: str) -> None:
         callee.check_call(metadata, method)
     with pytest.raises(AuthenticationError):
         callee.check_call(metadata, method)
+
+
+FETCH = pb.FetchFileRequest(package_id="a" * 64, file="block_000.onnx").SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("case", ["another node", "another method", "another request", "any node", "older peer"])
+def test_a_credential_is_good_for_its_own_node_and_request_only(case: str) -> None:
+    caller, one, two = member(), member(), member()
+    metadata, _ = caller.call("FetchFile", one.node_id, FETCH)
+    callee, method, request = one, "FetchFile", FETCH
+    expected = "made for another request, not for this FetchFile call"
+    if case == "another node":  # captured on its way to node one, shown to node two
+        callee, expected = two, f"made for node {one.node_id}, not for this node {two.node_id}"
+    elif case == "another method":
+        method, request, expected = "GetPackageMeta", b"", "made for another request, not for this GetPackageMeta"
+    elif case == "another request":  # the same node, another file
+        request = pb.FetchFileRequest(package_id="a" * 64, file="head.onnx").SerializeToString(deterministic=True)
+    elif case == "any node":  # only an Info may be addressed to whoever answers
+        metadata, _ = caller.call("FetchFile", "", FETCH)
+        expected = "names no node, so it is not good for this FetchFile call: only Info may be asked of any node"
+    else:  # a credential of the format before this one: 44 bytes shorter
+        metadata = (("swarm-auth-bin", bytes(metadata[0][1])[:-44]),)  # type: ignore[arg-type]
+        expected = "older swarm"
+    with pytest.raises(AuthenticationError, match=expected):
+        callee.check_call(metadata, method, request)
+    assert one.check_call(caller.call("FetchFile", one.node_id, FETCH)[0], "FetchFile", FETCH).node_id == caller.node_id
+
+
+def test_an_info_to_any_node_is_taken_once_by_each_and_is_good_for_info_only() -> None:
+    caller, one, two = member(), member(), member()
+    metadata, transcript = caller.call("Info", "")
+    proof = one.check_call(metadata, "Info")
+    assert caller.check_reply(one.reply("Info", proof)[0], "Info", transcript).node_id == one.node_id
+    with pytest.raises(AuthenticationError, match="replay"):
+        one.check_call(metadata, "Info")
+    with pytest.raises(AuthenticationError, match="only Info may be asked of any node"):
+        two.check_call(metadata, "Health")
+    assert two.check_call(metadata, "Info").node_id == caller.node_id  # it tells only what nodes announce anyway
+    with pytest.raises(SwarmError, match="not a node id"):
+        caller.call("Info", "node-1")
 
 
 def test_replay_guard_forgets_old_nonces_but_refuses_their_era() -> None:
@@ -144,7 +192,8 @@ def test_replay_guard_forgets_old_nonces_but_refuses_their_era() -> None:
 
 def test_manifest_signature_checks_the_bytes_and_the_signer() -> None:
     signer = member()
-    proof = member().check_call(signer.call("GetPackageMeta")[0], "GetPackageMeta")
+    callee = member()
+    proof = callee.check_call(signer.call("GetPackageMeta", callee.node_id)[0], "GetPackageMeta")
     signature = signer.identity.sign(manifest_signed_bytes(b'{"a": 1}'))
     check_manifest_signature(b'{"a": 1}', signature, proof)
     with pytest.raises(AuthenticationError):
@@ -157,7 +206,7 @@ def test_manifest_signature_checks_the_bytes_and_the_signer() -> None:
 def linked_frames(key: SwarmKey = KEY) -> tuple[SealedFrames, SealedFrames]:
     caller, callee = member(key), member(key)
     c_private, c_public = new_exchange()
-    metadata, call_transcript = caller.call("Session", c_public)
+    metadata, call_transcript = caller.call("Session", callee.node_id, x_public=c_public)
     proof = callee.check_call(metadata, "Session")
     s_private, s_public = new_exchange()
     reply, reply_transcript = callee.reply("Session", proof, s_public)

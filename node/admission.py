@@ -1,0 +1,85 @@
+"""Who is calling this node, and how much they may take.
+
+Every call's credential is checked here (swarm/auth.py): a member's, made for this node and for
+this very request, fresh and never seen before. Limits count who is asking: a unary call counts
+against its caller; a session counts against the client that opened it, whose signed origin
+(swarm/origin.py) every hop checks, not against the node relaying it — so one client cannot use
+up a downstream node's share for everyone behind the same relay, and a relay is not held back by
+its own clients' sessions. An open swarm proves nothing: there a peer is its host address (not
+its host and port, which a new connection would change).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from node.ratelimit import PeerRates, PeerSessions
+from swarm._proto import swarm_pb2 as pb
+from swarm.auth import Credentials, Proof, new_exchange, session_keys
+from swarm.errors import SwarmError
+from swarm.frames import Frames, PlainFrames, SealedFrames
+from swarm.origin import session_origin
+from swarm.transport import request_bytes, status_for
+
+
+def peer_host(peer: str) -> str:
+    """`ipv4:10.0.0.2:51234` -> `ipv4:10.0.0.2` (ipv6 likewise): every connection of one host is one peer."""
+    scheme, _, rest = peer.partition(":")
+    if scheme in ("ipv4", "ipv6") and ":" in rest:
+        return f"{scheme}:{rest.rpartition(':')[0]}"
+    return peer
+
+
+class Admission:
+    """Checks callers and keeps the per-peer limits of one node."""
+
+    def __init__(self, credentials: Credentials | None, max_calls_per_s: float, max_sessions_per_peer: int) -> None:
+        self.credentials = credentials  # None = an open swarm: no authentication, plain frames
+        self.rates = PeerRates(max_calls_per_s, 2 * max_calls_per_s)
+        self.sessions = PeerSessions(max_sessions_per_peer)
+
+    async def unary(self, context: grpc.aio.ServicerContext, method: str, request: object) -> Proof | None:
+        """Admit a unary (or server-streaming) call, answering it with this node's credential, or
+        end it with the status its error stands for."""
+        try:
+            return await self._unary(context, method, request)
+        except SwarmError as exc:
+            await context.abort(status_for(exc), str(exc))
+            raise  # abort always raises; this tells the type checker so
+
+    async def _unary(self, context: grpc.aio.ServicerContext, method: str, request: object) -> Proof | None:
+        credentials = self.credentials
+        if credentials is None:
+            self.rates.take(peer_host(context.peer()))
+            return None
+        proof = credentials.check_call(context.invocation_metadata(), method, request_bytes(request))
+        self.rates.take(proof.node_id)
+        await context.send_initial_metadata(credentials.reply(method, proof)[0])
+        return proof
+
+    async def handshake(self, context: grpc.aio.ServicerContext) -> tuple[Proof | None, Frames]:
+        """The caller of a session stream and the frames to speak with it: keys from the caller's
+        X25519 key and a fresh one of ours. Limits wait for the opening, which names the origin."""
+        credentials = self.credentials
+        if credentials is None:
+            return None, PlainFrames()
+        caller = credentials.check_call(context.invocation_metadata(), "Session")
+        private, x_public = new_exchange()
+        metadata, transcript = credentials.reply("Session", caller, x_public)
+        keys = session_keys(credentials.key, private, caller.x_public, caller.transcript, transcript, caller=False)
+        await context.send_initial_metadata(metadata)
+        return caller, SealedFrames(keys, caller=False)
+
+    def open_session(self, opening: pb.OpenSession, caller: Proof | None, peer: str) -> str:
+        """Count a session opening against the client it comes from (`peer` is gRPC's view of the
+        connection); returns the key to `close_session` with. Raises when over a limit."""
+        if self.credentials is None or caller is None:
+            origin = peer_host(peer)
+        else:
+            origin = session_origin(self.credentials, opening, caller.node_id)
+        self.rates.take(origin)
+        self.sessions.acquire(origin)
+        return origin
+
+    def close_session(self, origin: str) -> None:
+        self.sessions.release(origin)
