@@ -69,7 +69,7 @@ def choose_model(infos: dict[str, pb.NodeInfo], wanted: str | None) -> str:
 async def _fetch_meta(store: BlockStore, address: str, credentials: Credentials | None) -> ModelPackage:
     async with insecure_channel(address) as channel:
         meta = await fetch_package_meta(pb_grpc.SwarmNodeStub(channel), address, credentials, timeout=30)
-    return store.save_meta(meta.manifest_json, meta.tokenizer_json)
+    return await asyncio.to_thread(store.save_meta, meta.manifest_json, meta.tokenizer_json)  # hashes the tokenizer
 
 
 def max_layers(package: ModelPackage, max_memory: int | None) -> int | None:
@@ -130,7 +130,8 @@ async def prepare(config: NodeConfig, quiet: bool = False, progress: Progress | 
     edges = [b.start for b in m.blocks] + [m.num_layers]
     start, end = config.span or choose_span(edges, served, max_layers(package, config.max_memory))
     log.info("joining model %s (%s) with layers [%d, %d)", m.name, package_id[:12], start, end)
-    missing = store.missing(package, _needed_files(package, start, end))
+    # hashing every held block file takes seconds for a large model: never on the event loop
+    missing = await asyncio.to_thread(store.missing, package, _needed_files(package, start, end))
     store.make_room(package_id, sum(e.bytes for e in missing))
     report = progress or ProgressLine(quiet=quiet)
     try:

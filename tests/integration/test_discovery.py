@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+import node.block_store
 from node.block_store import StoreError
 from node.config import NodeConfig
 from node.join import prepare
@@ -23,7 +26,7 @@ from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.discovery import SERVICE_TYPE
 from swarm.errors import CapacityExceeded, NoRouteError
 from swarm.generation import GenerationRequest
-from swarm.package import ModelPackage
+from swarm.package import ModelPackage, sha256_file
 from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_metadata
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
 from tests.mdns_probe import browse
@@ -126,6 +129,29 @@ def test_join_with_no_model_fetches_blocks_and_serves(cluster: LocalCluster, sto
     cluster.start(prepared.model, prepared.span, **MDNS)
     with Swarm(peers=[seed.address]) as swarm:
         assert greedy(swarm) == STORIES_REFERENCE_IDS
+
+
+def test_joining_hashes_block_files_off_the_event_loop(
+    cluster: LocalCluster, stories_package: ModelPackage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed = cluster.start(stories_package.root, (0, 2), **MDNS)
+    held = tmp_path / "blocks" / stories_package.package_id  # one block already here: checked, not fetched
+    held.mkdir(parents=True)
+    shutil.copy(stories_package.path("block_003.onnx"), held)
+    hashed: list[tuple[str, str]] = []
+
+    def recording_sha256(path: Path) -> str:
+        hashed.append((path.name, threading.current_thread().name))
+        return sha256_file(path)
+
+    monkeypatch.setattr(node.block_store, "sha256_file", recording_sha256)
+    config = NodeConfig(model=None, host="127.0.0.1", peers=(seed.address,), mdns=False, span=(2, 5),
+                        cache_dir=tmp_path / "blocks", swarm_key=TEST_SWARM_KEY)  # fmt: skip
+    prepared = cluster.loop.run(prepare(config, quiet=True))
+    assert prepared.span == (2, 5)
+    assert {name for name, _ in hashed} == {"block_003.onnx", "block_002.onnx.part", "block_004.onnx.part",
+                                             "head.onnx.part"}  # fmt: skip
+    assert "test-nodes" not in {thread for _, thread in hashed}  # the loop's thread never hashes
 
 
 def test_fetch_serves_only_package_files(cluster: LocalCluster, stories_package: ModelPackage) -> None:
