@@ -226,7 +226,6 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
     async def Session(
         self, requests: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SessionReply]:
-        reader = aiter(requests)
         session: NodeSession | None = None
         downstream: Downstream | None = None
         peer, counted = context.peer(), False
@@ -234,6 +233,7 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             caller = await self._admit(context, "Session")
             peer = caller.node_id if caller is not None else peer
             frames = await self._accept_frames(context, caller)
+            reader = aiter(requests)  # not before: gRPC's reader, made and never read, warns "never awaited"
             first = await self._next_request(reader, frames)
             if first is None:
                 return
