@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,12 +22,15 @@ import node.block_store
 from node.block_store import StoreError
 from node.config import NodeConfig
 from node.join import prepare
+from node.presence import Presence
+from node.server import RunningNode
 from swarm import Swarm
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.discovery import SERVICE_TYPE
 from swarm.errors import CapacityExceeded, NoRouteError
 from swarm.generation import GenerationRequest
+from swarm.keys import SwarmKey
 from swarm.package import ModelPackage, sha256_file
 from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_metadata
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
@@ -77,6 +82,36 @@ def start_node(*args: str) -> subprocess.Popen[str]:
     assert line.startswith("serving "), (line, proc.stderr.read() if proc.poll() is not None else "")
     proc.serving = line  # type: ignore[attr-defined]  # "serving MODEL layers A:B at ADDRESS as ID"
     return proc
+
+
+def test_a_node_with_a_foreign_key_says_so_within_one_announce_interval(
+    cluster: LocalCluster, stories_package: ModelPackage, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    interval = MDNS["announce_interval_s"]
+    caplog.set_level(logging.WARNING, logger="swarm.node")
+    first_heard: dict[int, float] = {}  # presence -> when it first heard another swarm
+    hear = Presence._heard_foreign
+
+    def heard(self: Presence) -> None:
+        first_heard.setdefault(id(self), time.time())
+        hear(self)
+
+    monkeypatch.setattr(Presence, "_heard_foreign", heard)
+
+    def alone_warnings(node: RunningNode) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "node", None) == node.node_id]
+
+    cluster.start(stories_package.root, (0, 2), **MDNS)  # the test swarm
+    stranger = cluster.start(stories_package.root, (2, 5), **{**MDNS, "swarm_key": SwarmKey.generate()})
+    assert wait_until(lambda: alone_warnings(stranger), 5)
+    [warning] = alone_warnings(stranger)
+    assert re.fullmatch(r"no node of this swarm seen; \d+ announcements from other swarms were ignored — "
+                        r"is the swarm key right\?", warning.getMessage())  # fmt: skip
+    assert warning.created - first_heard[id(stranger.presence)] <= interval + 0.1
+    member = cluster.start(stories_package.root, (2, 5), **MDNS)  # hears the stranger, and its own swarm too
+    time.sleep(3 * interval)
+    assert alone_warnings(member) == [] and len(alone_warnings(stranger)) == 1  # and said only once
 
 
 def test_a_crashed_node_expires(cluster: LocalCluster, stories_package: ModelPackage) -> None:
