@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import queue
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from typing import IO
 
 import pytest
 
@@ -16,6 +23,7 @@ from swarm.client import AsyncSwarm, ClientConfig
 from swarm.package import ModelPackage
 from swarm.status import UNREACHABLE, UP, StatusProbe, run_status
 from tests.cluster import TEST_SWARM_KEY, LocalCluster
+from tests.conftest import REPO
 
 SPANS = [(0, 2), (2, 4), (4, 5)]
 
@@ -104,3 +112,49 @@ def test_watch_remembers_when_a_stopped_node_was_last_seen(cluster: LocalCluster
     lines, problem = asyncio.run(watch())
     assert len(lines) >= 2 and all(json.loads(line)["complete"] for line in lines)  # one JSON object per refresh
     assert "layers [4, 5)" in problem
+
+
+class Lines:
+    """The lines a process prints, read on a thread, so a test can wait for one with a deadline."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self.queue.put(line) for line in stream], daemon=True).start()
+
+    def wait_for(self, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(queue.Empty):
+                if text in self.queue.get(timeout=left):
+                    return
+        raise AssertionError(f"no line with {text!r} within {timeout_s}s")
+
+
+@pytest.mark.parametrize("moment", ["during the first probe", "between refreshes", "during a later probe"])
+def test_ctrl_c_ends_watch_at_once(moment: str, cluster: LocalCluster, stories_package: ModelPackage) -> None:
+    assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # or no child of this run would heed it (conftest)
+    cluster.start(stories_package.root)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # a stalled host: every probe waits on it
+        silent.settimeout(30)
+        watch = {"during the first probe": "30", "between refreshes": "30", "during a later probe": "0.1"}[moment]
+        proc = subprocess.Popen([sys.executable, "-m", "swarm.cli", "status", "--peer", cluster.addresses[0], "--peer",
+                                 f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", "1", "--watch", watch],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            out = Lines(proc.stdout)
+            if moment == "during the first probe":
+                connection, _ = silent.accept()  # the probe is under way: it is calling the silent host
+                connection.close()
+            else:
+                out.wait_for("route:", 30)  # the first table is out; the watch sleeps, or probes again at once
+                time.sleep(0.5 if moment == "during a later probe" else 0.2)
+            proc.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            code = proc.wait(timeout=10)
+            assert time.monotonic() - started < 3, f"took {time.monotonic() - started:.1f}s after SIGINT"
+            assert proc.stderr is not None
+            assert code == 0 and "Traceback" not in proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.wait()
