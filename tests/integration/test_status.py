@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 from swarm.cli import main
 from swarm.client import AsyncSwarm, ClientConfig
 from swarm.package import ModelPackage
-from swarm.status import UNREACHABLE, UP, StatusProbe, run_status
+from swarm.status import UNREACHABLE, UP, StatusProbe, StatusSnapshot, render, run_status
 from tests.cluster import TEST_SWARM_KEY, LocalCluster
 from tests.conftest import REPO
 
@@ -65,6 +66,67 @@ def test_status_lists_peers_coverage_and_route_then_the_gap(cluster: LocalCluste
     data = json.loads(out)
     assert code == 1 and not data["complete"] and data["gaps"] == [[2, 4]] and data["route"] == []
     assert {p["address"]: p["state"] for p in data["peers"]}[nodes[1].address] == UNREACHABLE
+
+
+@contextlib.contextmanager
+def second_address(cluster: LocalCluster, target: str) -> Iterator[str]:
+    """Another address for the node at `target` (a TCP forwarder on 127.0.0.1), as a node on two
+    interfaces has: two addresses, one node id."""
+    host, port = target.rsplit(":", 1)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            writer.close()  # the node is gone: so is this address
+            return
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    server = cluster.loop.run(asyncio.start_server(forward, "127.0.0.1", 0))  # type: ignore[arg-type]
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def test_a_node_reachable_at_two_addresses_is_one_row(cluster: LocalCluster, stories_package: ModelPackage,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    first, second = cluster.start_chain(stories_package.root, [(0, 2), (2, 5)])
+    with second_address(cluster, second.address) as alias:
+        code, out = status(capsys, [first.address, second.address, alias], "--json")
+        data = json.loads(out)
+        assert code == 0 and [p["node_id"] for p in data["peers"]] == [first.node_id, second.node_id]
+        assert data["peers"][1]["addresses"] == [second.address, alias]
+        assert [r["node_ids"] for r in data["coverage"]] == [[first.node_id], [second.node_id]]  # no replica of itself
+        code, out = status(capsys, [first.address, second.address, alias])
+        assert "2 of 2 peers up" in out and f"{second.address} (+1)" in out
+
+        config = ClientConfig(peers=(first.address, second.address, alias), swarm_key=TEST_SWARM_KEY,
+                              connect_timeout_s=1.0)  # fmt: skip
+
+        async def watch_it_die() -> StatusSnapshot:
+            swarm = AsyncSwarm(config)
+            try:
+                probe = StatusProbe(swarm)
+                await probe.snapshot()
+                await asyncio.to_thread(cluster.stop_node, second)  # killed: neither address answers now
+                return await probe.snapshot()
+            finally:
+                await swarm.close()
+
+        after = asyncio.run(watch_it_die())
+    assert [(p.node_id, p.state) for p in after.peers] == [(first.node_id, UP), (second.node_id, UNREACHABLE)]
+    gone = after.peers[1]
+    assert (gone.start, gone.end) == (2, 5) and gone.last_seen is not None and gone.error  # as it was last seen
+    row = next(line for line in render(after).splitlines() if line.startswith(second.node_id))
+    assert re.search(r"(now|\d+s ago)\s+unreachable$", row), row  # LAST SEEN: when it last answered, not "never"
 
 
 @pytest.fixture
