@@ -2,14 +2,15 @@
 
 Runs on the host's asyncio loop. Leaving is the node's own shutdown path (node/server.py):
 withdraw the announcement, refuse new sessions, let live ones finish for `drain_timeout_s`,
-then stop. Coming back is serving again on the same port with the same identity.
+then stop. Coming back is serving again on the same port with the same identity. Moving is
+leaving and serving the new span, as every node moves (node/rebalance.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from enum import Enum
 from typing import Any
@@ -17,7 +18,9 @@ from typing import Any
 from android_bridge.config import HostConfig
 from android_bridge.events import EventLog
 from node.block_store import DownloadPaused
+from node.config import NodeConfig
 from node.join import prepare
+from node.rebalance import moved
 from node.server import RunningNode, serve
 from swarm.errors import SwarmError
 
@@ -42,6 +45,7 @@ class NodeLifecycle:
         self.events = events
         self._gate = download_gate
         self.node: RunningNode | None = None
+        self.serving: NodeConfig | None = None  # what the node serves now, or served last
         self._stack: contextlib.AsyncExitStack | None = None
         self.phase = Phase.IDLE
         self.error: str | None = None
@@ -59,13 +63,31 @@ class NodeLifecycle:
     def _allowed(self) -> bool:
         return self._gate() is None
 
+    async def _prepared(self, config: NodeConfig) -> NodeConfig:
+        """`config` with a package that holds its files: with no model, fetched from the swarm
+        (downloads reported as events, paused while the gate says so)."""
+        if config.model is not None:
+            return config
+        return await prepare(config, quiet=True, progress=self._progress, allowed=self._allowed)
+
     async def join(self, span: tuple[int, int] | None = None) -> bool:
         """Fetch what is missing, then serve. False when paused or failed (see `phase`)."""
-        config = replace(self.base, port=self.port, span=span or self.base.span)
+        return await self._serve(self._prepared(replace(self.base, port=self.port, span=span or self.base.span)))
+
+    async def move(self, span: tuple[int, int], reason: str) -> bool:
+        """Leave, then serve `span` on the same port, fetching what it lacks; the old layers again
+        when those files cannot be had (`node.rebalance.moved`, as a plain node does)."""
+        old = self.serving
+        if old is None:
+            return False
+        await self.leave(reason)
+        return await self._serve(moved(old, span, self._prepared))
+
+    async def _serve(self, prepared: Awaitable[NodeConfig]) -> bool:
+        """Serve the config `prepared` gives; False when it paused or failed (see `phase`)."""
         self.phase, self.error = Phase.JOINING, None
         try:
-            if config.model is None:
-                config = await prepare(config, quiet=True, progress=self._progress, allowed=self._allowed)
+            config = await prepared
             stack = contextlib.AsyncExitStack()
             node = await stack.enter_async_context(serve(config))
         except DownloadPaused as exc:
@@ -77,6 +99,7 @@ class NodeLifecycle:
             self.events.emit("error", message=str(exc))
             return False
         self.node, self._stack, self.port = node, stack, node.port
+        self.serving = replace(config, port=node.port)  # a move or a fallback comes back on the same port
         node.set_capacity_scale(self.capacity)
         self.phase = Phase.SERVING
         span_now = node.servicer.span

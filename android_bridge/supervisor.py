@@ -1,9 +1,11 @@
-"""The host's control loop: read the device, decide, act on the node; now and then, rebalance.
+"""The host's control loop: read the device, decide, act on the node; meanwhile, rebalance.
 
 Every `poll_interval_s` (and at once when the host app pushes a change) the supervisor reads
 the device state, runs the policy, and applies the decision: leave (drain first), rejoin,
 announce a lower capacity, pause or resume downloads. Joining, leaving and moving run as one
 transition task at a time, so the loop keeps reading the device while a download runs.
+While the node serves, the move loop every node runs (`node.rebalance`: checks in a row that
+agree, a random wait, a second look) decides when it moves.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from android_bridge.events import EventLog
 from android_bridge.lifecycle import NodeLifecycle, Phase
 from android_bridge.policy import SETTLING, Decision, PolicyState, decide, evaluate
 from node.rebalance import Rebalancer, RebalanceSettings
+from node.server import RunningNode
+from swarm.assignment import Move
 
 log = logging.getLogger("swarm.android")
 
@@ -38,7 +42,8 @@ class Supervisor:
         self.rebalancer = Rebalancer(RebalanceSettings(config.rebalance_interval_s, config.rebalance_min_gain,
                                                        config.rebalance_patience))  # fmt: skip
         self.last_move: str | None = None
-        self._next_rebalance = 0.0
+        self._mover: asyncio.Task[None] | None = None  # the move loop of the node serving now
+        self._mover_stop: asyncio.Event | None = None
         self._retry_at = 0.0
         self._transition: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -99,6 +104,7 @@ class Supervisor:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        await self._stop_moves()
         if self._transition is not None:
             await self._transition  # _guarded: never raises
         await self.life.leave("stopped by the app")
@@ -126,15 +132,15 @@ class Supervisor:
             return  # joining (its downloads ask the gate themselves), leaving or moving
         if decision.leave:
             if self.life.node is not None:
+                await self._stop_moves()
                 self._begin(self.life.leave("; ".join(decision.reasons)))
             return
         if self.life.set_capacity(decision.capacity) and self.life.node is not None:
             self.events.emit("capacity", capacity=decision.capacity, reasons=list(decision.reasons))
         if self.life.node is None:
             self._maybe_join(decision.downloads)
-        elif self.config.rebalance and time.monotonic() >= self._next_rebalance:
-            self._next_rebalance = time.monotonic() + self.config.rebalance_interval_s
-            self.rebalance()
+        elif self.config.rebalance:
+            self._watch_moves()
 
     def _begin(self, work: Any) -> None:
         assert self._loop is not None
@@ -160,21 +166,40 @@ class Supervisor:
 
     # --- rebalancing ----------------------------------------------------------------------
 
-    def rebalance(self) -> None:
-        """Move to the swarm's bottleneck layers when that clearly and persistently helps
-        (the rule every node applies: node/rebalance.py)."""
+    def _watch_moves(self) -> None:
+        """Run the move loop for the node serving now, unless it runs already."""
         node = self.life.node
-        if node is None:
+        if node is None or self._stopping or (self._mover is not None and not self._mover.done()):
             return
-        move = self.rebalancer.check(node)
-        if move is not None:
-            self.last_move = move.reason
-            self._begin(self._move(move.span, move.reason))
+        assert self._loop is not None
+        self._mover_stop = asyncio.Event()
+        self._mover = self._loop.create_task(self._await_move(node, self._mover_stop))
 
-    async def _move(self, span: tuple[int, int], reason: str) -> None:
-        self.events.emit("moving", start=span[0], end=span[1], reason=reason)
-        await self.life.leave(f"moving to layers [{span[0]}, {span[1]})")
-        await self.life.join(span)
+    async def _await_move(self, node: RunningNode, stop: asyncio.Event) -> None:
+        """Wait for the node's move loop to decide on a move (node/rebalance.py), then make it."""
+        try:
+            move = await self.rebalancer.wait_for_move(node, stop)
+        except Exception as exc:  # a failed look must not end the host; the next tick starts a new loop
+            log.exception("rebalance check failed")
+            self.events.emit("error", message=f"rebalance: {exc}")
+            return
+        busy = self._stopping or (self._transition is not None and not self._transition.done())
+        if move is None or busy or self.life.node is not node:
+            return  # stopped, or the policy took over meanwhile: a new loop decides afresh
+        self.last_move = move.reason
+        self._begin(self._move(move))
+
+    async def _stop_moves(self) -> None:
+        mover, stop = self._mover, self._mover_stop
+        self._mover = self._mover_stop = None
+        if mover is not None and stop is not None:
+            stop.set()  # the loop ends at its next wait, without a cancel() that wait_for may swallow
+            await mover
+
+    async def _move(self, move: Move) -> None:
+        start, end = move.span
+        self.events.emit("moving", start=start, end=end, reason=move.reason)
+        await self.life.move(move.span, f"moving to layers [{start}, {end})")
 
     def status(self) -> dict[str, Any]:
         pending = self.policy.pending

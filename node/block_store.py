@@ -8,6 +8,7 @@ limit, whole packages other than the one in use are evicted, least recently used
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -99,6 +100,7 @@ class BlockStore:
         return package
 
     def missing(self, package: ModelPackage, entries: Sequence[FileRef]) -> list[FileRef]:
+        """The entries not held complete (each file hashed: from a coroutine, call it in a thread)."""
         return [e for e in entries if not _complete(package.path(e.file), e)]
 
     async def fetch(self, package: ModelPackage, entry: FileRef, sources: Sequence[Source], progress: Progress,
@@ -128,7 +130,7 @@ class BlockStore:
             if size < entry.bytes:  # the stream ended early: the next source resumes from here
                 errors.append(f"{address}: stopped after {size} of {entry.bytes} bytes")
                 continue
-            if sha256_file(part) == entry.sha256:
+            if await asyncio.to_thread(sha256_file, part) == entry.sha256:  # off the loop: blocks run to GBs
                 part.rename(target)
                 return
             part.unlink(missing_ok=True)  # corrupt: start over from the next source

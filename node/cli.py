@@ -12,7 +12,7 @@ from pathlib import Path
 from node.config import NodeConfig, parse_bytes, parse_span
 from node.join import prepare
 from node.rebalance import RebalanceSettings, serve_and_rebalance
-from node.server import RunningNode
+from node.server import RunningNode, check_ports
 from swarm.discovery import env_mdns_interfaces
 from swarm.errors import AuthenticationError, SwarmError
 from swarm.keys import (
@@ -165,6 +165,7 @@ async def run(config: NodeConfig, rebalance: RebalanceSettings | None = None) ->
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if config.model is None:
+        check_ports(config)  # before the swarm is searched and blocks are fetched
         config = await prepare(config)
     await serve_and_rebalance(config, stop, rebalance, _serving, ProgressLine())  # a bar on a terminal only
     log.info("node stopped")

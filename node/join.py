@@ -77,7 +77,7 @@ async def _fetch_meta(store: BlockStore, source: Source, credentials: Credential
     async with insecure_channel(source.address) as channel:
         stub = pb_grpc.SwarmNodeStub(channel)
         meta = await fetch_package_meta(stub, source.address, source.node_id, credentials, timeout=30)
-    return store.save_meta(meta.manifest_json, meta.tokenizer_json)
+    return await asyncio.to_thread(store.save_meta, meta.manifest_json, meta.tokenizer_json)  # hashes the tokenizer
 
 
 def max_layers(package: ModelPackage, max_memory: int | None) -> int | None:
@@ -137,7 +137,8 @@ async def prepare(config: NodeConfig, quiet: bool = False, progress: Progress | 
     edges = [b.start for b in m.blocks] + [m.num_layers]
     start, end = config.span or choose_span(edges, served, max_layers(package, config.max_memory))
     log.info("joining model %s (%s) with layers [%d, %d)", m.name, package_id[:12], start, end)
-    missing = store.missing(package, _needed_files(package, start, end))
+    # hashing every held block file takes seconds for a large model: never on the event loop
+    missing = await asyncio.to_thread(store.missing, package, _needed_files(package, start, end))
     store.make_room(package_id, sum(e.bytes for e in missing))
     report = progress or ProgressLine(quiet=quiet)
     try:

@@ -17,7 +17,7 @@ import ifaddr
 
 from swarm.auth import Credentials
 from swarm.discovery import Announcer, MdnsBrowser, open_zeroconf
-from swarm.membership import Event, Membership, PeerRecord, Tick, apply
+from swarm.membership import Event, Membership, PeerRecord, PeerSeen, Tick, apply
 
 log = logging.getLogger("swarm.node")
 
@@ -48,11 +48,28 @@ class Presence:
         self.membership = Membership(ttl_s=3 * interval_s)
         self._zeroconf = open_zeroconf(self._interfaces)
         self._announcer = Announcer(self._zeroconf, self._addresses, port, credentials)
-        self._browser = MdnsBrowser(self._zeroconf, self._on_event, credentials=credentials)
+        self._browser = MdnsBrowser(self._zeroconf, self._on_event, credentials=credentials,
+                                    on_foreign=self._heard_foreign)  # fmt: skip
         self._heartbeat: asyncio.Task[None] | None = None
+        self._seen_ours = False  # whether any other node of this swarm was ever heard
+        self._alone_check: asyncio.TimerHandle | None = None
 
     def _on_event(self, event: Event) -> None:
         self.membership = apply(self.membership, event)
+        if isinstance(event, PeerSeen) and event.record.node_id != self._record().node_id:
+            self._seen_ours = True
+
+    def _heard_foreign(self) -> None:
+        """Another swarm was heard. Ours announces every interval, so if it stays silent for one
+        interval more, say so (once): a wrong swarm key otherwise looks like serving to nobody."""
+        if not self._seen_ours and self._alone_check is None:
+            self._alone_check = asyncio.get_running_loop().call_later(self._interval, self._warn_if_alone)
+
+    def _warn_if_alone(self) -> None:
+        if not self._seen_ours:
+            log.warning("no node of this swarm seen; %d announcements from other swarms were ignored — "
+                        "is the swarm key right?", self._browser.foreign,
+                        extra={"node": self._record().node_id})  # fmt: skip
 
     async def start(self) -> None:
         await self._browser.start()
@@ -75,6 +92,8 @@ class Presence:
 
     async def leave(self) -> None:
         """Stop announcing: peers drop this node and route around it."""
+        if self._alone_check is not None:
+            self._alone_check.cancel()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

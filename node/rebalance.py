@@ -1,11 +1,14 @@
 """A node that chose its own span keeps choosing: now and then it checks whether the swarm
 needs it elsewhere, and moves when the gain is clear and persistent.
 
-The rule is `swarm.assignment.check_move` (pure; hysteresis through `advise_move`). Moving is
-leaving and joining again: the announcement is withdrawn first (clients route new sessions
-elsewhere; the layers dropped are still served by others, or the rule would not move), live
-sessions drain, then the node serves the new span on the same port with the same identity,
-fetching the block files it lacks from peers.
+The one move loop of every node, the plain `swarm-node join` and the Android host alike:
+`Rebalancer.wait_for_move` decides (the rule is `swarm.assignment.check_move`, pure, with
+hysteresis through `advise_move`; then a random wait and a second look), `moved` gives the
+config to serve next. Moving is leaving and joining again: the announcement is withdrawn first
+(clients route new sessions elsewhere; the layers dropped are still served by others, or the
+rule would not move), live sessions drain, then the node serves the new span on the same port
+with the same identity, fetching the block files it lacks from peers, or its old layers again
+when those files cannot be had.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from node.config import NodeConfig
@@ -103,23 +106,31 @@ async def serve_and_rebalance(config: NodeConfig, stop: asyncio.Event, settings:
             log.warning("moving to layers [%d, %d): %s; draining %d sessions first", *move.span, move.reason,
                         len(node.sessions.sessions))  # fmt: skip
             config = replace(config, port=node.port)
-        config = await _moved(config, move.span)
+        config = await moved(config, move.span)
 
 
-async def _moved(config: NodeConfig, span: tuple[int, int]) -> NodeConfig:
-    """The config for serving `span`; the old one when the files for it cannot be had."""
+Fetch = Callable[[NodeConfig], Awaitable[NodeConfig]]  # a config with no model -> one whose package holds the files
+
+
+async def _fetch_quietly(config: NodeConfig) -> NodeConfig:
+    return await prepare(config, quiet=True)
+
+
+async def moved(config: NodeConfig, span: tuple[int, int], fetch: Fetch = _fetch_quietly) -> NodeConfig:
+    """The config for serving `span` instead of what `config` serves (its files fetched with
+    `fetch` when the package lacks them); `config` itself when those files cannot be had."""
     try:
-        return await _with_files(replace(config, span=span))
+        return await _with_files(replace(config, span=span), fetch)
     except SwarmError as exc:  # e.g. no peer holds the blocks: better the old layers than none
         log.warning("cannot serve layers [%d, %d) (%s); serving the old layers again", *span, exc)
         return config
 
 
-async def _with_files(config: NodeConfig) -> NodeConfig:
+async def _with_files(config: NodeConfig, fetch: Fetch) -> NodeConfig:
     """`config`, its package now holding the files its span needs (fetched from peers if not)."""
     assert config.model is not None and config.span is not None
     package = load_package(config.model)
     if not missing_files(package, *config.span):
         return config
-    fetched = await prepare(replace(config, model=None, model_id=package.package_id), quiet=True)
+    fetched = await fetch(replace(config, model=None, model_id=package.package_id))
     return replace(fetched, port=config.port)

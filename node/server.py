@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -13,6 +13,7 @@ import grpc
 from node.config import DEFAULT_KV_HEADROOM, NodeConfig
 from node.decoding import UndecodableRequests
 from node.metrics import NodeMetrics
+from node.ports import NO_PORT_SHARING, ListenError, check_free
 from node.presence import Presence
 from node.servicer import NodeServicer, ServicerSettings
 from node.sessions import Limits, SessionTable
@@ -90,11 +91,16 @@ def max_message_bytes(hidden_size: int, max_context: int) -> int:
     return max(1 << 20, hidden_size * max_context * 4 + (64 << 10))
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIterator[RunningNode]:
-    """A node serving `config`; `progress` hears of each step of the start (blocks loaded, speed measured)."""
+    """A node serving `config`; `progress` hears of each step of the start (blocks loaded, speed measured).
+
+    Everything the start acquires (the identity's lock, the compute thread, the gRPC server, the
+    metrics endpoint, the mDNS presence) enters one exit stack as it is acquired, so a start that
+    fails half way releases what it took, and a retry in the same process comes up as the same node."""
     if config.model is None:
         raise InvalidRequest("a node needs a model package to serve (node.join.prepare fetches one)")
+    check_ports(config)  # before loading blocks: a taken port fails at once
     package = load_package(config.model)
     m = package.manifest
     start, end = config.span or (0, m.num_layers)
@@ -108,54 +114,76 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
     limits = _limits(config, span, m.max_context)
     prefill_speed = await asyncio.to_thread(measure_prefill_tokens_per_s, span, limits.max_context)
     message_bytes = max_message_bytes(m.architecture.hidden_size, limits.max_context)
-    identity = claim_identity(config.identity_file) if config.identity_file else Identity.generate()
-    credentials = Credentials(config.swarm_key, identity) if config.swarm_key else None
-    settings = ServicerSettings(
+    async with contextlib.AsyncExitStack() as stack:
+        identity = claim_identity(config.identity_file) if config.identity_file else Identity.generate()
+        stack.callback(identity.release)
+        servicer = NodeServicer(span, SessionTable(limits), _settings(config, identity, message_bytes))
+        stack.push_async_callback(servicer.close)  # its compute thread and channels to next hops
+        servicer.steps_per_s, servicer.prefill_tokens_per_s = speed, prefill_speed
+        metrics = NodeMetrics(servicer.table) if config.metrics_port is not None else None
+        server, port = await _grpc_server(stack, config, servicer, metrics, message_bytes)
+        node = RunningNode(server, servicer, port, config, speed=speed, prefill_speed=prefill_speed,
+                           metrics=metrics)  # fmt: skip
+        if metrics is not None and config.metrics_port is not None:
+            stack.push_async_callback(metrics.close)
+            node.metrics_port = await metrics.serve_http(config.host, config.metrics_port)
+        if config.mdns:
+            node.presence = await _announce(stack, node)
+            servicer.known_peers = node.presence.known_addresses
+        stack.push_async_callback(_leave, node)  # runs first: unannounce, then drain
+        log.info("node %s serving layers [%d, %d) of %s on port %d", node.node_id, start, end, m.name, port)
+        steps("started", len(span.blocks) + 1, 0)
+        yield node
+
+
+def check_ports(config: NodeConfig) -> None:
+    """Refuse ports that are taken before anything slow happens (loading blocks, fetching them)."""
+    check_free(config.host, config.port, "--port")
+    if config.metrics_port:
+        check_free(config.host, config.metrics_port, "--metrics-port")
+
+
+def _settings(config: NodeConfig, identity: Identity, message_bytes: int) -> ServicerSettings:
+    return ServicerSettings(
         node_id=identity.node_id,
         idle_timeout_s=config.idle_timeout_s,
         hop_timeout_s=config.hop_timeout_s,
         max_message_bytes=message_bytes,
         peers=config.peers,
         max_batch=config.max_batch,
-        credentials=credentials,
+        credentials=Credentials(config.swarm_key, identity) if config.swarm_key else None,
         max_sessions_per_peer=config.max_sessions_per_peer,
         max_calls_per_s=config.max_calls_per_s,
     )
-    servicer = NodeServicer(span, SessionTable(limits), settings)
-    servicer.steps_per_s = speed
-    metrics = NodeMetrics(servicer.table) if config.metrics_port is not None else None
+
+
+async def _grpc_server(stack: contextlib.AsyncExitStack, config: NodeConfig, servicer: NodeServicer,
+                       metrics: NodeMetrics | None, message_bytes: int) -> tuple[grpc.aio.Server, int]:  # fmt: skip
+    """The node's gRPC server, started, listening on a port of its own (never shared: NO_PORT_SHARING)."""
     # metrics outermost, so that requests refused as undecodable are counted too
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.interceptor] if metrics is not None else []
     interceptors.append(UndecodableRequests())
     # GetPackageMeta sends the manifest and tokenizer.json (3.5 MB for a 49k vocabulary) in one message
-    meta_bytes = sum(package.path(n).stat().st_size for n in (MANIFEST_NAME, m.tokenizer.file)) + (64 << 10)
-    server = grpc.aio.server(options=channel_options(message_bytes, max(message_bytes, meta_bytes)),
+    package = servicer.span.package
+    meta_bytes = sum(package.path(n).stat().st_size for n in (MANIFEST_NAME, package.manifest.tokenizer.file))
+    send_bytes = max(message_bytes, meta_bytes + (64 << 10))
+    server = grpc.aio.server(options=[*channel_options(message_bytes, send_bytes), NO_PORT_SHARING],
                              interceptors=interceptors)  # fmt: skip
+    stack.push_async_callback(server.stop, 1.0)
     pb_grpc.add_SwarmNodeServicer_to_server(servicer, server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
-    await server.start()
-    servicer.prefill_tokens_per_s = prefill_speed
-    node = RunningNode(server, servicer, port, config, speed=speed, prefill_speed=prefill_speed, metrics=metrics)
-    log.info("node %s serving layers [%d, %d) of %s on port %d", node.node_id, start, end, m.name, port)
-    steps("started", len(span.blocks) + 1, 0)
     try:
-        if metrics is not None and config.metrics_port is not None:
-            node.metrics_port = await metrics.serve_http(config.host, config.metrics_port)
-        if config.mdns:
-            node.presence = await _announce(node)
-            servicer.known_peers = node.presence.known_addresses
-        yield node
-    finally:
-        if node.presence is not None:
-            await node.presence.leave()  # first, so nobody routes new sessions here
-        await drain(node, config.drain_timeout_s)
-        await server.stop(grace=1.0)
-        await servicer.close()
-        if metrics is not None:
-            await metrics.close()
-        if node.presence is not None:
-            await node.presence.close()
-        identity.release()
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+    except RuntimeError as exc:  # taken since check_ports looked, or an address gRPC cannot use
+        raise ListenError(f"cannot listen on {config.host}:{config.port} (in use, or not an address of this "
+                          "machine); choose another --port, or 0 for any free port") from exc  # fmt: skip
+    await server.start()
+    return server, port
+
+
+async def _leave(node: RunningNode) -> None:
+    if node.presence is not None:
+        await node.presence.leave()  # first, so nobody routes new sessions here
+    await drain(node, node.config.drain_timeout_s)
 
 
 def own_record(node: RunningNode, address: str) -> PeerRecord:
@@ -177,7 +205,7 @@ def own_record(node: RunningNode, address: str) -> PeerRecord:
     )
 
 
-async def _announce(node: RunningNode) -> Presence:
+async def _announce(stack: contextlib.AsyncExitStack, node: RunningNode) -> Presence:
     config = node.config
     specific = config.host not in ("0.0.0.0", "::", "")
     addresses = [config.host] if specific else list(config.mdns_interfaces)
@@ -190,6 +218,7 @@ async def _announce(node: RunningNode) -> Presence:
         interval_s=config.announce_interval_s,
         credentials=node.servicer.settings.credentials,
     )
+    stack.push_async_callback(presence.close)
     await presence.start()
     return presence
 

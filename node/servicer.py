@@ -191,12 +191,12 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
     async def Session(
         self, requests: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SessionReply]:
-        reader = aiter(requests)
         session: NodeSession | None = None
         downstream: Downstream | None = None
         origin: str | None = None  # the client this session counts against, once admitted
         try:
             caller, frames = await self.admission.handshake(context)
+            reader = aiter(requests)  # not before: gRPC's reader, made and never read, warns "never awaited"
             first = await self._next_request(reader, frames)
             if first is None:
                 return

@@ -33,6 +33,7 @@ from swarm.membership import Event, PeerGone, PeerRecord, PeerSeen
 SERVICE_TYPE = "_swarm-llm._tcp.local."
 MAX_NODE_ID = 63  # the longest DNS label: the node id is the service instance name
 RESOLVE_TIMEOUT_MS = 3000
+MAX_FOREIGN = 1024  # nodes of other swarms counted, at most
 log = logging.getLogger("swarm.discovery")
 
 
@@ -180,15 +181,23 @@ class Announcer:
 
 
 class MdnsBrowser:
-    """Turns mDNS announcements into membership events for `on_event`."""
+    """Turns mDNS announcements into membership events for `on_event`; `on_foreign` hears of
+    each announcement ignored as not of our swarm (signed for another key, or not signed)."""
 
     def __init__(self, zeroconf: AsyncZeroconf, on_event: Callable[[Event], None],
-                 clock: Callable[[], float] = time.monotonic,
-                 credentials: Credentials | None = None) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, credentials: Credentials | None = None,
+                 on_foreign: Callable[[], None] = lambda: None) -> None:  # fmt: skip
         self._zeroconf, self._on_event, self._clock = zeroconf, on_event, clock
         self._credentials = credentials
+        self._on_foreign = on_foreign
         self._browser: AsyncServiceBrowser | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._foreign: set[str] = set()  # names of the nodes of other swarms heard (bounded)
+
+    @property
+    def foreign(self) -> int:
+        """How many nodes not of our swarm were heard announcing."""
+        return len(self._foreign)
 
     async def start(self) -> None:
         self._browser = AsyncServiceBrowser(self._zeroconf.zeroconf, [SERVICE_TYPE], handlers=[self._changed])
@@ -214,6 +223,9 @@ class MdnsBrowser:
             return
         if not txt_is_ours(text_properties(info.properties), info.port, self._credentials):
             log.debug("ignoring announcement %s: not signed for this swarm", name)
+            if len(self._foreign) < MAX_FOREIGN:
+                self._foreign.add(name)
+            self._on_foreign()
             return
         self._on_event(PeerSeen(record, self._clock()))
 

@@ -33,9 +33,9 @@ CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 @dataclass(frozen=True)
 class PeerStatus:
-    """One node as the status command last saw it."""
+    """One node as the status command last saw it: one per node id, however many addresses reach it."""
 
-    address: str
+    address: str  # where it answered (the first of `addresses`), or the address that never answered
     state: str  # UP, UNREACHABLE, or OTHER_MODEL (it serves another model than the one shown)
     # when UNREACHABLE, the fields below are what it told us last time ("" and 0 if it never answered)
     node_id: str = ""
@@ -49,8 +49,9 @@ class PeerStatus:
     sessions: int = 0  # live sessions now
     max_sessions: int = 0
     rtt_ms: float = 0.0  # round trip of its Info call
-    last_seen: float | None = None  # wall-clock time (s) of its latest answer; None = never answered
+    last_seen: float | None = None  # wall-clock time (s) of its latest answer; None = not to this command
     error: str = ""  # why it did not answer, when it did not
+    addresses: tuple[str, ...] = ()  # every address it answered at (a node may be reachable at several)
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,14 @@ def coverage(peers: Sequence[PeerStatus], num_layers: int) -> tuple[CoverageRun,
 
 
 class StatusProbe:
-    """Takes snapshots of one swarm; remembers every peer it met, what it served and when it last
-    answered, so a node that went away stays listed (as unreachable) while `--watch` runs."""
+    """Takes snapshots of one swarm; remembers every node it met (by node id), what it served, at
+    which addresses and when it last answered, so a node that went away stays listed (as
+    unreachable, with its last span and "last seen") while `--watch` runs."""
 
     def __init__(self, swarm: AsyncSwarm) -> None:
         self.swarm = swarm
-        self._seen: dict[str, PeerStatus] = {}  # address -> its latest answer
+        self._seen: dict[str, PeerStatus] = {}  # node id -> its latest answer
+        self._node_at: dict[str, str] = {}  # address -> the node id that answered there last
 
     async def snapshot(self) -> StatusSnapshot:
         problem = ""
@@ -122,12 +125,13 @@ class StatusProbe:
             problem = str(exc)
         # every address the client learned (given, discovered, gossiped) and every one met before
         known = getattr(self.swarm, "_known", [])
-        addresses = list(dict.fromkeys([*self.swarm.config.peers, *known, *self._seen]))
+        addresses = list(dict.fromkeys([*self.swarm.config.peers, *known, *self._node_at]))
         answers = await asyncio.gather(*(self._info(a) for a in addresses))
         now = time.time()
         infos = {a: answer for a, answer in zip(addresses, answers, strict=True) if not isinstance(answer, str)}
+        errors = {a: answer for a, answer in zip(addresses, answers, strict=True) if isinstance(answer, str)}
         package_id = self.swarm.package_id or next((i.package_id for i, _ in infos.values()), "")
-        peers = [self._peer(a, answer, package_id, now) for a, answer in zip(addresses, answers, strict=True)]
+        peers = self._rows(infos, errors, package_id, now)
         peers.sort(key=lambda p: (p.state != UP, p.start, p.end, p.address))
         route, route_problem = self._route() if not problem else ((), problem)
         model, num_layers = self._model(package_id, infos)
@@ -148,11 +152,29 @@ class StatusProbe:
             return str(exc)
         return info, (time.perf_counter() - started) * 1000
 
-    def _peer(self, address: str, answer: tuple[pb.NodeInfo, float] | str, package_id: str, now: float) -> PeerStatus:
-        if isinstance(answer, str):  # what it served when it last answered, if it ever did
-            return replace(self._seen.get(address, PeerStatus(address, UNREACHABLE)), state=UNREACHABLE, error=answer)
-        info, rtt_ms = answer
-        self._seen[address] = PeerStatus(
+    def _rows(self, infos: dict[str, tuple[pb.NodeInfo, float]], errors: dict[str, str], package_id: str,
+              now: float) -> list[PeerStatus]:  # fmt: skip
+        """One row per node id: up when it answered at any of its addresses; else as it was last
+        seen. An address that never answered is a row of its own: whose it is, nobody said."""
+        rows: dict[str, PeerStatus] = {}
+        for address, (info, rtt_ms) in infos.items():
+            self._node_at[address] = info.node_id
+            row = rows.get(info.node_id)
+            if row is not None:  # the same node again, at another address
+                rows[info.node_id] = replace(row, addresses=(*row.addresses, address))
+                continue
+            rows[info.node_id] = self._seen[info.node_id] = self._answered(address, info, rtt_ms, package_id, now)
+        for address, error in errors.items():
+            node_id = self._node_at.get(address)
+            if node_id is None:
+                rows.setdefault(address, PeerStatus(address, UNREACHABLE, error=error))
+            elif node_id not in rows:  # none of its addresses answered: what it served when it last did
+                rows[node_id] = replace(self._seen[node_id], state=UNREACHABLE, error=error)
+        return list(rows.values())
+
+    @staticmethod
+    def _answered(address: str, info: pb.NodeInfo, rtt_ms: float, package_id: str, now: float) -> PeerStatus:
+        return PeerStatus(
             address=address,
             state=UP if info.package_id == package_id else OTHER_MODEL,
             node_id=info.node_id,
@@ -167,8 +189,8 @@ class StatusProbe:
             max_sessions=info.max_sessions,
             rtt_ms=rtt_ms,
             last_seen=now,
+            addresses=(address,),
         )
-        return self._seen[address]
 
     def _route(self) -> tuple[tuple[RouteHop, ...], str]:
         try:
@@ -217,12 +239,14 @@ def _table(snapshot: StatusSnapshot) -> list[str]:
 
 def _row(peer: PeerStatus, now: float) -> tuple[str, ...]:
     seen = _ago(peer.last_seen, now)
+    more = len(peer.addresses) - 1
+    address = peer.address + (f" (+{more})" if more > 0 else "")  # the others are in --json
     if peer.state == UNREACHABLE:
         layers = f"[{peer.start}, {peer.end})" if peer.end else "-"
-        return (peer.node_id or "?", peer.address, layers, "-", "-", "-", "-", "-", seen, peer.state)
+        return (peer.node_id or "?", address, layers, "-", "-", "-", "-", "-", seen, peer.state)
     return (
         peer.node_id,
-        peer.address,
+        address,
         f"[{peer.start}, {peer.end})",
         f"{peer.steps_per_s:.0f}",
         f"{peer.prefill_tokens_per_s:.0f}",
@@ -246,8 +270,8 @@ def _servers(node_ids: tuple[str, ...]) -> str:
 
 
 def _ago(when: float | None, now: float) -> str:
-    if when is None:
-        return "never"
+    if when is None:  # not to this command: a one-shot status cannot know when the swarm last saw it
+        return "-"
     seconds = max(now - when, 0.0)
     return "now" if seconds < 1 else f"{seconds:.0f}s ago"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -65,6 +66,12 @@ def smollm2_gguf() -> Path:
 def pytest_sessionstart(session: pytest.Session) -> None:
     if not STORIES.is_dir():
         raise pytest.UsageError(f"the test model is missing: {STORIES} (tests read ../shared/models)")
+    # A run started as a background job of a non-interactive shell (`pytest ... &` in a script)
+    # inherits SIGINT ignored, and so does every process it starts: `swarm-client status --watch`,
+    # which tests stop with SIGINT as a user stops it with Ctrl-C, would then never stop. With a
+    # handler here, exec gives those processes the default action again.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def golden_checkpoint(name: str) -> Path:

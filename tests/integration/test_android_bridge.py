@@ -24,10 +24,14 @@ import pytest
 
 import android_bridge.lifecycle
 import node.block_store as block_store
+import node.rebalance
 import node.server
 import node.servicer
 from android_bridge import CallbackProvider, DeviceState, Network, NodeHost
+from node.rebalance import Rebalancer
 from swarm import Swarm
+from swarm.assignment import Move, MoveAdvice
+from swarm.errors import PeerUnavailable
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.keys import SwarmKey
 from swarm.package import ModelPackage
@@ -203,6 +207,70 @@ def test_thermal_throttling_lowers_capacity_and_a_peer_takes_over_its_layers(
     stats = GenerationStats()
     assert greedy([front.address, helper_address, phone_address], stats) == STORIES_REFERENCE_IDS
     assert stats.route == [f"{front.address}:0-3", f"{helper_address}:3-5"]  # around the hot phone
+
+
+class ScriptedLooks:
+    """Stands in for the rule (`Rebalancer._check`): each look at the swarm answers from a script,
+    then never again; records which looks were taken (patience 1 = the second look) and the random waits."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, answers: list[Move | None]) -> None:
+        self.answers, self.looks, self.waits = iter(answers), [], []  # type: ignore[var-annotated]
+        monkeypatch.setattr(Rebalancer, "_check", self.look)
+        monkeypatch.setattr(node.rebalance.random, "uniform", self.wait)
+
+    def look(self, node: object, advice: MoveAdvice, patience: int) -> tuple[MoveAdvice, Move | None]:
+        self.looks.append("second" if patience == 1 else "first")
+        return advice, next(self.answers, None)
+
+    def wait(self, low: float, high: float) -> float:
+        self.waits.append((low, high))
+        return 0.05
+
+
+def moving_host(hosts: list[NodeHost], stories_package: ModelPackage,
+                tmp_path: Path) -> tuple[NodeHost, list[dict[str, Any]]]:  # fmt: skip
+    """A host serving [0, 3) from a local package, checking for moves every 0.1 s; and its events."""
+    events: list[dict[str, Any]] = []
+    host = NodeHost(CallbackProvider(PLUGGED_IN), listener=lambda text: events.append(json.loads(text)))
+    hosts.append(host)
+    host.start(host_config(tmp_path / "phone", model_path=str(stories_package.root), span=[0, 3], mdns=False,
+                           rebalance=True, rebalance_interval_s=0.1))  # fmt: skip
+    return host, events
+
+
+def test_the_host_moves_as_every_node_does_after_a_random_wait_and_a_second_look(
+    stories_package: ModelPackage, hosts: list[NodeHost], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bottleneck = Move((3, 5), "layers [3, 5) are the swarm's bottleneck")
+    # the first time the second look disagrees (another replica moved first): no move; the next time it agrees
+    script = ScriptedLooks(monkeypatch, [bottleneck, None, bottleneck, bottleneck])
+    host, events = moving_host(hosts, stories_package, tmp_path)
+    address = host.events.wait_for("joined", 30)["address"]
+    assert host.events.wait_for("moving", 15)["reason"] == bottleneck.reason
+    assert host.events.wait_for("joined", 30)["address"] == address  # same port
+    assert host.events.wait_for("serving", 5)["start"] == 3
+    assert script.looks[:4] == ["first", "second", "first", "second"]
+    assert script.waits[:2] == [(0, 0.1), (0, 0.1)]  # a random part of one interval, before each second look
+    assert [e["event"] for e in events].count("moving") == 1
+    assert status(host)["span"] == [3, 5]
+
+
+def test_a_host_move_whose_blocks_cannot_be_fetched_serves_the_old_layers_again(
+    stories_package: ModelPackage, hosts: list[NodeHost], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_peer_has_them(config: object, **options: object) -> object:
+        raise PeerUnavailable("could not fetch block_003.onnx: no peer has it")
+
+    ScriptedLooks(monkeypatch, [Move((3, 5), "a test asked for it"), Move((3, 5), "a test asked for it")])
+    monkeypatch.setattr(node.rebalance, "missing_files", lambda package, start, end: ["block_003.onnx"])
+    monkeypatch.setattr(android_bridge.lifecycle, "prepare", no_peer_has_them)
+    host, events = moving_host(hosts, stories_package, tmp_path)
+    address = host.events.wait_for("joined", 30)["address"]
+    assert host.events.wait_for("moving", 15)["start"] == 3
+    assert host.events.wait_for("joined", 30)["address"] == address  # same port
+    assert host.events.wait_for("serving", 5)["start"] == 0  # the old layers, not an error
+    assert status(host)["phase"] == "serving" and status(host)["span"] == [0, 3]
+    assert "error" not in [e["event"] for e in events]
 
 
 # ---------------------------------------------------------------- a phone-class process

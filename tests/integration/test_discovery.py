@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,16 +18,20 @@ from pathlib import Path
 import grpc
 import pytest
 
+import node.block_store
 from node.block_store import StoreError
 from node.config import NodeConfig
 from node.join import prepare
+from node.presence import Presence
+from node.server import RunningNode
 from swarm import Swarm
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.discovery import SERVICE_TYPE
 from swarm.errors import CapacityExceeded, NoRouteError
 from swarm.generation import GenerationRequest
-from swarm.package import ModelPackage
+from swarm.keys import SwarmKey
+from swarm.package import ModelPackage, sha256_file
 from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_metadata
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
 from tests.mdns_probe import browse
@@ -76,6 +84,36 @@ def start_node(*args: str) -> subprocess.Popen[str]:
     return proc
 
 
+def test_a_node_with_a_foreign_key_says_so_within_one_announce_interval(
+    cluster: LocalCluster, stories_package: ModelPackage, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    interval = MDNS["announce_interval_s"]
+    caplog.set_level(logging.WARNING, logger="swarm.node")
+    first_heard: dict[int, float] = {}  # presence -> when it first heard another swarm
+    hear = Presence._heard_foreign
+
+    def heard(self: Presence) -> None:
+        first_heard.setdefault(id(self), time.time())
+        hear(self)
+
+    monkeypatch.setattr(Presence, "_heard_foreign", heard)
+
+    def alone_warnings(node: RunningNode) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "node", None) == node.node_id]
+
+    cluster.start(stories_package.root, (0, 2), **MDNS)  # the test swarm
+    stranger = cluster.start(stories_package.root, (2, 5), **{**MDNS, "swarm_key": SwarmKey.generate()})
+    assert wait_until(lambda: alone_warnings(stranger), 5)
+    [warning] = alone_warnings(stranger)
+    assert re.fullmatch(r"no node of this swarm seen; \d+ announcements from other swarms were ignored — "
+                        r"is the swarm key right\?", warning.getMessage())  # fmt: skip
+    assert warning.created - first_heard[id(stranger.presence)] <= interval + 0.1
+    member = cluster.start(stories_package.root, (2, 5), **MDNS)  # hears the stranger, and its own swarm too
+    time.sleep(3 * interval)
+    assert alone_warnings(member) == [] and len(alone_warnings(stranger)) == 1  # and said only once
+
+
 def test_a_crashed_node_expires(cluster: LocalCluster, stories_package: ModelPackage) -> None:
     a = cluster.start(stories_package.root, (0, 2), **MDNS)
     assert a.presence is not None
@@ -126,6 +164,29 @@ def test_join_with_no_model_fetches_blocks_and_serves(cluster: LocalCluster, sto
     cluster.start(prepared.model, prepared.span, **MDNS)
     with Swarm(peers=[seed.address]) as swarm:
         assert greedy(swarm) == STORIES_REFERENCE_IDS
+
+
+def test_joining_hashes_block_files_off_the_event_loop(
+    cluster: LocalCluster, stories_package: ModelPackage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed = cluster.start(stories_package.root, (0, 2), **MDNS)
+    held = tmp_path / "blocks" / stories_package.package_id  # one block already here: checked, not fetched
+    held.mkdir(parents=True)
+    shutil.copy(stories_package.path("block_003.onnx"), held)
+    hashed: list[tuple[str, str]] = []
+
+    def recording_sha256(path: Path) -> str:
+        hashed.append((path.name, threading.current_thread().name))
+        return sha256_file(path)
+
+    monkeypatch.setattr(node.block_store, "sha256_file", recording_sha256)
+    config = NodeConfig(model=None, host="127.0.0.1", peers=(seed.address,), mdns=False, span=(2, 5),
+                        cache_dir=tmp_path / "blocks", swarm_key=TEST_SWARM_KEY)  # fmt: skip
+    prepared = cluster.loop.run(prepare(config, quiet=True))
+    assert prepared.span == (2, 5)
+    assert {name for name, _ in hashed} == {"block_003.onnx", "block_002.onnx.part", "block_004.onnx.part",
+                                             "head.onnx.part"}  # fmt: skip
+    assert "test-nodes" not in {thread for _, thread in hashed}  # the loop's thread never hashes
 
 
 def test_fetch_serves_only_package_files(cluster: LocalCluster, stories_package: ModelPackage) -> None:

@@ -15,10 +15,12 @@ from node.server import RunningNode
 from swarm import Swarm
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
-from swarm.generation import GenerationRequest
+from swarm.client import AsyncSwarm
+from swarm.generation import GenerationRequest, GenerationStats
 from swarm.package import ModelPackage
 from tests.cluster import LocalCluster
 from tests.conftest import STORIES_PROMPT_IDS
+from tests.waiting import wait_until
 
 TOKENS = 8
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -64,6 +66,34 @@ def test_metrics_count_the_tokens_of_a_generation(cluster: LocalCluster, stories
         assert value(samples, "swarm_node_memory_used_bytes") > 0
     # the first node pushed hidden states to the second: far more bytes than the tokens coming back
     assert value(scrape(nodes[1]), "swarm_node_received_bytes_total", method="Session") > 100 * TOKENS
+
+
+def test_step_time_is_the_time_per_token_when_the_first_node_loops_tokens_itself(
+    cluster: LocalCluster, stories_package: ModelPackage
+) -> None:
+    # the first node feeds each sampled token back in itself (Step.follow): one request, many replies
+    nodes = cluster.start_chain(stories_package.root, [(0, 2), (2, 5)], metrics_port=0)
+    tokens = 60
+
+    async def timed_generation() -> list[float]:
+        swarm = await AsyncSwarm.connect(cluster.addresses, mdns=False)
+        try:
+            request = GenerationRequest(tuple(STORIES_PROMPT_IDS), tokens, stop_on_eos=False)
+            return [time.perf_counter() async for _ in swarm.text.generate_ids(request, GenerationStats())]
+        finally:
+            await swarm.close()
+
+    arrivals = asyncio.run(timed_generation())
+    assert len(arrivals) == tokens
+    tpot = (arrivals[-1] - arrivals[0]) / (tokens - 1)  # as the client measures it
+    assert wait_until(lambda: all(session_ended(scrape(n)) for n in nodes), 5)
+    first = scrape(nodes[0])
+    assert value(first, "swarm_node_step_seconds_count") == tokens
+    step = value(first, "swarm_node_step_seconds_sum") / tokens
+    # time since the prompt (what was measured before) averages ~tokens/2 x TPOT here
+    assert tpot / 2 <= step <= 2 * tpot, f"metric says {step * 1000:.2f} ms per step, the client saw {tpot * 1000:.2f}"
+    last = scrape(nodes[1])  # the last node's step is its own compute: a part of the first node's
+    assert 0 < value(last, "swarm_node_step_seconds_sum") / tokens <= 2 * tpot
 
 
 def test_metrics_count_errors_by_kind(cluster: LocalCluster, stories_package: ModelPackage) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import time
+import warnings
 from typing import Any
 
 import grpc
@@ -248,3 +250,27 @@ def test_huge_message_is_refused(cluster: LocalCluster, stories_package: ModelPa
     with Swarm(peers=cluster.addresses) as swarm:
         ids = list(swarm.generate_ids(GenerationRequest(tuple(STORIES_PROMPT_IDS), 10)))
     assert ids == STORIES_REFERENCE_IDS[:10]
+
+
+def test_a_refused_session_leaves_no_coroutine_never_awaited(cluster: LocalCluster,
+                                                             stories_package: ModelPackage) -> None:  # fmt: skip
+    # refused before its first message is read (no credential): gRPC's request reader, had the
+    # node made it, would be collected unawaited ("coroutine ... was never awaited")
+    node = cluster.start(stories_package.root)
+
+    async def refused() -> list[str]:
+        codes = []
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            for _ in range(5):
+                call = pb_grpc.SwarmNodeStub(channel).Session()
+                await call.done_writing()
+                codes.append((await call.code()).name)
+        return codes
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert asyncio.run(refused()) == ["UNAUTHENTICATED"] * 5
+        assert wait_until(lambda: node.sessions.sessions == {})
+        cluster.loop.run(asyncio.sleep(0.1))  # the node's side of each call is released on its loop
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []

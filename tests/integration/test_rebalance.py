@@ -20,7 +20,7 @@ import node.server
 from node.config import NodeConfig
 from node.rebalance import Rebalancer, RebalanceSettings, serve_and_rebalance
 from node.server import RunningNode
-from swarm.assignment import Move
+from swarm.assignment import Move, MoveAdvice
 from swarm.client import AsyncSwarm
 from swarm.errors import PeerUnavailable
 from swarm.generation import GenerationRequest, GenerationStats
@@ -101,6 +101,32 @@ def test_a_node_moves_to_the_bottleneck_and_finishes_its_session_first(
     assert route == [f"{front.address}:0-3", f"{moved.address}:3-5"]  # around the slow node
     cluster.loop.call_soon(stop.set)
     mover_task.result(timeout=30)
+
+
+def test_a_move_is_made_only_after_a_random_wait_and_a_second_look(monkeypatch: pytest.MonkeyPatch) -> None:
+    bottleneck = Move((3, 5), "layers [3, 5) are the swarm's bottleneck")
+    # first looks come as a streak (patience 3), second looks alone (patience 1); the first time
+    # the second look disagrees, as when another replica was seen leaving the same layers first
+    answers = iter([bottleneck, None, bottleneck, bottleneck])
+    looks: list[int] = []
+    waits: list[tuple[float, float]] = []
+
+    def look(self: Rebalancer, node: object, advice: MoveAdvice, patience: int) -> tuple[MoveAdvice, Move | None]:
+        looks.append(patience)
+        return advice, next(answers)
+
+    def wait(low: float, high: float) -> float:
+        waits.append((low, high))
+        return 0.01
+
+    monkeypatch.setattr(Rebalancer, "_check", look)
+    monkeypatch.setattr(node.rebalance.random, "uniform", wait)
+
+    async def decide() -> Move | None:
+        return await Rebalancer(RebalanceSettings(interval_s=0.05)).wait_for_move(None, asyncio.Event())  # type: ignore[arg-type]
+
+    assert asyncio.run(decide()) == bottleneck
+    assert looks == [3, 1, 3, 1] and waits == [(0, 0.05), (0, 0.05)]
 
 
 def test_a_move_whose_blocks_cannot_be_fetched_serves_the_old_layers_again(

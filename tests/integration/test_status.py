@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import queue
+import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from typing import IO
 
 import pytest
 
 from swarm.cli import main
 from swarm.client import AsyncSwarm, ClientConfig
 from swarm.package import ModelPackage
-from swarm.status import UNREACHABLE, UP, StatusProbe, run_status
+from swarm.status import UNREACHABLE, UP, StatusProbe, StatusSnapshot, render, run_status
 from tests.cluster import TEST_SWARM_KEY, LocalCluster
+from tests.conftest import REPO
 
 SPANS = [(0, 2), (2, 4), (4, 5)]
 
@@ -57,6 +66,67 @@ def test_status_lists_peers_coverage_and_route_then_the_gap(cluster: LocalCluste
     data = json.loads(out)
     assert code == 1 and not data["complete"] and data["gaps"] == [[2, 4]] and data["route"] == []
     assert {p["address"]: p["state"] for p in data["peers"]}[nodes[1].address] == UNREACHABLE
+
+
+@contextlib.contextmanager
+def second_address(cluster: LocalCluster, target: str) -> Iterator[str]:
+    """Another address for the node at `target` (a TCP forwarder on 127.0.0.1), as a node on two
+    interfaces has: two addresses, one node id."""
+    host, port = target.rsplit(":", 1)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            writer.close()  # the node is gone: so is this address
+            return
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    server = cluster.loop.run(asyncio.start_server(forward, "127.0.0.1", 0))  # type: ignore[arg-type]
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def test_a_node_reachable_at_two_addresses_is_one_row(cluster: LocalCluster, stories_package: ModelPackage,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    first, second = cluster.start_chain(stories_package.root, [(0, 2), (2, 5)])
+    with second_address(cluster, second.address) as alias:
+        code, out = status(capsys, [first.address, second.address, alias], "--json")
+        data = json.loads(out)
+        assert code == 0 and [p["node_id"] for p in data["peers"]] == [first.node_id, second.node_id]
+        assert data["peers"][1]["addresses"] == [second.address, alias]
+        assert [r["node_ids"] for r in data["coverage"]] == [[first.node_id], [second.node_id]]  # no replica of itself
+        code, out = status(capsys, [first.address, second.address, alias])
+        assert "2 of 2 peers up" in out and f"{second.address} (+1)" in out
+
+        config = ClientConfig(peers=(first.address, second.address, alias), swarm_key=TEST_SWARM_KEY,
+                              connect_timeout_s=1.0)  # fmt: skip
+
+        async def watch_it_die() -> StatusSnapshot:
+            swarm = AsyncSwarm(config)
+            try:
+                probe = StatusProbe(swarm)
+                await probe.snapshot()
+                await asyncio.to_thread(cluster.stop_node, second)  # killed: neither address answers now
+                return await probe.snapshot()
+            finally:
+                await swarm.close()
+
+        after = asyncio.run(watch_it_die())
+    assert [(p.node_id, p.state) for p in after.peers] == [(first.node_id, UP), (second.node_id, UNREACHABLE)]
+    gone = after.peers[1]
+    assert (gone.start, gone.end) == (2, 5) and gone.last_seen is not None and gone.error  # as it was last seen
+    row = next(line for line in render(after).splitlines() if line.startswith(second.node_id))
+    assert re.search(r"(now|\d+s ago)\s+unreachable$", row), row  # LAST SEEN: when it last answered, not "never"
 
 
 @pytest.fixture
@@ -104,3 +174,49 @@ def test_watch_remembers_when_a_stopped_node_was_last_seen(cluster: LocalCluster
     lines, problem = asyncio.run(watch())
     assert len(lines) >= 2 and all(json.loads(line)["complete"] for line in lines)  # one JSON object per refresh
     assert "layers [4, 5)" in problem
+
+
+class Lines:
+    """The lines a process prints, read on a thread, so a test can wait for one with a deadline."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self.queue.put(line) for line in stream], daemon=True).start()
+
+    def wait_for(self, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(queue.Empty):
+                if text in self.queue.get(timeout=left):
+                    return
+        raise AssertionError(f"no line with {text!r} within {timeout_s}s")
+
+
+@pytest.mark.parametrize("moment", ["during the first probe", "between refreshes", "during a later probe"])
+def test_ctrl_c_ends_watch_at_once(moment: str, cluster: LocalCluster, stories_package: ModelPackage) -> None:
+    assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # or no child of this run would heed it (conftest)
+    cluster.start(stories_package.root)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # a stalled host: every probe waits on it
+        silent.settimeout(30)
+        watch = {"during the first probe": "30", "between refreshes": "30", "during a later probe": "0.1"}[moment]
+        proc = subprocess.Popen([sys.executable, "-m", "swarm.cli", "status", "--peer", cluster.addresses[0], "--peer",
+                                 f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", "1", "--watch", watch],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            out = Lines(proc.stdout)
+            if moment == "during the first probe":
+                connection, _ = silent.accept()  # the probe is under way: it is calling the silent host
+                connection.close()
+            else:
+                out.wait_for("route:", 30)  # the first table is out; the watch sleeps, or probes again at once
+                time.sleep(0.5 if moment == "during a later probe" else 0.2)
+            proc.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            code = proc.wait(timeout=10)
+            assert time.monotonic() - started < 3, f"took {time.monotonic() - started:.1f}s after SIGINT"
+            assert proc.stderr is not None
+            assert code == 0 and "Traceback" not in proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.wait()

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import node.block_store as block_store
 from export.exporter import ExportOptions, export_checkpoint
 from node.block_store import BlockStore, FileRef, Source
 from swarm.errors import InvalidPackage, PeerUnavailable
-from swarm.package import ModelPackage
+from swarm.package import ModelPackage, sha256_file
 from tests.conftest import golden_checkpoint
 
 GOLDEN = golden_checkpoint("llama_gqa_untied")
@@ -307,6 +308,28 @@ def test_fetch_downloads_a_file_and_renames_it_into_place(
     assert peers.calls == [("p1:1", saved.package_id, block.file, 0)]
     assert peers.progress == [(block.file, block.bytes, block.bytes)]
     assert store.missing(saved, [block]) == []
+
+
+def test_fetch_hashes_the_file_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch, store: BlockStore, saved: ModelPackage, exported: Exported, block: FileRef
+) -> None:
+    hashed_on: list[threading.Thread] = []
+
+    def recording_sha256(path: Path) -> str:
+        hashed_on.append(threading.current_thread())
+        return sha256_file(path)
+
+    monkeypatch.setattr(block_store, "sha256_file", recording_sha256)
+    peers = FakePeers({"p1:1": exported.data(block)})
+    monkeypatch.setattr(block_store, "_download", peers.download)
+
+    async def fetch_on_a_loop() -> threading.Thread:
+        await store.fetch(saved, block, ["p1:1"], peers.record)
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(fetch_on_a_loop())
+    assert saved.path(block.file).read_bytes() == exported.data(block)
+    assert hashed_on and loop_thread not in hashed_on  # a large block would have stalled every stream
 
 
 def test_fetch_resumes_a_partial_download(

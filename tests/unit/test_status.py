@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from swarm.status import UNREACHABLE, UP, CoverageRun, PeerStatus, RouteHop, StatusSnapshot, coverage, render
 
@@ -47,3 +48,15 @@ def test_render_a_complete_swarm() -> None:
     assert "route: 10.0.0.0:7000 layers [0, 2) -> 10.0.0.2:7000 layers [2, 4)" in text
     assert "1.0 GiB" in text and "1/8" in text and "now" in text
     assert snapshot.to_dict()["complete"] is True
+
+
+def test_a_node_at_two_addresses_is_one_row_and_an_address_that_never_answered_has_no_last_seen() -> None:
+    both = replace(peer("a", 0, 2), addresses=("10.0.0.0:7000", "192.0.2.2:7000"))
+    never = PeerStatus("10.0.0.9:7000", UNREACHABLE, error="connection refused")
+    peers = (both, peer("b", 2, 4), never)
+    text = render(StatusSnapshot(NOW, "tiny", "ab" * 32, 4, peers, coverage(peers, 4), ()))
+    assert "2 of 3 peers up" in text and "layers [0, 2): a\n" in text + "\n"  # not its own replica
+    row = next(line for line in text.splitlines() if line.startswith("a "))
+    assert "10.0.0.0:7000 (+1)" in row
+    row = next(line for line in text.splitlines() if "10.0.0.9" in line)
+    assert row.split() == ["?", "10.0.0.9:7000", *["-"] * 7, "unreachable"]  # LAST SEEN too: not "never"
