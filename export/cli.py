@@ -7,6 +7,7 @@ import sys
 
 from export.errors import ExportError
 from export.exporter import DEFAULT_MAX_CONTEXT, ExportOptions, export_checkpoint
+from swarm.console import add_version_flag
 from swarm.errors import SwarmError
 from swarm.progress import ProgressLine
 
@@ -17,6 +18,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Export a Hugging Face causal-LM checkpoint (config.json, *.safetensors, tokenizer.json) "
         "into a swarm model package: one ONNX file per block of layers plus embedding and head.",
     )
+    add_version_flag(p)
     p.add_argument("src", help="checkpoint folder")
     p.add_argument("out", help="package folder to create")
     p.add_argument("--layers-per-block", type=int, default=1, help="decoder layers per ONNX block (default 1)")

@@ -25,7 +25,7 @@ from swarm.membership import PeerRecord
 from swarm.package import load_package
 from swarm.progress import Progress
 from swarm.runtime import RuntimeOptions
-from swarm.transport import channel_options
+from swarm.transport import server_options
 
 log = logging.getLogger("swarm.node")
 
@@ -124,7 +124,7 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
     servicer.steps_per_s = speed
     metrics = NodeMetrics(servicer.table) if config.metrics_port is not None else None
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.interceptor] if metrics is not None else []
-    server = grpc.aio.server(options=channel_options(message_bytes), interceptors=interceptors)
+    server = grpc.aio.server(options=server_options(message_bytes), interceptors=interceptors)
     pb_grpc.add_SwarmNodeServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()

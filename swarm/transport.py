@@ -4,6 +4,7 @@ calls that carry the swarm credential (see swarm/auth.py) when the swarm has a k
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -25,17 +26,53 @@ FAILED_NODE_KEY = "swarm-failed-node"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class Keepalive:
+    """The ping policy of both ends: clients ping no more often than servers accept.
+
+    A gRPC server answers pings that come more often than it allows (by default one per 5 minutes
+    on an idle connection) with strikes, then GOAWAY "too_many_pings" (ENHANCE_YOUR_CALM), which
+    drops the connection and makes the C core log over a user's terminal."""
+
+    time_s: float = 20.0  # idle time before a ping: notice a vanished peer on an idle stream
+    timeout_s: float = 10.0  # a ping unanswered this long means the connection is dead
+
+    @property
+    def accepted_interval_ms(self) -> int:
+        """What a server accepts: half the clients' interval, so timer jitter is never a strike."""
+        return int(self.time_s * 500)
+
+
+KEEPALIVE = Keepalive()
+
+
+def _message_limits(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
+
+
+def _pings(keepalive: Keepalive) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 20_000),  # notice a vanished peer on an idle stream
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", int(keepalive.time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive.timeout_s * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
-        # as a server: accept the keepalive pings peers send (the default of one per 5 min would
-        # answer them with GOAWAY "too_many_pings" and drop the connection)
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                    keepalive: Keepalive = KEEPALIVE) -> list[tuple[str, int]]:  # fmt: skip
+    """Options of a channel to a node (clients, and nodes calling their next hop)."""
+    return _message_limits(max_message_bytes) + _pings(keepalive)
+
+
+def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                   keepalive: Keepalive = KEEPALIVE) -> list[tuple[str, int]]:  # fmt: skip
+    """Options of a node's server: it pings its callers as they ping it, and accepts their pings,
+    with or without a call in flight (`keepalive_permit_without_calls` is what a server checks too)."""
+    return [
+        *_message_limits(max_message_bytes),
+        *_pings(keepalive),
+        ("grpc.http2.min_ping_interval_without_data_ms", keepalive.accepted_interval_ms),
     ]
 
 
