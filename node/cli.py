@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             return _init(args)
         asyncio.run(run(config_from_args(args), _rebalance(args)))
     except SwarmError as exc:
-        print(f"swarm-node: error: {exc}", file=sys.stderr)
+        print(f"swarm-node: error: {exc.for_cli}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"swarm-node: error: {exc}", file=sys.stderr)

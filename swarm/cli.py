@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args, out)
     except SwarmError as exc:
-        print(f"swarm-client: error: {exc}", file=sys.stderr)
+        print(f"swarm-client: error: {exc.for_cli}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nswarm-client: interrupted", file=sys.stderr)

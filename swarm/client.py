@@ -182,7 +182,8 @@ class AsyncSwarm:
 
         `rediscover=False` skips the mDNS wait and asks the peers already known (and theirs)."""
         if not self.config.peers and not self.config.mdns:
-            raise NoRouteError("no peers given and mDNS discovery is off; pass peers=['host:port', ...]")
+            nothing = "no peers given and mDNS discovery is off"
+            raise NoRouteError(f"{nothing}; pass peers=['host:port', ...]", cli=f"{nothing}; give --peer HOST:PORT")
         found = await discover(self.config, self.credentials) if rediscover and not self.config.peers else []
         addresses = list(dict.fromkeys([*self.config.peers, *self._known, *found]))
         addresses = await self._known_addresses(addresses)
@@ -193,10 +194,9 @@ class AsyncSwarm:
         latency = {a: answer[1] for a, answer in zip(addresses, answers, strict=True) if answer is not None}
         if not live:
             if not addresses:
-                raise NoRouteError(
-                    f"found no swarm on the local network within {self.config.discovery_timeout_s:g}s; "
-                    "start nodes with `swarm-node join`, or pass peers=['host:port']"
-                )
+                none = (f"found no swarm on the local network within {self.config.discovery_timeout_s:g}s; "
+                        "start nodes with `swarm-node join`, or")  # fmt: skip
+                raise NoRouteError(f"{none} pass peers=['host:port']", cli=f"{none} give --peer HOST:PORT")
             if self._refused:  # they answered, but not to us
                 raise self._refused[0]
             raise PeerUnavailable(f"none of the peers answered: {', '.join(addresses)}")
@@ -218,7 +218,8 @@ class AsyncSwarm:
             if not ids:
                 raise NoRouteError(f"no peer serves model {wanted}")
         if len(ids) > 1:
-            raise NoRouteError(f"peers serve several models ({', '.join(i[:12] for i in ids)}); choose with model_id")
+            several = f"peers serve several models ({', '.join(i[:12] for i in ids)}); choose one with"
+            raise NoRouteError(f"{several} model_id='...'", cli=f"{several} --model-id ID")
         return ids[0]
 
     async def _load_model(self, package_id: str, address: str) -> None:
