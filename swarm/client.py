@@ -24,7 +24,7 @@ from swarm._loop import BackgroundLoop
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.auth import Credentials, check_manifest_signature
-from swarm.discovery import MdnsBrowser, open_zeroconf
+from swarm.discovery import MdnsBrowser, env_mdns_interfaces, open_zeroconf
 from swarm.errors import AuthenticationError, InvalidPackage, NoRouteError, PeerUnavailable, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.keys import Identity, SwarmKey, load_swarm_key
@@ -119,8 +119,10 @@ class AsyncSwarm:
         cls, peers: Sequence[str] = (), swarm_key: str | SwarmKey | None = None, **options: Any
     ) -> AsyncSwarm:
         """`swarm_key`: a join code, a key file or a SwarmKey; by default $SWARM_KEY or the key
-        file `swarm-node init` wrote, and an open swarm when there is neither."""
+        file `swarm-node init` wrote, and an open swarm when there is neither. mDNS looks on
+        `mdns_interfaces`, by default those in $SWARM_MDNS_INTERFACES, else every IPv4 interface."""
         key = swarm_key if isinstance(swarm_key, SwarmKey) else load_swarm_key(swarm_key)
+        options.setdefault("mdns_interfaces", env_mdns_interfaces())  # as the CLIs: else every IPv4 interface
         swarm = cls(ClientConfig(peers=tuple(peers), swarm_key=key, **options))
         try:
             await swarm.refresh()
