@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="no statistics on stderr")
     _add_model_flags(gen)
     _add_sampling_flags(gen, 128)
-    chat = sub.add_parser("chat", help="an interactive chat in the terminal (/stats, /reset, /quit)")
+    chat = sub.add_parser("chat", help="an interactive chat in the terminal (/stats, /reset, /quit; Ctrl-C "
+                                       "stops a reply, and at the prompt quits)")
     _add_model_flags(chat)
     _add_sampling_flags(chat, 256)
     demo = sub.add_parser("demo", help="start a local swarm of node processes on a model and chat with it")
