@@ -7,7 +7,7 @@ its source into a `DeviceState`; the policy only ever sees that value.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Protocol
 
 
@@ -35,7 +35,7 @@ class Thermal(IntEnum):
             raise ValueError(f"not a thermal status: {value!r} (0-6 or one of {names})") from None
 
 
-class Network(str, Enum):
+class Network(StrEnum):
     UNMETERED = "unmetered"  # Wi-Fi or Ethernet that costs nothing per byte
     METERED = "metered"  # cellular, a hotspot, or anything the OS marks metered
     NONE = "none"  # no network at all

@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from android_bridge.config import HostConfig
@@ -27,7 +27,7 @@ from swarm.errors import SwarmError
 PROGRESS_EVERY_S = 0.5  # at most one downloading event per file this often
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     IDLE = "idle"  # not started yet
     JOINING = "joining"  # finding the swarm, choosing a span, loading blocks
     PAUSED = "paused"  # a block download waits for the policy to allow it

@@ -11,7 +11,7 @@ Every decision carries the reasons behind it, in words, for the status.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from android_bridge.device import DeviceState, Network, Thermal
@@ -19,7 +19,7 @@ from android_bridge.device import DeviceState, Network, Thermal
 SETTLING = "conditions improved"  # starts the reason that says a relaxation waits
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     SERVE = "serve"  # full measured capacity
     THROTTLE = "throttle"  # serve, announcing a share of the measured speed
     LEAVE = "leave"  # drain the sessions, leave the swarm, stay out

@@ -35,7 +35,7 @@ from bench.report import replace_section  # noqa: E402
 from swarm._proto import swarm_pb2 as pb  # noqa: E402
 from swarm._proto import swarm_pb2_grpc as pb_grpc  # noqa: E402
 from swarm.tensors import to_wire  # noqa: E402
-from swarm.transport import channel_options  # noqa: E402
+from swarm.transport import channel_options, server_options  # noqa: E402
 
 HIDDEN = pb.SessionRequest(step=pb.Step(step=1, position=70, hidden=to_wire(np.ones((1, 1, 64), np.float32))))
 TOKEN = pb.SessionReply(result=pb.StepResult(step=1, token=432))
@@ -48,7 +48,7 @@ class Echo(pb_grpc.SwarmNodeServicer):
 
 
 async def serve_grpc(port: int) -> None:
-    server = grpc.aio.server(options=channel_options())
+    server = grpc.aio.server(options=server_options())
     pb_grpc.add_SwarmNodeServicer_to_server(Echo(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

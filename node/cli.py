@@ -8,11 +8,10 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node.config import NodeConfig, parse_bytes, parse_span
-from node.join import prepare
-from node.rebalance import RebalanceSettings, serve_and_rebalance
-from node.server import RunningNode, check_ports
+from swarm.console import add_version_flag, prepare_process
 from swarm.discovery import env_mdns_interfaces
 from swarm.errors import AuthenticationError, SwarmError
 from swarm.keys import (
@@ -28,11 +27,16 @@ from swarm.keys import (
 from swarm.logs import FORMATS, configure_logging
 from swarm.progress import ProgressLine
 
+if TYPE_CHECKING:  # gRPC loads with them: only once main() has set the process defaults
+    from node.rebalance import RebalanceSettings
+    from node.server import RunningNode
+
 log = logging.getLogger("swarm.node")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swarm-node", description="Run a swarm node on this device.")
+    add_version_flag(p)
     sub = p.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="create a new swarm: a swarm key, shown as a join code")
     init.add_argument("--key-file", type=Path, help=f"where to keep the key (default {config_dir() / KEY_FILE_NAME})")
@@ -123,6 +127,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
 
 def _rebalance(args: argparse.Namespace) -> RebalanceSettings | None:
     """A node moves unless its span was pinned with --blocks or moving was turned off."""
+    from node.rebalance import RebalanceSettings
+
     if args.blocks or args.no_rebalance or args.no_mdns:  # without mDNS it sees too little of the swarm
         return None
     return RebalanceSettings(interval_s=args.rebalance_interval)
@@ -160,6 +166,10 @@ def _serving(node: RunningNode) -> None:
 
 
 async def run(config: NodeConfig, rebalance: RebalanceSettings | None = None) -> None:
+    from node.join import prepare
+    from node.rebalance import serve_and_rebalance
+    from node.server import check_ports
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -172,6 +182,7 @@ async def run(config: NodeConfig, rebalance: RebalanceSettings | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_process()
     args = _parser().parse_args(argv)
     configure_logging(getattr(args, "verbose", 0), getattr(args, "log_format", "text"))
     try:
@@ -179,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             return _init(args)
         asyncio.run(run(config_from_args(args), _rebalance(args)))
     except SwarmError as exc:
-        print(f"swarm-node: error: {exc}", file=sys.stderr)
+        print(f"swarm-node: error: {exc.for_cli}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"swarm-node: error: {exc}", file=sys.stderr)

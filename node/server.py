@@ -27,7 +27,7 @@ from swarm.membership import PeerRecord
 from swarm.package import MANIFEST_NAME, load_package
 from swarm.progress import Progress
 from swarm.runtime import RuntimeOptions
-from swarm.transport import channel_options
+from swarm.transport import server_options
 
 log = logging.getLogger("swarm.node")
 
@@ -167,7 +167,7 @@ async def _grpc_server(stack: contextlib.AsyncExitStack, config: NodeConfig, ser
     package = servicer.span.package
     meta_bytes = sum(package.path(n).stat().st_size for n in (MANIFEST_NAME, package.manifest.tokenizer.file))
     send_bytes = max(message_bytes, meta_bytes + (64 << 10))
-    server = grpc.aio.server(options=[*channel_options(message_bytes, send_bytes), NO_PORT_SHARING],
+    server = grpc.aio.server(options=[*server_options(message_bytes, send_bytes), NO_PORT_SHARING],
                              interceptors=interceptors)  # fmt: skip
     stack.push_async_callback(server.stop, 1.0)
     pb_grpc.add_SwarmNodeServicer_to_server(servicer, server)

@@ -6,7 +6,11 @@ with Swarm(peers=["192.168.1.20:7001"]) as model:
     print(model.generate("Once upon a time", max_tokens=40))
 """
 
-from swarm.client import AsyncSwarm, ClientConfig, Swarm
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from swarm.errors import (
     AuthenticationError,
     CapacityExceeded,
@@ -18,7 +22,22 @@ from swarm.errors import (
     SwarmError,
 )
 from swarm.generation import GenerationStats
-from swarm.local import LocalModel
+
+if TYPE_CHECKING:
+    from swarm.client import AsyncSwarm, ClientConfig, Swarm
+    from swarm.local import LocalModel
+
+# Imported on first use, so `import swarm` (and every CLI, which imports it first) loads neither
+# gRPC nor onnxruntime: a CLI sets its process defaults before gRPC starts (swarm/console.py).
+_LAZY = {"AsyncSwarm": "swarm.client", "ClientConfig": "swarm.client", "Swarm": "swarm.client",
+         "LocalModel": "swarm.local"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'swarm' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
 
 __all__ = [
     "AsyncSwarm",

@@ -44,6 +44,8 @@ class BackgroundLoop:
         items: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
         ahead = 2
         room: asyncio.Semaphore | None = None
+        # set when the task has really ended, closing the async iterator (and a session) included
+        finished = threading.Event()
 
         async def pump() -> None:
             nonlocal room
@@ -63,7 +65,14 @@ class BackgroundLoop:
                     with contextlib.suppress(RuntimeError):  # already closed or closing: nothing to do
                         await aclose()
 
-        task = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        tasks: list[asyncio.Task[None]] = []
+
+        def start() -> None:
+            task = self._loop.create_task(pump())
+            task.add_done_callback(lambda _: finished.set())  # also when cancelled before it ran
+            tasks.append(task)
+
+        self._loop.call_soon_threadsafe(start)
         try:
             while True:
                 more, item = items.get()
@@ -75,10 +84,9 @@ class BackgroundLoop:
                 if room is not None:
                     self._loop.call_soon_threadsafe(room.release)
         finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    task.result(timeout=10)  # let the cancellation finish closing the iterator
+            if not finished.is_set():
+                self._loop.call_soon_threadsafe(lambda: tasks[0].cancel())  # after start(): in order
+                finished.wait(timeout=10)  # let the cancellation finish closing the iterator
 
     def close(self) -> None:
         if self._loop.is_closed():

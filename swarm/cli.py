@@ -14,8 +14,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from swarm.console import StreamedText, add_version_flag, configure_console_logging, prepare_process
 from swarm.errors import SwarmError
 from swarm.generation import GenerationStats
+from swarm.logs import configure_logging
 from swarm.textgen import SyncTextGenerator, TextGenerator
 
 
@@ -51,6 +53,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser, max_tokens: int) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swarm-client", description="Use a language model served by a swarm.")
+    add_version_flag(p)
     sub = p.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="complete a prompt and print the text")
     gen.add_argument("prompt", help="the text to continue, or the question to answer (see --raw)")
@@ -61,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="no statistics on stderr")
     _add_model_flags(gen)
     _add_sampling_flags(gen, 128)
-    chat = sub.add_parser("chat", help="an interactive chat in the terminal (/stats, /reset, /quit)")
+    chat = sub.add_parser("chat", help="an interactive chat in the terminal (/stats, /reset, /quit; Ctrl-C "
+                                       "stops a reply, and at the prompt quits)")
     _add_model_flags(chat)
     _add_sampling_flags(chat, 256)
     demo = sub.add_parser("demo", help="start a local swarm of node processes on a model and chat with it")
@@ -136,14 +140,14 @@ async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenera
         await swarm.close()
 
 
-def _write_stream(pieces: Iterator[str]) -> None:
+def _write_stream(pieces: Iterator[str], out: StreamedText) -> None:
     for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+        out.write(piece)
+        out.flush()
+    out.write("\n")
 
 
-def _generate(args: argparse.Namespace) -> int:
+def _generate(args: argparse.Namespace, out: StreamedText) -> int:
     model = open_model(args)
     try:
         stats = GenerationStats()
@@ -152,7 +156,7 @@ def _generate(args: argparse.Namespace) -> int:
             pieces = model.stream(args.prompt, args.max_tokens, **options)
         else:
             pieces = model.stream_chat([{"role": "user", "content": args.prompt}], args.max_tokens, **options)
-        _write_stream(pieces)
+        _write_stream(pieces, out)
         if not args.quiet:
             print(stats.summary(), file=sys.stderr)
     finally:
@@ -160,25 +164,25 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chat(args: argparse.Namespace) -> int:
+def _chat(args: argparse.Namespace, out: StreamedText) -> int:
     from swarm.chat import ChatSession
 
     model = open_model(args)
     try:
-        ChatSession(model, args.max_tokens, _sampling(args)).run(sys.stdin, sys.stdout)
+        ChatSession(model, args.max_tokens, _sampling(args)).run(sys.stdin, out)
     finally:
         model.close()
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, out: StreamedText) -> int:
     from swarm.demo import run_demo
 
-    run_demo(args.model, args.nodes, args.max_tokens, _sampling(args))
+    run_demo(args.model, args.nodes, args.max_tokens, _sampling(args), out)
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, out: StreamedText) -> int:
     try:
         from swarm.openai_server import RunningServer, serve
     except ImportError as exc:
@@ -208,7 +212,7 @@ def _add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each peer (default 2)")
 
 
-def _status(args: argparse.Namespace) -> int:
+def _status(args: argparse.Namespace, out: StreamedText) -> int:
     from swarm.client import ClientConfig
     from swarm.keys import load_swarm_key
     from swarm.status import run_status
@@ -225,12 +229,18 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_process()
     args = _parser().parse_args(argv)
+    out = StreamedText(sys.stdout)  # answers stream here; log lines on stderr start on a line of their own
+    if args.command == "serve":
+        configure_logging(verbosity=1)  # one info line per request (swarm/openai_server.py)
+    else:
+        configure_console_logging("swarm-client", out, sys.stderr)
     commands = {"generate": _generate, "chat": _chat, "demo": _demo, "serve": _serve, "status": _status}
     try:
-        return commands[args.command](args)
+        return commands[args.command](args, out)
     except SwarmError as exc:
-        print(f"swarm-client: error: {exc}", file=sys.stderr)
+        print(f"swarm-client: error: {exc.for_cli}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nswarm-client: interrupted", file=sys.stderr)

@@ -24,7 +24,7 @@ from swarm._loop import BackgroundLoop
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.auth import ANY_NODE, Credentials, check_manifest_signature
-from swarm.discovery import MdnsBrowser, open_zeroconf
+from swarm.discovery import MdnsBrowser, env_mdns_interfaces, open_zeroconf
 from swarm.errors import AuthenticationError, InvalidPackage, NoRouteError, PeerUnavailable, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.keys import Identity, SwarmKey, load_swarm_key
@@ -120,8 +120,10 @@ class AsyncSwarm:
         cls, peers: Sequence[str] = (), swarm_key: str | SwarmKey | None = None, **options: Any
     ) -> AsyncSwarm:
         """`swarm_key`: a join code, a key file or a SwarmKey; by default $SWARM_KEY or the key
-        file `swarm-node init` wrote, and an open swarm when there is neither."""
+        file `swarm-node init` wrote, and an open swarm when there is neither. mDNS looks on
+        `mdns_interfaces`, by default those in $SWARM_MDNS_INTERFACES, else every IPv4 interface."""
         key = swarm_key if isinstance(swarm_key, SwarmKey) else load_swarm_key(swarm_key)
+        options.setdefault("mdns_interfaces", env_mdns_interfaces())  # as the CLIs: else every IPv4 interface
         swarm = cls(ClientConfig(peers=tuple(peers), swarm_key=key, **options))
         try:
             await swarm.refresh()
@@ -202,7 +204,8 @@ class AsyncSwarm:
 
         `rediscover=False` skips the mDNS wait and asks the peers already known (and theirs)."""
         if not self.config.peers and not self.config.mdns:
-            raise NoRouteError("no peers given and mDNS discovery is off; pass peers=['host:port', ...]")
+            nothing = "no peers given and mDNS discovery is off"
+            raise NoRouteError(f"{nothing}; pass peers=['host:port', ...]", cli=f"{nothing}; give --peer HOST:PORT")
         found = await discover(self.config, self.credentials) if rediscover and not self.config.peers else []
         self._refused = []
         answers = await self._answers(list(dict.fromkeys([*self.config.peers, *self._known, *found])))
@@ -212,10 +215,9 @@ class AsyncSwarm:
         latency = {a: answer[1] for a, answer in answers.items() if answer is not None}
         if not live:
             if not addresses:
-                raise NoRouteError(
-                    f"found no swarm on the local network within {self.config.discovery_timeout_s:g}s; "
-                    "start nodes with `swarm-node join`, or pass peers=['host:port']"
-                )
+                none = (f"found no swarm on the local network within {self.config.discovery_timeout_s:g}s; "
+                        "start nodes with `swarm-node join`, or")  # fmt: skip
+                raise NoRouteError(f"{none} pass peers=['host:port']", cli=f"{none} give --peer HOST:PORT")
             if self._refused:  # they answered, but not to us
                 raise self._refused[0]
             raise PeerUnavailable(f"none of the peers answered: {', '.join(addresses)}")
@@ -237,7 +239,8 @@ class AsyncSwarm:
             if not ids:
                 raise NoRouteError(f"no peer serves model {wanted}")
         if len(ids) > 1:
-            raise NoRouteError(f"peers serve several models ({', '.join(i[:12] for i in ids)}); choose with model_id")
+            several = f"peers serve several models ({', '.join(i[:12] for i in ids)}); choose one with"
+            raise NoRouteError(f"{several} model_id='...'", cli=f"{several} --model-id ID")
         return ids[0]
 
     async def _load_model(self, package_id: str, source: tuple[str, str]) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from swarm.console import TextSink
 from swarm.errors import PeerUnavailable, SwarmError
 from swarm.keys import SWARM_KEY_ENV, SwarmKey
 from swarm.known_models import DEFAULT_CHAT_MODEL, locate
@@ -95,7 +96,10 @@ class NodeProcesses:
             cmd.append("--insecure")
         else:  # in the environment, not the command line, where `ps` would show it
             env[SWARM_KEY_ENV] = self.swarm_key.join_code
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        # a process group of its own: the terminal's Ctrl-C is for the chat (it stops an answer), not
+        # for the nodes; they stop with SIGTERM when the demo ends
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                                process_group=0)  # fmt: skip
         self.procs.append(proc)
         deadline = time.monotonic() + NODE_START_TIMEOUT_S
         assert proc.stdout is not None
@@ -118,7 +122,8 @@ class NodeProcesses:
                 proc.kill()
 
 
-def run_demo(model: Path | None, nodes: int, max_tokens: int, sampling: dict[str, float | int]) -> None:
+def run_demo(model: Path | None, nodes: int, max_tokens: int, sampling: dict[str, float | int],
+             stdout: TextSink = sys.stdout) -> None:  # fmt: skip
     from swarm.chat import ChatSession
     from swarm.client import Swarm
 
@@ -130,4 +135,4 @@ def run_demo(model: Path | None, nodes: int, max_tokens: int, sampling: dict[str
     key = SwarmKey.generate()  # a private swarm of this machine's processes, for this run only
     with NodeProcesses(package, spans, key) as procs, Swarm(peers=procs.addresses, swarm_key=key) as swarm:
         print(f"swarm ready at {', '.join(procs.addresses)}", file=sys.stderr)
-        ChatSession(swarm, max_tokens, sampling).run(sys.stdin, sys.stdout)
+        ChatSession(swarm, max_tokens, sampling).run(sys.stdin, stdout)

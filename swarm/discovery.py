@@ -42,7 +42,8 @@ MDNS_INTERFACES_ENV = "SWARM_MDNS_INTERFACES"
 
 def env_mdns_interfaces() -> tuple[str, ...]:
     """Interface addresses from $SWARM_MDNS_INTERFACES ("10.0.0.5,127.0.0.1"): what the CLIs use
-    when no --mdns-interface is given (e.g. to keep a test or a demo on loopback)."""
+    when no --mdns-interface is given, and the SDK when no `mdns_interfaces` is (e.g. to keep a
+    test or a demo on loopback)."""
     return tuple(a.strip() for a in os.environ.get(MDNS_INTERFACES_ENV, "").split(",") if a.strip())
 
 

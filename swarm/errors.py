@@ -7,7 +7,19 @@ from __future__ import annotations
 
 
 class SwarmError(Exception):
-    """Base of every error swarm raises on purpose."""
+    """Base of every error swarm raises on purpose.
+
+    The message speaks to whoever called: `str(error)` names the SDK's arguments (`peers=[...]`),
+    and where the command line spells the remedy otherwise (`--peer HOST:PORT`), the error also
+    carries that wording as `cli`; `error.for_cli` is what a command line prints."""
+
+    def __init__(self, *args: object, cli: str | None = None) -> None:
+        super().__init__(*args)
+        self.cli = cli
+
+    @property
+    def for_cli(self) -> str:
+        return self.cli if self.cli is not None else str(self)
 
 
 class InvalidPackage(SwarmError):

@@ -23,6 +23,15 @@ class TokenStepper(Protocol):
 
 @dataclass
 class GenerationStats:
+    """How one generation went, timed in one place for every front end (`swarm-client generate`,
+    chat's /stats, `serve`'s request lines, examples/storyteller.py, bench/): `generate_ids`, the
+    token loop every way of running a model shares, stamps the times; nobody else times anything.
+
+    Time to first token: from the request (before its route opens) to the first new token reaching
+    the loop. Decode rate: the tokens after the first, over the seconds from the first to the last.
+    Both are seen from the client: with the node loop the swarm runs ahead, so a client that reads
+    late (a busy machine) finds tokens waiting, and its rate is how fast it took them."""
+
     prompt_tokens: int = 0
     generated_tokens: int = 0
     ttft_s: float = 0.0  # prompt submitted -> first token back

@@ -108,7 +108,8 @@ def load_swarm_key(value: str | None) -> SwarmKey | None:
         return SwarmKey.from_code(value)
     path = Path(value).expanduser()
     if not path.is_file():
-        raise AuthenticationError(f"--swarm-key {value!r} is neither a join code ({CODE_PREFIX}...) nor a key file")
+        neither = f"{value!r} is neither a join code ({CODE_PREFIX}...) nor a key file"
+        raise AuthenticationError(f"swarm_key {neither}", cli=f"--swarm-key {neither}")
     return read_key_file(path)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field
 
 from swarm.errors import CapacityExceeded, InvalidRequest, NoRouteError, PeerUnavailable, SwarmError
-from swarm.generation import GenerationRequest
+from swarm.generation import GenerationRequest, GenerationStats
 from swarm.sampling import SamplingParams
 from swarm.textgen import TextGenerator
 from swarm.tokenizer import Message, StreamDecoder
@@ -194,6 +194,7 @@ class Outcome:
     prompt_tokens: int
     completion_tokens: int = 0
     finish_reason: str = "length"  # "stop" at end-of-sequence or a stop string
+    stats: GenerationStats = field(default_factory=GenerationStats)  # timings, for the request's log line
 
     def usage(self) -> dict[str, int]:
         total = self.prompt_tokens + self.completion_tokens
@@ -205,7 +206,7 @@ async def run_job(model: TextGenerator, job: Job, outcome: Outcome) -> AsyncIter
     decoder = StreamDecoder(model.codec, job.request.prompt_ids)
     eos = set(model.manifest.tokenizer.eos_token_ids)
     scanner = StopScanner(job.stops)
-    tokens = cast(AsyncGenerator[int, None], model.generate_ids(job.request))  # an async generator function
+    tokens = cast(AsyncGenerator[int, None], model.generate_ids(job.request, outcome.stats))  # an async generator
     async with aclosing(tokens):
         async for token in tokens:
             outcome.completion_tokens += 1

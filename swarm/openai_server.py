@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import socket
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from swarm.conversation import fit_conversation
 from swarm.errors import SwarmError
@@ -49,6 +52,7 @@ from swarm.openai_api import (
 from swarm.textgen import TextGenerator
 
 SHUTDOWN_GRACE_S = 5  # open streams get this long to finish when the server stops
+log = logging.getLogger("swarm.openai")
 
 Chunks = AsyncGenerator[dict[str, Any], None]  # response objects, one per server-sent event
 
@@ -72,8 +76,7 @@ def from_validation_error(exc: RequestValidationError) -> ApiError:
 # ---- streaming
 
 
-async def _text_chunks(model: TextGenerator, job: Job, env: Envelope, with_usage: bool) -> Chunks:
-    outcome = Outcome(len(job.request.prompt_ids))
+async def _text_chunks(model: TextGenerator, job: Job, outcome: Outcome, env: Envelope, with_usage: bool) -> Chunks:
     async for text in run_job(model, job, outcome):
         yield env.wrap([text_choice(text, None)])
     yield env.wrap([text_choice("", outcome.finish_reason)])
@@ -81,8 +84,7 @@ async def _text_chunks(model: TextGenerator, job: Job, env: Envelope, with_usage
         yield env.wrap([], outcome.usage())
 
 
-async def _chat_chunks(model: TextGenerator, job: Job, env: Envelope, with_usage: bool) -> Chunks:
-    outcome = Outcome(len(job.request.prompt_ids))
+async def _chat_chunks(model: TextGenerator, job: Job, outcome: Outcome, env: Envelope, with_usage: bool) -> Chunks:
     yield env.wrap([delta_choice({"role": "assistant", "content": ""}, None)])
     async for text in run_job(model, job, outcome):
         yield env.wrap([delta_choice({"content": text}, None)])
@@ -111,6 +113,43 @@ def _include_usage(body: Body) -> bool:
 
 
 # ---- the app
+
+
+class RequestLog:
+    """One info line per request once its response is sent (a stream's last event too): method,
+    path, status, model, prompt and completion tokens, seconds, and the generation's time to first
+    token and decode rate, as `GenerationStats` defines them for every front end."""
+
+    def __init__(self, app: ASGIApp, model_name: str) -> None:
+        self.app, self.model_name = app, model_name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status, finished = time.perf_counter(), 500, False
+        state = scope.setdefault("state", {})  # what a handler sets on request.state lands here
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+            finished = True
+        finally:
+            fields: dict[str, Any] = {"status": status, "seconds": round(time.perf_counter() - started, 3)}
+            outcome = state.get("outcome")
+            if isinstance(outcome, Outcome):
+                stats = outcome.stats
+                fields |= {"model": self.model_name, "prompt_tokens": outcome.prompt_tokens,
+                           "completion_tokens": outcome.completion_tokens,
+                           "ttft_ms": round(stats.ttft_s * 1000, 1),
+                           "decode_tokens_per_s": round(stats.decode_tokens_per_s, 1)}  # fmt: skip
+            ended = "" if finished else " (the client went away)"
+            log.info("%s %s%s", scope["method"], scope["path"], ended, extra=fields)
 
 
 def _key_check(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
@@ -150,6 +189,7 @@ def create_app(model: TextGenerator | HasText, model_name: str | None = None, ap
     app = FastAPI(title="swarm", description="OpenAI-compatible API over a swarm",
                   dependencies=[Depends(_key_check(api_key))])  # fmt: skip
     _install_error_handlers(app)
+    app.add_middleware(RequestLog, model_name=name)
 
     def check_model(requested: str) -> None:
         if requested != name:
@@ -169,29 +209,29 @@ def create_app(model: TextGenerator | HasText, model_name: str | None = None, ap
         return model_card()
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionBody) -> dict[str, Any] | StreamingResponse:
+    async def completions(body: CompletionBody, request: Request) -> dict[str, Any] | StreamingResponse:
         check_model(body.model)
         max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
         job = make_job(text, body, prompt_ids_of(text, body.prompt), max_tokens)
         env = Envelope("text_completion", name, new_id("cmpl"))
+        outcome = request.state.outcome = Outcome(len(job.request.prompt_ids))  # for the request's log line
         if body.stream:
-            return _event_stream(_text_chunks(text, job, env, _include_usage(body)))
-        outcome = Outcome(len(job.request.prompt_ids))
+            return _event_stream(_text_chunks(text, job, outcome, env, _include_usage(body)))
         completion = "".join([piece async for piece in run_job(text, job, outcome)])
         return env.wrap([text_choice(completion, outcome.finish_reason)], outcome.usage())
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatBody) -> dict[str, Any] | StreamingResponse:
+    async def chat_completions(body: ChatBody, request: Request) -> dict[str, Any] | StreamingResponse:
         check_model(body.model)
         # a conversation longer than the context loses its oldest turns, not the request
         fitted = fit_conversation(text.codec, chat_messages(body.messages), text.manifest.max_context,
                                   body.max_completion_tokens or body.max_tokens)  # fmt: skip
         job = make_job(text, body, fitted.prompt_ids, fitted.max_tokens)
+        outcome = request.state.outcome = Outcome(len(job.request.prompt_ids))  # for the request's log line
         if body.stream:
             env = Envelope("chat.completion.chunk", name, new_id("chatcmpl"))
-            return _event_stream(_chat_chunks(text, job, env, _include_usage(body)))
+            return _event_stream(_chat_chunks(text, job, outcome, env, _include_usage(body)))
         env = Envelope("chat.completion", name, new_id("chatcmpl"))
-        outcome = Outcome(len(job.request.prompt_ids))
         reply = "".join([piece async for piece in run_job(text, job, outcome)])
         return env.wrap([message_choice(reply, outcome.finish_reason)], outcome.usage())
 

@@ -44,7 +44,11 @@ def uniform(seed: int, position: int) -> float:
 
 def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     """The distribution sampling draws from, after temperature, top-k and top-p (float64, sums to 1)."""
-    scaled = logits.astype(np.float64) / params.temperature
+    wide = logits.astype(np.float64)
+    # the largest logit goes to 0 before dividing, so a tiny temperature gives -inf elsewhere
+    # (greedy in the limit) instead of inf - inf = NaN
+    with np.errstate(over="ignore"):
+        scaled = (wide - wide.max()) / params.temperature
     if 0 < params.top_k < scaled.size:
         kth = np.partition(scaled, -params.top_k)[-params.top_k]
         scaled = np.where(scaled >= kth, scaled, -np.inf)

@@ -4,6 +4,7 @@ calls that carry the swarm credential (see swarm/auth.py) when the swarm has a k
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -25,20 +26,56 @@ FAILED_NODE_KEY = "swarm-failed-node"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                    max_send_bytes: int | None = None) -> list[tuple[str, int]]:  # fmt: skip
-    """gRPC options for both ends; `max_send_bytes` (default: the receive limit) lets a node send
-    what it never accepts, such as its package's tokenizer."""
+@dataclass(frozen=True)
+class Keepalive:
+    """The ping policy of both ends: clients ping no more often than servers accept.
+
+    A gRPC server answers pings that come more often than it allows (by default one per 5 minutes
+    on an idle connection) with strikes, then GOAWAY "too_many_pings" (ENHANCE_YOUR_CALM), which
+    drops the connection and makes the C core log over a user's terminal."""
+
+    time_s: float = 20.0  # idle time before a ping: notice a vanished peer on an idle stream
+    timeout_s: float = 10.0  # a ping unanswered this long means the connection is dead
+
+    @property
+    def accepted_interval_ms(self) -> int:
+        """What a server accepts: half the clients' interval, so timer jitter is never a strike."""
+        return int(self.time_s * 500)
+
+
+KEEPALIVE = Keepalive()
+
+
+def _message_limits(max_message_bytes: int, max_send_bytes: int | None = None) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", max_send_bytes or max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)]  # fmt: skip
+
+
+def _pings(keepalive: Keepalive) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_send_message_length", max_send_bytes or max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 20_000),  # notice a vanished peer on an idle stream
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", int(keepalive.time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive.timeout_s * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
-        # as a server: accept the keepalive pings peers send (the default of one per 5 min would
-        # answer them with GOAWAY "too_many_pings" and drop the connection)
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                    keepalive: Keepalive = KEEPALIVE) -> list[tuple[str, int]]:  # fmt: skip
+    """Options of a channel to a node (clients, and nodes calling their next hop)."""
+    return _message_limits(max_message_bytes) + _pings(keepalive)
+
+
+def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_send_bytes: int | None = None,
+                   keepalive: Keepalive = KEEPALIVE) -> list[tuple[str, int]]:  # fmt: skip
+    """Options of a node's server: it pings its callers as they ping it, and accepts their pings,
+    with or without a call in flight (`keepalive_permit_without_calls` is what a server checks too).
+    `max_send_bytes` (default: the receive limit) lets a node send what it never accepts, such as
+    its package's tokenizer."""
+    return [
+        *_message_limits(max_message_bytes, max_send_bytes),
+        *_pings(keepalive),
+        ("grpc.http2.min_ping_interval_without_data_ms", keepalive.accepted_interval_ms),
     ]
 
 
@@ -91,28 +128,22 @@ def error_from_status(code: grpc.StatusCode, details: str, peer: str, node_id: s
     return failed
 
 
-def request_bytes(request: Any) -> bytes:
-    """A request message as a credential is bound to it: both ends serialize it deterministically."""
-    return bytes(request.SerializeToString(deterministic=True))
-
-
 async def unary(stub_method: Any, method: str, request: Any, credentials: Credentials | None, timeout: float,
-                node_id: str) -> Any:  # fmt: skip
-    """`stub_method(request)` on node `node_id` (ANY_NODE for an Info to whoever answers), with our
-    credential made for that node and this request; the callee's credential is checked before its
+                expected_node: str = "") -> Any:  # fmt: skip
+    """`stub_method(request)` with our credential; the callee's credential is checked before its
     answer is believed. Raises grpc.aio.AioRpcError as the plain call would."""
-    return (await unary_from(stub_method, method, request, credentials, timeout, node_id))[0]
+    return (await unary_from(stub_method, method, request, credentials, timeout, expected_node))[0]
 
 
 async def unary_from(stub_method: Any, method: str, request: Any, credentials: Credentials | None, timeout: float,
-                     node_id: str) -> tuple[Any, Proof | None]:  # fmt: skip
+                     expected_node: str = "") -> tuple[Any, Proof | None]:  # fmt: skip
     """`unary`, and who answered (the callee's checked credential; None in an open swarm)."""
     if credentials is None:
         return await stub_method(request, timeout=timeout), None
-    metadata, transcript = credentials.call(method, node_id, request_bytes(request))
+    metadata, transcript = credentials.call(method)
     call = stub_method(request, metadata=metadata, timeout=timeout)
     reply = await call
-    return reply, credentials.check_reply(await call.initial_metadata(), method, transcript, node_id)
+    return reply, credentials.check_reply(await call.initial_metadata(), method, transcript, expected_node)
 
 
 async def checked_stream(call: Any, method: str, transcript: bytes, credentials: Credentials,
@@ -134,17 +165,17 @@ async def checked_stream(call: Any, method: str, transcript: bytes, credentials:
         raise PeerUnavailable(f"{peer} failed authentication: {exc}") from exc
 
 
-async def open_session_call(stub: Any, credentials: Credentials | None, peer: str, node_id: str,
+async def open_session_call(stub: Any, credentials: Credentials | None, peer: str, expected_node: str = "",
                             timeout: float | None = None) -> tuple[Any, Frames]:  # fmt: skip
-    """A Session stream to node `node_id` at `peer` and the frames to speak on it: sealed under
-    fresh keys from an ephemeral X25519 exchange in a keyed swarm, plain in an open one."""
+    """A Session stream to `peer` and the frames to speak on it: sealed under fresh keys from an
+    ephemeral X25519 exchange in a keyed swarm, plain in an open one."""
     if credentials is None:
         return stub.Session(), PlainFrames()
     private, x_public = new_exchange()
-    metadata, transcript = credentials.call("Session", node_id, x_public=x_public)
+    metadata, transcript = credentials.call("Session", x_public)
     call = stub.Session(metadata=metadata)
     try:
-        proof = await checked_stream(call, "Session", transcript, credentials, peer, node_id, timeout)
+        proof = await checked_stream(call, "Session", transcript, credentials, peer, expected_node, timeout)
         keys = session_keys(credentials.key, private, proof.x_public, transcript, proof.transcript, caller=True)
     except BaseException:
         call.cancel()

@@ -47,6 +47,18 @@ def test_errors_are_one_line(stories_package: ModelPackage, tmp_path) -> None:  
         assert result.stderr.strip().startswith("swarm-client: error:") and message in result.stderr
 
 
+def test_errors_name_the_command_lines_flags_not_the_sdks() -> None:
+    """The SDK says peers=['host:port'] (tests/integration/test_discovery.py); a CLI user has --peer."""
+    no_swarm = run_client("generate", "--mdns-interface", "127.0.0.1", "--discovery-timeout", 0.3, "hi")
+    assert no_swarm.returncode == 1
+    assert no_swarm.stderr == ("swarm-client: error: found no swarm on the local network within 0.3s; start nodes "
+                               "with `swarm-node join`, or give --peer HOST:PORT\n")  # fmt: skip
+    bad_key = run_client("generate", "--peer", "127.0.0.1:9", "--swarm-key", "nope", "hi")
+    assert bad_key.returncode == 1
+    assert bad_key.stderr == ("swarm-client: error: --swarm-key 'nope' is neither a join code (swarm1-...) nor a "
+                              "key file\n")  # fmt: skip
+
+
 def test_local_runs_on_the_spinning_pool_unless_told_not_to() -> None:
     from swarm.cli import _parser
 

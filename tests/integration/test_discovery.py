@@ -56,8 +56,10 @@ def test_client_finds_the_swarm_with_no_peers(cluster: LocalCluster, stories_pac
 
 
 def test_no_swarm_is_a_clear_error() -> None:
-    with pytest.raises(NoRouteError, match=r"found no swarm on the local network within 0\.5s"):
+    with pytest.raises(NoRouteError, match=r"found no swarm on the local network within 0\.5s") as raised:
         Swarm(mdns_interfaces=LOOPBACK, discovery_timeout_s=0.5)
+    assert str(raised.value).endswith("or pass peers=['host:port']")  # the SDK's words
+    assert raised.value.for_cli.endswith("or give --peer HOST:PORT")  # and a command line's
 
 
 def test_members_see_each_other_and_a_leaving_node_is_dropped(cluster: LocalCluster,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -146,6 +147,36 @@ def bad_request(call: Callable[[], object]) -> openai.BadRequestError:
     return caught.value
 
 
+def request_lines(caplog: pytest.LogCaptureFixture, count: int) -> list[logging.LogRecord]:
+    """The server's request log lines, once `count` were written (a stream's comes after its last event)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [r for r in caplog.records if r.name == "swarm.openai"]
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.01)
+    raise AssertionError(f"{len(lines)} request lines, not {count}")
+
+
+def test_each_request_is_one_info_line(url: str, local: LocalModel, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="swarm.openai")
+    c = client(url)
+    c.completions.create(model=MODEL, prompt=STORIES_PROMPT, max_tokens=10, temperature=0)
+    list(c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0, stream=True))
+    with pytest.raises(openai.NotFoundError):
+        c.completions.create(model="nope", prompt=STORIES_PROMPT, max_tokens=1)
+    completion, chat, missing = request_lines(caplog, 3)
+    assert completion.levelno == logging.INFO and completion.getMessage() == "POST /v1/completions"
+    fields = vars(completion)
+    assert fields["status"] == 200
+    assert (fields["model"], fields["prompt_tokens"], fields["completion_tokens"]) == (MODEL, 5, 10)
+    assert fields["ttft_ms"] > 0 and fields["decode_tokens_per_s"] > 0 and fields["seconds"] > 0
+    assert chat.getMessage() == "POST /v1/chat/completions" and vars(chat)["status"] == 200
+    prompt_tokens = len(local.codec.encode_chat(MESSAGES))  # type: ignore[arg-type]
+    assert (vars(chat)["prompt_tokens"], vars(chat)["completion_tokens"]) == (prompt_tokens, 12)
+    assert vars(missing)["status"] == 404 and "prompt_tokens" not in vars(missing)
+
+
 def test_bad_requests_get_openai_shaped_400s(url: str) -> None:
     c = client(url)
     completion = c.completions.create
@@ -274,8 +305,14 @@ def test_cli_serve(stories_package: ModelPackage, local: LocalModel) -> None:
     finally:
         process.terminate()
         process.wait(timeout=20)
+        logged = process.stderr.read().splitlines() if process.stderr is not None else []
         if process.stderr is not None:
             process.stderr.close()
+    requests = [line for line in logged if "logger=swarm.openai" in line]  # one per request, at info
+    assert len(requests) == 2 and all("level=info" in line for line in requests), logged
+    assert 'msg="GET /v1/models" status=200 seconds=' in requests[0]
+    assert 'msg="POST /v1/completions" status=200 seconds=' in requests[1]
+    assert "model=tiny prompt_tokens=5 completion_tokens=10 ttft_ms=" in requests[1]
 
 
 def test_cli_serve_without_fastapi_says_what_to_install(stories_package: ModelPackage) -> None:

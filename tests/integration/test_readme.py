@@ -34,22 +34,25 @@ class Block:
     section: str
     language: str
     code: str
+    not_run: bool = False  # marked `<!-- not run: why -->` on the line before its fence
 
 
 def readme_blocks(text: str) -> list[Block]:
-    blocks, section, fence, lines = [], "", "", []
+    blocks, section, fence, lines, previous, marked = [], "", "", [], "", False
     for line in text.splitlines():
         if fence:
             if line.startswith("```"):
-                blocks.append(Block(section, fence, "\n".join(lines)))
+                blocks.append(Block(section, fence, "\n".join(lines), marked))
                 fence, lines = "", []
             else:
                 lines.append(line)
         elif line.startswith("```"):
             fence = line[3:].strip() or "text"
+            marked = previous.strip().startswith("<!-- not run:")
         elif line.startswith("#"):
             section = line.lstrip("#").strip()
-    return [b for b in blocks if b.language in ("bash", "python")]
+        previous = line
+    return [b for b in blocks if b.language in ("bash", "python") and not b.not_run]
 
 
 def bash_commands(code: str) -> list[str]:

@@ -63,6 +63,21 @@ def test_seeded_sampling_matches_local_runner(cluster: LocalCluster, stories_pac
         assert list(swarm.generate_ids(request)) == list(local.generate_ids(request))
 
 
+def test_nodes_sample_at_the_clients_exact_parameters(cluster: LocalCluster, stories_package: ModelPackage,
+                                                      local: LocalModel) -> None:  # fmt: skip
+    """0.7 and 0.9 are not float32 numbers: on a float32 wire the nodes sampled at 0.699999988."""
+    nodes = cluster.start_chain(stories_package.root, SPANS[2])
+    params = SamplingParams(temperature=0.7, top_k=0, top_p=0.9, seed=7)
+    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 40, params, stop_on_eos=False)
+    with Swarm(peers=cluster.addresses) as swarm:
+        tokens = swarm.generate_ids(request)
+        first = next(tokens)  # the session is open on every node until the generation ends
+        held = [session.sampling for node in nodes for session in list(node.servicer.table.sessions.values())]
+        generated = [first, *tokens]
+    assert held == [params, params]
+    assert generated == list(local.generate_ids(request))
+
+
 def test_eight_concurrent_sessions(cluster: LocalCluster, stories_package: ModelPackage, local: LocalModel) -> None:
     nodes = cluster.start_chain(stories_package.root, SPANS[3])
     texts = ["Once upon a time", "The dog", "Lily and Ben", "One day", "A little bird", "Tom had a", "The sun",

@@ -71,8 +71,9 @@ def test_load_swarm_key_from_code_file_env_or_default(tmp_path: Path, monkeypatc
     monkeypatch.setenv("SWARM_KEY", KEY.join_code)
     assert load_swarm_key(None) == KEY  # the environment wins over the default file
     assert load_swarm_key(str(tmp_path / "swarm" / "swarm.key")) == OTHER  # an explicit file wins
-    with pytest.raises(AuthenticationError, match="neither a join code"):
+    with pytest.raises(AuthenticationError, match=r"^swarm_key '.*missing' is neither a join code") as raised:
         load_swarm_key(str(tmp_path / "missing"))
+    assert raised.value.for_cli.startswith("--swarm-key ")
 
 
 def test_identity_persists_and_is_claimed_by_one_node_at_a_time(tmp_path: Path) -> None:

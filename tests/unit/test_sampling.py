@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
 
+from node.servicer import _sampling as sampling_from_wire
+from swarm._proto import swarm_pb2 as pb
 from swarm.errors import InvalidRequest
+from swarm.remote import _sampling_message as sampling_to_wire
 from swarm.sampling import SamplingParams, probabilities, sample, uniform
 
 LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.1]))
@@ -49,3 +52,17 @@ def test_sampling_follows_distribution() -> None:
 def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(InvalidRequest):
         SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("params", [SamplingParams(0.7, 40, 0.9, 2**64 - 1), SamplingParams(1 / 3, 0, 0.95, 0),
+                                    SamplingParams(0.0), SamplingParams(1e-300, 1, 1e-300, 1)])  # fmt: skip
+def test_sampling_parameters_cross_the_wire_exactly(params: SamplingParams) -> None:
+    wire = pb.Sampling.FromString(sampling_to_wire(params).SerializeToString())
+    assert sampling_from_wire(wire) == params  # float32 on the wire made 0.7 arrive as 0.699999988
+
+
+def test_a_tiny_temperature_samples_the_most_likely_token() -> None:
+    logits = np.array([1.0, 3.0, 2.9, -50.0])
+    tiny = SamplingParams(temperature=5e-324, seed=5)  # the smallest double: logits / T overflow
+    assert np.array_equal(probabilities(logits, tiny), [0.0, 1.0, 0.0, 0.0])
+    assert {sample(logits, tiny, p) for p in range(20)} == {1}
