@@ -128,22 +128,28 @@ def error_from_status(code: grpc.StatusCode, details: str, peer: str, node_id: s
     return failed
 
 
+def request_bytes(request: Any) -> bytes:
+    """A request message as a credential is bound to it: both ends serialize it deterministically."""
+    return bytes(request.SerializeToString(deterministic=True))
+
+
 async def unary(stub_method: Any, method: str, request: Any, credentials: Credentials | None, timeout: float,
-                expected_node: str = "") -> Any:  # fmt: skip
-    """`stub_method(request)` with our credential; the callee's credential is checked before its
+                node_id: str) -> Any:  # fmt: skip
+    """`stub_method(request)` on node `node_id` (ANY_NODE for an Info to whoever answers), with our
+    credential made for that node and this request; the callee's credential is checked before its
     answer is believed. Raises grpc.aio.AioRpcError as the plain call would."""
-    return (await unary_from(stub_method, method, request, credentials, timeout, expected_node))[0]
+    return (await unary_from(stub_method, method, request, credentials, timeout, node_id))[0]
 
 
 async def unary_from(stub_method: Any, method: str, request: Any, credentials: Credentials | None, timeout: float,
-                     expected_node: str = "") -> tuple[Any, Proof | None]:  # fmt: skip
+                     node_id: str) -> tuple[Any, Proof | None]:  # fmt: skip
     """`unary`, and who answered (the callee's checked credential; None in an open swarm)."""
     if credentials is None:
         return await stub_method(request, timeout=timeout), None
-    metadata, transcript = credentials.call(method)
+    metadata, transcript = credentials.call(method, node_id, request_bytes(request))
     call = stub_method(request, metadata=metadata, timeout=timeout)
     reply = await call
-    return reply, credentials.check_reply(await call.initial_metadata(), method, transcript, expected_node)
+    return reply, credentials.check_reply(await call.initial_metadata(), method, transcript, node_id)
 
 
 async def checked_stream(call: Any, method: str, transcript: bytes, credentials: Credentials,
@@ -165,17 +171,17 @@ async def checked_stream(call: Any, method: str, transcript: bytes, credentials:
         raise PeerUnavailable(f"{peer} failed authentication: {exc}") from exc
 
 
-async def open_session_call(stub: Any, credentials: Credentials | None, peer: str, expected_node: str = "",
+async def open_session_call(stub: Any, credentials: Credentials | None, peer: str, node_id: str,
                             timeout: float | None = None) -> tuple[Any, Frames]:  # fmt: skip
-    """A Session stream to `peer` and the frames to speak on it: sealed under fresh keys from an
-    ephemeral X25519 exchange in a keyed swarm, plain in an open one."""
+    """A Session stream to node `node_id` at `peer` and the frames to speak on it: sealed under
+    fresh keys from an ephemeral X25519 exchange in a keyed swarm, plain in an open one."""
     if credentials is None:
         return stub.Session(), PlainFrames()
     private, x_public = new_exchange()
-    metadata, transcript = credentials.call("Session", x_public)
+    metadata, transcript = credentials.call("Session", node_id, x_public=x_public)
     call = stub.Session(metadata=metadata)
     try:
-        proof = await checked_stream(call, "Session", transcript, credentials, peer, expected_node, timeout)
+        proof = await checked_stream(call, "Session", transcript, credentials, peer, node_id, timeout)
         keys = session_keys(credentials.key, private, proof.x_public, transcript, proof.transcript, caller=True)
     except BaseException:
         call.cancel()
