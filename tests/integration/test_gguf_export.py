@@ -70,7 +70,7 @@ def write_gguf(path: Path, qtype: Q = Q.F32, arch: str = "llama", tokenizer: boo
     if tokenizer:
         tokens = _tokens(c["vocab_size"])
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("default")
+        writer.add_tokenizer_pre("gpt-2")
         writer.add_token_list(tokens)
         writer.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
         writer.add_token_merges(["! !"])

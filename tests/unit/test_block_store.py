@@ -324,7 +324,7 @@ def test_fetch_hashes_the_file_off_the_event_loop(
     monkeypatch.setattr(block_store, "_download", peers.download)
 
     async def fetch_on_a_loop() -> threading.Thread:
-        await store.fetch(saved, block, ["p1:1"], peers.record)
+        await store.fetch(saved, block, [Source("p1:1", "0" * 24)], peers.record)
         return threading.current_thread()
 
     loop_thread = asyncio.run(fetch_on_a_loop())

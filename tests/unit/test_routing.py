@@ -184,7 +184,10 @@ def test_route_chains_iff_a_chain_exists(case: tuple[list[PeerView], int]) -> No
             plan_route(peers, num_layers)
         return
     route = plan_route(peers, num_layers)
-    assert len(route) == expected_hops
+    if all(p.sessions == 0 for p in peers):
+        assert len(route) == expected_hops  # equal nodes: every hop costs the same, so the fewest win
+    else:  # a busy node may cost more than a hop around it (1.5 ms for 3 sessions against 1 ms a hop)
+        assert len(route) >= expected_hops
     assert route[0].start == 0
     assert route[-1].end == num_layers
     for before, after in pairwise(route):
