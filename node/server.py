@@ -107,9 +107,10 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
     if not 0 <= start < end <= m.num_layers:
         raise InvalidRequest(f"layers [{start}, {end}) are outside the model's [0, {m.num_layers})")
     options = RuntimeOptions(threads=config.threads, spin=config.spin)
-    steps = _start_steps(progress, len(list(m.blocks_in(start, end))))
+    block_count = len(m.blocks_in(start, end))
+    steps = _start_steps(progress, block_count)
     span = await asyncio.to_thread(SpanRuntime, package, start, end, options, steps)
-    steps("measuring speed", len(span.blocks), 0)
+    steps("measuring speed", block_count, 0)
     speed = await asyncio.to_thread(measure_steps_per_s, span)
     limits = _limits(config, span, m.max_context)
     prefill_speed = await asyncio.to_thread(measure_prefill_tokens_per_s, span, limits.max_context)
@@ -132,7 +133,7 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
             servicer.known_peers = node.presence.known_addresses
         stack.push_async_callback(_leave, node)  # runs first: unannounce, then drain
         log.info("node %s serving layers [%d, %d) of %s on port %d", node.node_id, start, end, m.name, port)
-        steps("started", len(span.blocks) + 1, 0)
+        steps("started", block_count + 1, 0)
         yield node
 
 

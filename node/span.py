@@ -14,7 +14,15 @@ import numpy as np
 from swarm.errors import InvalidRequest
 from swarm.package import ModelPackage
 from swarm.progress import Progress
-from swarm.runtime import BlockRunner, EmbeddingRunner, HeadRunner, KVCache, RuntimeOptions, kv_cache_bytes
+from swarm.runtime import (
+    BlockRunner,
+    EmbeddingRunner,
+    HeadRunner,
+    KVCache,
+    RuntimeOptions,
+    group_blocks,
+    kv_cache_bytes,
+)
 from swarm.sampling import SamplingParams, sample
 
 
@@ -36,10 +44,13 @@ class SpanRuntime:
         for entry in entries:
             package.verify_file(entry)
         self.blocks = []
-        for index, b in enumerate(entries):  # the slow part of a start: report each block
+        loaded = 0
+        for group in group_blocks(entries, options.merge_bytes):  # the slow part of a start: report it
             if progress is not None:
-                progress(f"loading {b.file}", index, len(entries))
-            self.blocks.append(BlockRunner(package.path(b.file), b, m.architecture, options))
+                progress(f"loading {group[0].file}" + (f" .. {group[-1].file}" if len(group) > 1 else ""),
+                         loaded, len(entries))  # fmt: skip
+            self.blocks.append(BlockRunner([package.path(b.file) for b in group], group, m.architecture, options))
+            loaded += len(group)
         self.embedding = None
         self.head = None
         weight_files = [b.bytes for b in entries]

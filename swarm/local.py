@@ -16,7 +16,7 @@ from swarm._loop import BackgroundLoop
 from swarm.errors import InvalidRequest
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.package import BlockEntry, FileEntry, ModelPackage, load_package
-from swarm.runtime import BlockRunner, EmbeddingRunner, HeadRunner, KVCache, RuntimeOptions
+from swarm.runtime import BlockRunner, EmbeddingRunner, HeadRunner, KVCache, RuntimeOptions, group_blocks
 from swarm.sampling import SamplingParams, sample
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
@@ -34,7 +34,8 @@ class LocalModel(SyncTextGenerator):
             self.package.verify_file(entry)
         self.manifest = m
         self.embedding = EmbeddingRunner(self.package.path(m.embedding.file), options)
-        self.blocks = [BlockRunner(self.package.path(b.file), b, m.architecture, options) for b in m.blocks]
+        self.blocks = [BlockRunner([self.package.path(b.file) for b in group], group, m.architecture, options)
+                       for group in group_blocks(m.blocks, options.merge_bytes)]  # fmt: skip
         self.head = HeadRunner(self.package.path(m.head.file), options)
         codec = TextCodec.from_file(self.package.path(m.tokenizer.file), m.tokenizer)
         self.text = TextGenerator(m, codec, self._open_stepper)  # the async API

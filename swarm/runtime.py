@@ -10,6 +10,7 @@ so a decode step writes one new position in place instead of copying the cache.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import weakref
@@ -29,10 +30,28 @@ from swarm.package import Architecture, BlockEntry
 SMALL_STAGE_BYTES = 1 << 20
 
 
+# Consecutive blocks run as one graph up to this many bytes of files (swarm/block_merge.py): a
+# session run has a fixed cost that narrow layers pay many times a token, while a wide layer's
+# own work dwarfs it; the bound keeps the transient copy a merge makes small.
+MERGE_BYTES = 256 << 20
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     threads: int = 0  # onnxruntime intra-op threads; 0 = one per core (one for a stage under 1 MiB)
     spin: bool = False  # one spinning thread pool for the whole process (see _spinning_pool)
+    merge_bytes: int = MERGE_BYTES  # consecutive blocks up to this size run as one graph; 0 = never
+
+
+def group_blocks(entries: Sequence[BlockEntry], merge_bytes: int) -> list[list[BlockEntry]]:
+    """Consecutive blocks in runs of at most `merge_bytes` (a larger block runs alone)."""
+    groups: list[list[BlockEntry]] = []
+    for entry in entries:
+        if groups and sum(e.bytes for e in groups[-1]) + entry.bytes <= merge_bytes:
+            groups[-1].append(entry)
+        else:
+            groups.append([entry])
+    return groups
 
 
 _pool_lock = threading.Lock()
@@ -64,19 +83,26 @@ def stage_threads(options: RuntimeOptions, stage_bytes: int) -> int:
     return 1 if stage_bytes < SMALL_STAGE_BYTES else os.cpu_count() or 1
 
 
-def _session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
+def _session(path: Path | Sequence[Path], options: RuntimeOptions) -> ort.InferenceSession:
+    """A session for one stage file, or for consecutive block files joined into one graph."""
+    paths = [path] if isinstance(path, Path) else list(path)
     so = ort.SessionOptions()
     if options.spin:
         _spinning_pool(options.threads or os.cpu_count() or 1)
     if _pool_threads is not None:
         so.use_per_session_threads = False
     else:
-        so.intra_op_num_threads = stage_threads(options, path.stat().st_size)
+        so.intra_op_num_threads = stage_threads(options, sum(p.stat().st_size for p in paths))
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    if len(paths) == 1:
+        return ort.InferenceSession(str(paths[0]), sess_options=so, providers=["CPUExecutionProvider"])
+    from swarm.block_merge import merge_blocks  # onnx: only where blocks are joined
+
+    model = merge_blocks(paths).SerializeToString()
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def kv_cache_bytes(arch: Architecture, layers: int, tokens: int, batch: int = 1) -> int:
@@ -140,13 +166,16 @@ class _DecodeBinding:
 
 
 class BlockRunner:
-    """One ONNX block of layers [start, end)."""
+    """Consecutive ONNX blocks, layers [start, end), run as one graph."""
 
-    def __init__(self, path: Path, entry: BlockEntry, arch: Architecture, options: RuntimeOptions) -> None:
-        self.entry = entry
+    def __init__(self, paths: Sequence[Path], entries: Sequence[BlockEntry], arch: Architecture,
+                 options: RuntimeOptions) -> None:  # fmt: skip
+        if len(paths) != len(entries) or any(a.end != b.start for a, b in itertools.pairwise(entries)):
+            raise InvalidRequest("a block runner needs consecutive blocks, one file each")
+        self.entries = tuple(entries)
         self.arch = arch
-        self.layers = range(entry.start, entry.end)
-        self._session = _session(path, options)
+        self.layers = range(entries[0].start, entries[-1].end)
+        self._session = _session(list(paths), options)
         self._decode_bindings: weakref.WeakKeyDictionary[KVCache, _DecodeBinding] = weakref.WeakKeyDictionary()
 
     def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
