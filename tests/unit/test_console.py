@@ -6,8 +6,10 @@ import io
 import logging
 import os
 import pty
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from importlib import metadata
 
@@ -66,6 +68,18 @@ def test_a_redirected_answer_is_left_as_it_was(root_logging: None) -> None:
     assert errors.getvalue() == "swarm-client: error: trouble\n"
 
 
+def _read_pty(master: int, at_least: int, timeout: float = 5.0) -> str:
+    """What the terminal shows, read until `at_least` characters arrived: one
+    os.read may return only what the line discipline had passed on so far."""
+    shown = b""
+    deadline = time.monotonic() + timeout
+    while len(shown.replace(b"\r\n", b"\n")) < at_least and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            shown += os.read(master, 4096)
+    return shown.decode()
+
+
 def test_one_terminal_on_two_descriptors_is_one_screen(root_logging: None) -> None:
     master, slave = pty.openpty()
     try:
@@ -75,7 +89,8 @@ def test_one_terminal_on_two_descriptors_is_one_screen(root_logging: None) -> No
             text.write("piece")
             logging.getLogger("swarm").warning("rerouting")
             out.flush()
-        assert os.read(master, 4096).decode().replace("\r\n", "\n") == "piece\nswarm-client: warning: rerouting\n"
+        expected = "piece\nswarm-client: warning: rerouting\n"
+        assert _read_pty(master, len(expected)).replace("\r\n", "\n") == expected
     finally:
         os.close(master)
         os.close(slave)
