@@ -91,6 +91,19 @@ class BackgroundLoop:
     def close(self) -> None:
         if self._loop.is_closed():
             return
+        # what is still running (a stream to a node that died, a probe) is cancelled and allowed to
+        # finish, as asyncio.run does: a task left pending at close is destroyed mid-flight, and a
+        # gRPC call's completion would then reach a closed loop
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self.submit(_cancel_the_rest()).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
