@@ -3,9 +3,10 @@
     python bench/soak.py [--minutes 30] [--kill-every 150] [--sessions 8]
 
 Four node processes on 127.0.0.1 serve the TinyStories model, two replicas of each span [0, 3) and
-[3, 5). Eight client threads sharing one `Swarm` (as an app embedding the SDK would) generate greedy continuations back to back
-for the whole run; each one is compared with the local runner's fault-free tokens. Every
-`--kill-every` seconds one of the two "churn" nodes (the second replica of each span, in turn) is
+[3, 5). Eight client threads sharing one `Swarm` (as an app embedding the SDK would) generate
+greedy continuations back to back for the whole run; each one is compared with the local runner's
+fault-free tokens. Every `--kill-every` seconds one of the two "churn" nodes (the second replica of
+each span, in turn) is
 killed with SIGKILL and restarted on its port a few seconds later; the two "steady" nodes are never
 touched, so their memory can be followed over the whole run.
 
@@ -193,8 +194,9 @@ def run(minutes: float, kill_every: float, sessions: int, cache: Path) -> dict[s
 
 
 def report_progress(tally: Tally, started: float, kills: int) -> None:
-    print(f"  {(time.monotonic() - started) / 60:5.1f} min: {tally.generations} generations, "
-          f"{tally.identical} identical, {len(tally.errors)} errors, {kills} kills", file=sys.stderr, flush=True)  # fmt: skip
+    minutes = (time.monotonic() - started) / 60
+    print(f"  {minutes:5.1f} min: {tally.generations} generations, {tally.identical} identical, "
+          f"{len(tally.errors)} errors, {kills} kills", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def summarize(tally: Tally, samples: list[dict[str, object]], leftovers: list[dict[str, object]], kills: list[float],
