@@ -6,9 +6,8 @@ Four node processes on 127.0.0.1 serve the TinyStories model, two replicas of ea
 [3, 5). Eight client threads sharing one `Swarm` (as an app embedding the SDK would) generate
 greedy continuations back to back for the whole run; each one is compared with the local runner's
 fault-free tokens. Every `--kill-every` seconds one of the two "churn" nodes (the second replica of
-each span, in turn) is
-killed with SIGKILL and restarted on its port a few seconds later; the two "steady" nodes are never
-touched, so their memory can be followed over the whole run.
+each span, in turn) is killed with SIGKILL and restarted on its port a few seconds later; the two
+"steady" nodes are never touched, so their memory can be followed over the whole run.
 
 Checked, from each node's own Prometheus metrics and /proc:
 - every generation equals its fault-free reference (errors are counted, never hidden);
