@@ -1,0 +1,213 @@
+"""Emulated network links for tests and benchmarks: a userspace TCP relay in front of each node.
+
+This kernel has no netem, so delay, jitter and loss are added here, in userspace: every chunk a
+relay reads is delivered to the other side after the link's one-way delay (plus jitter, never
+reordering bytes, as TCP would not), at most at the link's bandwidth. A lost packet on a TCP link
+is a retransmission, so `loss` is the chance that a chunk is held for one more retransmission
+timeout. Test and bench tooling, not part of the product.
+
+    python -m bench.links 127.0.0.1:7001=127.0.0.1:5001 --delay-ms 5 [--jitter-ms 1] [--mbit 50]
+
+serves one relay per LISTEN=TARGET pair until interrupted. In code, `LinkEmulator` runs relays on
+a background thread: `address = links.relay("127.0.0.1:5001", LinkProfile(delay_s=0.005))`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+CHUNK_BYTES = 64 * 1024
+QUEUED_CHUNKS = 64  # then the relay stops reading: TCP's own backpressure reaches the sender
+LINUX_MIN_RTO_S = 0.2
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    delay_s: float = 0.0  # one way; a request and its reply through one relay wait 2x this
+    jitter_s: float = 0.0  # uniform extra delay in [0, jitter_s] per chunk
+    bandwidth_bps: float | None = None  # bits per second, each direction; None: unlimited
+    loss: float = 0.0  # chance a chunk waits one more retransmission timeout
+    retransmit_s: float = LINUX_MIN_RTO_S
+
+
+@dataclass
+class Direction:
+    """What crossed a relay one way: bytes and the chunks they came in."""
+
+    bytes: int = 0
+    chunks: int = 0
+    lost: int = 0
+
+
+@dataclass
+class LinkStats:
+    forward: Direction = field(default_factory=Direction)  # towards the target
+    backward: Direction = field(default_factory=Direction)  # back to whoever connected
+    connections: int = 0
+
+
+class Schedule:
+    """When each chunk of one direction arrives: after the delay, in order, at the bandwidth."""
+
+    def __init__(self, profile: LinkProfile, rng: random.Random) -> None:
+        self.profile, self.rng = profile, rng
+        self.wire_free = 0.0  # when the previous chunk finished serializing
+        self.last_arrival = 0.0
+
+    def arrival(self, now: float, size: int, counts: Direction) -> float:
+        p = self.profile
+        sent = now
+        if p.bandwidth_bps:
+            sent = max(now, self.wire_free) + size * 8 / p.bandwidth_bps
+            self.wire_free = sent
+        extra = self.rng.uniform(0.0, p.jitter_s) if p.jitter_s else 0.0
+        if p.loss and self.rng.random() < p.loss:
+            counts.lost += 1
+            extra += p.retransmit_s
+        # no reordering: a chunk never overtakes the one before it
+        self.last_arrival = max(sent + p.delay_s + extra, self.last_arrival)
+        return self.last_arrival
+
+
+async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, schedule: Schedule,
+               counts: Direction) -> None:  # fmt: skip
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUED_CHUNKS)
+
+    async def deliver() -> None:
+        while True:
+            at, data = await queue.get()
+            if not data:
+                return
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            writer.write(data)
+            await writer.drain()
+
+    delivering = asyncio.create_task(deliver())
+    try:
+        while data := await reader.read(CHUNK_BYTES):
+            counts.bytes += len(data)
+            counts.chunks += 1
+            await queue.put((schedule.arrival(loop.time(), len(data), counts), data))
+        await queue.put((0.0, b""))
+        await delivering
+    finally:
+        delivering.cancel()
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+class Relay:
+    """One listening socket; each connection to it is carried to `target` over the emulated link."""
+
+    def __init__(self, target: str, profile: LinkProfile, seed: int = 0) -> None:
+        self.target, self.profile = target, profile
+        self.stats = LinkStats()
+        self.rng = random.Random(seed)
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self.server = await asyncio.start_server(self._carry, host, port)
+        return f"{host}:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _carry(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        host, port = self.target.rsplit(":", 1)
+        try:
+            target_reader, target_writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            client_writer.close()
+            return
+        self.stats.connections += 1
+        await asyncio.gather(
+            pump(client_reader, target_writer, Schedule(self.profile, self.rng), self.stats.forward),
+            pump(target_reader, client_writer, Schedule(self.profile, self.rng), self.stats.backward),
+            return_exceptions=True,
+        )
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()  # live connections end when the emulator cancels their pumps
+
+
+class LinkEmulator:
+    """Relays on a background thread's event loop, for synchronous tests and benchmarks."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="links", daemon=True)
+        self.thread.start()
+        self.relays: list[Relay] = []
+
+    def relay(self, target: str, profile: LinkProfile, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Start a relay in front of `target`; returns the address to dial instead."""
+        relay = Relay(target, profile, seed=len(self.relays))
+        address = asyncio.run_coroutine_threadsafe(relay.start(host, port), self.loop).result(timeout=10)
+        self.relays.append(relay)
+        return address
+
+    def stats(self) -> list[LinkStats]:
+        return [r.stats for r in self.relays]
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            for relay in self.relays:
+                await relay.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+    def __enter__(self) -> LinkEmulator:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def emulated_links(targets: list[str], profile: LinkProfile) -> Iterator[tuple[list[str], LinkEmulator]]:
+    """A relay in front of each target: the addresses to dial, and the emulator (for its counts)."""
+    with LinkEmulator() as links:
+        yield [links.relay(t, profile) for t in targets], links
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pairs", nargs="+", metavar="LISTEN=TARGET", help="e.g. 127.0.0.1:7001=127.0.0.1:5001")
+    p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per chunk")
+    p.add_argument("--jitter-ms", type=float, default=0.0)
+    p.add_argument("--mbit", type=float, default=None, help="bandwidth each way, Mbit/s")
+    p.add_argument("--loss", type=float, default=0.0, help="chance a chunk waits one retransmission timeout")
+    args = p.parse_args()
+    profile = LinkProfile(args.delay_ms / 1e3, args.jitter_ms / 1e3, args.mbit * 1e6 if args.mbit else None,
+                          args.loss)  # fmt: skip
+
+    async def serve() -> None:
+        for pair in args.pairs:
+            listen, target = pair.split("=", 1)
+            host, port = listen.rsplit(":", 1)
+            address = await Relay(target, profile).start(host, int(port))
+            print(f"relay {address} -> {target}", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
