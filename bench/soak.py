@@ -172,23 +172,25 @@ def run(minutes: float, kill_every: float, sessions: int, cache: Path) -> dict[s
     monkey = threading.Thread(target=churn_loop, args=(nodes, kill_every, stop, kills))
     started = time.monotonic()
     try:
-        for thread in [*threads, monkey]:
-            thread.start()
-        while time.monotonic() - started < minutes * 60:
+        try:
+            for thread in [*threads, monkey]:
+                thread.start()
+            while time.monotonic() - started < minutes * 60:
+                sample(nodes, started, samples)
+                report_progress(tally, started, len(kills))
+                time.sleep(SAMPLE_EVERY_S)
             sample(nodes, started, samples)
-            report_progress(tally, started, len(kills))
-            time.sleep(SAMPLE_EVERY_S)
-        sample(nodes, started, samples)
+        finally:
+            stop.set()
+            for thread in [*threads, monkey]:
+                thread.join(timeout=120)
+            swarm.close()
+        time.sleep(SETTLE_S)
+        leftovers = [{"node": n.address, "sessions": n.metric("swarm_node_active_sessions"),
+                      "kv_bytes": n.metric("swarm_node_memory_used_bytes") - n.idle_memory} for n in nodes]  # fmt: skip
     finally:
-        stop.set()
-        for thread in [*threads, monkey]:
-            thread.join(timeout=120)
-        swarm.close()
-    time.sleep(SETTLE_S)
-    leftovers = [{"node": n.address, "sessions": n.metric("swarm_node_active_sessions"),
-                  "kv_bytes": n.metric("swarm_node_memory_used_bytes") - n.idle_memory} for n in nodes]  # fmt: skip
-    for node in nodes:
-        node.kill()
+        for node in nodes:  # whatever went wrong, no node outlives the soak
+            node.kill()
     return summarize(tally, samples, leftovers, kills, minutes, sessions, kill_every)
 
 
