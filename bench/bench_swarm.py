@@ -76,8 +76,8 @@ def measure(model: SyncTextGenerator, vocab: int, generations: int) -> dict[str,
 
 
 def measure_local(package: Path, generations: int) -> dict[str, Any]:
+    from swarm.config import RuntimeOptions
     from swarm.local import LocalModel
-    from swarm.runtime import RuntimeOptions
 
     with LocalModel(package, RuntimeOptions(threads=0)) as model:
         return measure(model, model.manifest.architecture.vocab_size, generations)

@@ -21,12 +21,12 @@ from node.span import SpanRuntime
 from node.throughput import measure_prefill_tokens_per_s, measure_steps_per_s
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.auth import Credentials
+from swarm.config import RuntimeOptions
 from swarm.errors import CapacityExceeded, InvalidRequest
 from swarm.keys import Identity, claim_identity
 from swarm.membership import PeerRecord
 from swarm.package import MANIFEST_NAME, load_package
 from swarm.progress import Progress
-from swarm.runtime import RuntimeOptions
 from swarm.transport import server_options
 
 log = logging.getLogger("swarm.node")

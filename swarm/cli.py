@@ -101,8 +101,8 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 def open_model(args: argparse.Namespace) -> SyncTextGenerator:
     if args.local:
+        from swarm.config import RuntimeOptions
         from swarm.local import LocalModel
-        from swarm.runtime import RuntimeOptions
 
         return LocalModel(args.local, RuntimeOptions(threads=args.threads, spin=args.spin))
     from swarm.client import Swarm
@@ -120,8 +120,8 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
 async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenerator]:
     """The async text API on the running loop: a local package, or a swarm."""
     if args.local:
+        from swarm.config import RuntimeOptions
         from swarm.local import LocalModel
-        from swarm.runtime import RuntimeOptions
 
         local = LocalModel(args.local, RuntimeOptions(threads=args.threads, spin=args.spin))
         try:
@@ -213,7 +213,7 @@ def _add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _status(args: argparse.Namespace, out: StreamedText) -> int:
-    from swarm.client import ClientConfig
+    from swarm.config import ClientConfig
     from swarm.keys import load_swarm_key
     from swarm.status import run_status
 

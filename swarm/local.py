@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from swarm._loop import BackgroundLoop
+from swarm.config import RuntimeOptions
 from swarm.errors import InvalidRequest
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.package import BlockEntry, FileEntry, ModelPackage, load_package
-from swarm.runtime import BlockRunner, EmbeddingRunner, HeadRunner, KVCache, RuntimeOptions, group_blocks
+from swarm.runtime import BlockRunner, EmbeddingRunner, HeadRunner, KVCache, group_blocks
 from swarm.sampling import SamplingParams, sample
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec

@@ -16,16 +16,14 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from swarm.config import ClientConfig
 from swarm.errors import NoRouteError, PeerUnavailable, SessionExpired, StaleRoute, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.remote import RemoteSession, StepTimeout
 from swarm.routing import PeerView
 from swarm.sampling import SamplingParams
-
-if TYPE_CHECKING:
-    from swarm.client import AsyncSwarm
 
 log = logging.getLogger("swarm.recovery")
 RECOVERABLE = (PeerUnavailable, SessionExpired, StepTimeout)
@@ -77,14 +75,35 @@ class Deadlines:
         return max(self.floor_s, self.multiple * typical)
 
 
-class RecoveringSession:
-    """A `TokenStepper` over the swarm that survives node failures."""
+class Routes(Protocol):
+    """What recovery needs of a swarm (the SDK's `AsyncSwarm` is one): the best route around the
+    banned nodes, a session along a route, a fresh look at the swarm, and a health check."""
 
-    def __init__(self, swarm: AsyncSwarm, request: GenerationRequest, stats: GenerationStats) -> None:
-        self._swarm, self._request, self._stats = swarm, request, stats
+    bans: Bans
+
+    def route(self) -> list[PeerView]: ...
+
+    async def open_session(
+        self, request: GenerationRequest, stats: GenerationStats, route: list[PeerView] | None = None,
+        timeout_s: float | None = None,
+    ) -> RemoteSession: ...
+
+    async def refresh(self, rediscover: bool = True) -> None: ...
+
+    async def unresponsive(self, peers: Sequence[PeerView], timeout_s: float = 1.0) -> set[str]: ...
+
+
+class RecoveringSession:
+    """A `TokenStepper` over the swarm that survives node failures. `stop_ids`: the model's
+    end-of-sequence tokens, where the first node stops following on by itself."""
+
+    def __init__(self, swarm: Routes, config: ClientConfig, request: GenerationRequest, stats: GenerationStats,
+                 stop_ids: Sequence[int] = ()) -> None:  # fmt: skip
+        self._swarm, self._config, self._request, self._stats = swarm, config, request, stats
+        self._stop_ids = tuple(stop_ids)
         self._history: list[list[int]] = []  # every step sent and answered, as sent
         self._session: RemoteSession | None = None
-        self._deadlines = Deadlines(floor_s=swarm.config.min_step_deadline_s, first_s=swarm.config.step_timeout_s)
+        self._deadlines = Deadlines(floor_s=config.min_step_deadline_s, first_s=config.step_timeout_s)
 
     async def open(self) -> None:
         self._session = await self._reopen(record_recovery=True)
@@ -97,7 +116,7 @@ class RecoveringSession:
                 token = await self._timed_step(self._session, list(ids), params)
             except RECOVERABLE as exc:
                 attempts += 1
-                if attempts > self._swarm.config.max_recoveries:
+                if attempts > self._config.max_recoveries:
                     raise
                 await self._recover(exc)
                 continue
@@ -116,14 +135,11 @@ class RecoveringSession:
     def _follow(self) -> tuple[int, Sequence[int]]:
         """How many more steps the first node may take by itself after the one being sent: the
         rest of the request's tokens, ending at end-of-sequence as the token loop does."""
-        if not self._swarm.config.node_loop:
+        if not self._config.node_loop:
             return 0, ()
         sent = len(self._history)  # the prompt chunk, then one step per token
         follow = max(self._request.max_tokens - 1 - sent, 0)
-        manifest = self._swarm.manifest
-        if not self._request.stop_on_eos or manifest is None:
-            return follow, ()
-        return follow, manifest.tokenizer.eos_token_ids
+        return follow, self._stop_ids if self._request.stop_on_eos else ()
 
     async def _recover(self, error: SwarmError) -> None:
         started = time.perf_counter()
@@ -157,7 +173,7 @@ class RecoveringSession:
     async def _reopen(self, record_recovery: bool = False) -> RemoteSession:
         """A session over a route without banned nodes, waiting (bounded) for the swarm to cover
         every layer again; a route that fails to open gets its culprit banned and is replaced."""
-        deadline = time.monotonic() + self._swarm.config.recovery_wait_s
+        deadline = time.monotonic() + self._config.recovery_wait_s
         failed_at: float | None = None
         while True:
             try:
@@ -165,7 +181,7 @@ class RecoveringSession:
                     await self._swarm.refresh(rediscover=False)
                 route = self._swarm.route()
                 session = await self._swarm.open_session(
-                    self._request, self._stats, route, self._swarm.config.open_deadline_s
+                    self._request, self._stats, route, self._config.open_deadline_s
                 )
             except NoRouteError:
                 if time.monotonic() >= deadline:

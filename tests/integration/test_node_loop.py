@@ -16,10 +16,10 @@ from node.server import RunningNode
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.client import Swarm
+from swarm.config import RuntimeOptions
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
-from swarm.runtime import RuntimeOptions
 from swarm.transport import open_session_call
 from tests.cluster import LocalCluster, member_credentials, signed
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS

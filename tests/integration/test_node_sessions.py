@@ -60,7 +60,7 @@ def test_idle_sessions_expire(cluster: LocalCluster, stories_package: ModelPacka
     async def run() -> None:
         swarm = await AsyncSwarm.connect(cluster.addresses)
         try:
-            session = RemoteSession(swarm._channel(cluster.addresses[0]), swarm.route(), swarm.package_id, 64,
+            session = RemoteSession(swarm.channels.get(cluster.addresses[0]), swarm.route(), swarm.package_id, 64,
                                     SamplingParams(), GenerationStats(), credentials=swarm.credentials)  # fmt: skip
             await session.open()
             assert await session.step(STORIES_PROMPT_IDS, SamplingParams()) == STORIES_REFERENCE_IDS[0]
@@ -218,7 +218,7 @@ def test_bad_input_gets_a_clear_error_and_the_node_keeps_serving(cluster: LocalC
     async def run() -> None:
         swarm = await AsyncSwarm.connect(cluster.addresses)
         try:
-            healthy = RemoteSession(swarm._channel(cluster.addresses[0]), swarm.route(), swarm.package_id, 64,
+            healthy = RemoteSession(swarm.channels.get(cluster.addresses[0]), swarm.route(), swarm.package_id, 64,
                                     SamplingParams(), GenerationStats(), credentials=swarm.credentials)  # fmt: skip
             await healthy.open()
             tokens = [await healthy.step(STORIES_PROMPT_IDS, SamplingParams())]

@@ -178,7 +178,7 @@ def test_a_node_outside_the_swarm_cannot_join_or_serve(cluster: LocalCluster, st
                 swarm.route()
             # a route through it anyway: the member refuses to hand it the session
             route = [swarm.peers[0], PeerView(stranger.node_id, stranger.address, 2, 5)]
-            session = RemoteSession(swarm._channel(member.address), route, swarm.package_id, 16, SamplingParams(),
+            session = RemoteSession(swarm.channels.get(member.address), route, swarm.package_id, 16, SamplingParams(),
                                     GenerationStats(), credentials=swarm.credentials)  # fmt: skip
             with pytest.raises(PeerUnavailable, match=r"failed authentication|refused") as failed:
                 await session.open(timeout=10)

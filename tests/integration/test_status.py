@@ -20,7 +20,8 @@ from typing import IO
 import pytest
 
 from swarm.cli import main
-from swarm.client import AsyncSwarm, ClientConfig
+from swarm.client import AsyncSwarm
+from swarm.config import ClientConfig
 from swarm.package import ModelPackage
 from swarm.status import UNREACHABLE, UP, StatusProbe, StatusSnapshot, render, run_status
 from tests.cluster import TEST_SWARM_KEY, LocalCluster

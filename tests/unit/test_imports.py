@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import graphlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +43,41 @@ def test_import_direction(package: str) -> None:
         if (bad := imported_packages(path) & FORBIDDEN[package])
     }
     assert offenders == {}
+
+
+def project_modules() -> dict[str, Path]:
+    """Every module of the four packages (generated stubs aside), by dotted name."""
+    found = {}
+    for package in FORBIDDEN:
+        for path in (REPO / package).rglob("*.py"):
+            if "_proto" not in path.parts:
+                found[".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")] = path
+    return found
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the project modules it imports, at the top or inside a function alike."""
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_import_cycle_anywhere() -> None:
+    graph = import_graph(project_modules())
+    assert len(graph) > 60  # the walk found the project, not an empty folder
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
+
+
+def test_the_cycle_check_sees_a_cycle() -> None:
+    with pytest.raises(graphlib.CycleError):
+        graphlib.TopologicalSorter({"a": {"b"}, "b": {"c"}, "c": {"a"}}).prepare()
