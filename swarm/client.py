@@ -114,7 +114,7 @@ class AsyncSwarm:
         manifest = checked_manifest(meta, package_id, address)
         codec = TextCodec.from_json(meta.tokenizer_json.decode(), manifest.tokenizer)
         self.manifest, self.package_id = manifest, package_id
-        self._text = TextGenerator(manifest, codec, self._open_stepper)
+        self._text = TextGenerator(manifest, codec, self._open_stream)
 
     def route(self) -> list[PeerView]:
         """The best route now, around banned nodes, counting this client's sessions on each peer."""
@@ -166,11 +166,10 @@ class AsyncSwarm:
         return {p.node_id for p, quiet in zip(peers, answers, strict=True) if quiet}
 
     @asynccontextmanager
-    async def _open_stepper(
+    async def _open_stream(
         self, request: GenerationRequest, stats: GenerationStats
     ) -> AsyncIterator[RecoveringSession]:
-        assert self.manifest is not None
-        session = RecoveringSession(self, self.config, request, stats, self.manifest.tokenizer.eos_token_ids)
+        session = RecoveringSession(self, self.config, request, stats)
         try:
             await session.open()
             yield session

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -94,13 +94,11 @@ class Routes(Protocol):
 
 
 class RecoveringSession:
-    """A `TokenStepper` over the swarm that survives node failures. `stop_ids`: the model's
-    end-of-sequence tokens, where the first node stops following on by itself."""
+    """A token stream over the swarm that survives node failures."""
 
-    def __init__(self, swarm: Routes, config: ClientConfig, request: GenerationRequest, stats: GenerationStats,
-                 stop_ids: Sequence[int] = ()) -> None:  # fmt: skip
+    def __init__(self, swarm: Routes, config: ClientConfig, request: GenerationRequest,
+                 stats: GenerationStats) -> None:  # fmt: skip
         self._swarm, self._config, self._request, self._stats = swarm, config, request, stats
-        self._stop_ids = tuple(stop_ids)
         self._history: list[list[int]] = []  # every step sent and answered, as sent
         self._session: RemoteSession | None = None
         self._deadlines = Deadlines(floor_s=config.min_step_deadline_s, first_s=config.step_timeout_s)
@@ -108,38 +106,43 @@ class RecoveringSession:
     async def open(self) -> None:
         self._session = await self._reopen(record_recovery=True)
 
-    async def step(self, ids: Sequence[int], params: SamplingParams) -> int:
-        attempts = 0
-        while True:
+    async def tokens(
+        self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = ()
+    ) -> AsyncGenerator[int, None]:
+        """The remote session's token stream (the first node following on by itself unless
+        `ClientConfig.node_loop` is off); when it fails, a new route replays the history and the
+        stream goes on from the last token received."""
+        pending, remaining, attempts = list(ids), count, 0
+        while remaining > 0:
             assert self._session is not None
+            stream = self._session.tokens(pending, remaining, params, stop_ids, follow=self._config.node_loop,
+                                          timeout_for=self._deadlines.for_step)  # fmt: skip
             try:
-                token = await self._timed_step(self._session, list(ids), params)
-            except RECOVERABLE as exc:
-                attempts += 1
-                if attempts > self._config.max_recoveries:
-                    raise
-                await self._recover(exc)
-                continue
-            self._history.append(list(ids))
-            return token
+                while remaining > 0:
+                    started = time.perf_counter()
+                    try:
+                        token = await anext(stream)
+                    except StopAsyncIteration:  # it ended at a stop id
+                        return
+                    except RECOVERABLE as exc:
+                        attempts += 1
+                        if attempts > self._config.max_recoveries:
+                            raise
+                        await self._recover(exc)
+                        break  # a new stream, on the new route, from `pending`
+                    self._deadlines.observe(time.perf_counter() - started, len(pending))
+                    self._history.append(pending)
+                    pending, remaining, attempts = [token], remaining - 1, 0
+                    yield token
+                    if token in stop_ids:
+                        return
+            finally:
+                await stream.aclose()
 
-    async def _timed_step(self, session: RemoteSession, ids: list[int], params: SamplingParams,
-                          replay: bool = False) -> int:  # fmt: skip
+    async def _replay(self, session: RemoteSession, ids: list[int]) -> None:
         started = time.perf_counter()
-        follow, stop_ids = (0, ()) if replay else self._follow()
-        timeout = self._deadlines.for_step(len(ids))
-        token = await session.step(ids, params, timeout=timeout, follow=follow, stop_ids=stop_ids)
+        await session.step(ids, self._request.sampling, timeout=self._deadlines.for_step(len(ids)))
         self._deadlines.observe(time.perf_counter() - started, len(ids))
-        return token
-
-    def _follow(self) -> tuple[int, Sequence[int]]:
-        """How many more steps the first node may take by itself after the one being sent: the
-        rest of the request's tokens, ending at end-of-sequence as the token loop does."""
-        if not self._config.node_loop:
-            return 0, ()
-        sent = len(self._history)  # the prompt chunk, then one step per token
-        follow = max(self._request.max_tokens - 1 - sent, 0)
-        return follow, self._stop_ids if self._request.stop_on_eos else ()
 
     async def _recover(self, error: SwarmError) -> None:
         started = time.perf_counter()
@@ -155,7 +158,7 @@ class RecoveringSession:
         self._session = None
         session = await self._reopen()
         for chunk in self._history:  # replay in the original chunking: same graphs, same numbers
-            await self._timed_step(session, chunk, self._request.sampling, replay=True)
+            await self._replay(session, chunk)
         self._session = session
         self._stats.recoveries.append(time.perf_counter() - started)
 

@@ -144,8 +144,8 @@ def test_one_client_cannot_take_more_than_its_share_downstream_through_a_relay(
             assert results == [STORIES_REFERENCE_IDS[:20]] * 8
             # a fourth, straight to the downstream node: that node counted the relayed three against it
             route = [p for p in greedy.peers if p.node_id == downstream.node_id]
-            direct = RemoteSession(greedy.channels.get(downstream.address), route, greedy.package_id, 8, SamplingParams(),
-                                   GenerationStats(), credentials=greedy.credentials)  # fmt: skip
+            direct = RemoteSession(greedy.channels.get(downstream.address), route, greedy.package_id, 8,
+                                   SamplingParams(), GenerationStats(), credentials=greedy.credentials)  # fmt: skip
             with pytest.raises(CapacityExceeded, match=f"{me} already holds 3 sessions here"):
                 await direct.open(timeout=10)
             await direct.close()

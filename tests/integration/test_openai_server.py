@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 
 import openai
@@ -20,7 +20,7 @@ import pytest
 
 from swarm._loop import BackgroundLoop
 from swarm.client import AsyncSwarm
-from swarm.generation import GenerationRequest, GenerationStats
+from swarm.generation import GenerationRequest, GenerationStats, stepped
 from swarm.local import LocalModel, LocalSession
 from swarm.openai_server import create_app, run_server
 from swarm.package import ModelPackage
@@ -231,6 +231,10 @@ class SlowStepper:
     async def step(self, ids: Sequence[int], params: SamplingParams) -> int:
         await asyncio.sleep(0.01)
         return await self.session.step(ids, params)
+
+    def tokens(self, ids: Sequence[int], count: int, params: SamplingParams,
+               stop_ids: Sequence[int] = ()) -> AsyncGenerator[int, None]:  # fmt: skip
+        return stepped(self.step, ids, count, params, stop_ids)
 
 
 def test_concurrent_requests_overlap(local: LocalModel) -> None:
