@@ -22,10 +22,11 @@ from swarm._loop import BackgroundLoop
 from swarm._proto import swarm_pb2 as pb
 from swarm.auth import Credentials
 from swarm.config import ClientConfig
-from swarm.discovery import discover, env_mdns_interfaces
+from swarm.discovery import discover
+from swarm.environment import env_mdns_interfaces, load_swarm_key
 from swarm.errors import NoRouteError, PeerUnavailable, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
-from swarm.keys import Identity, SwarmKey, load_swarm_key
+from swarm.keys import Identity, SwarmKey
 from swarm.package import Manifest
 from swarm.peers import PeerProbe, checked_manifest, only_model
 from swarm.recovery import Bans, RecoveringSession

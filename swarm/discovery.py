@@ -16,7 +16,6 @@ import asyncio
 import base64
 import logging
 import math
-import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -37,16 +36,6 @@ MAX_NODE_ID = 63  # the longest DNS label: the node id is the service instance n
 RESOLVE_TIMEOUT_MS = 3000
 MAX_FOREIGN = 1024  # nodes of other swarms counted, at most
 log = logging.getLogger("swarm.discovery")
-
-
-MDNS_INTERFACES_ENV = "SWARM_MDNS_INTERFACES"
-
-
-def env_mdns_interfaces() -> tuple[str, ...]:
-    """Interface addresses from $SWARM_MDNS_INTERFACES ("10.0.0.5,127.0.0.1"): what the CLIs use
-    when no --mdns-interface is given, and the SDK when no `mdns_interfaces` is (e.g. to keep a
-    test or a demo on loopback)."""
-    return tuple(a.strip() for a in os.environ.get(MDNS_INTERFACES_ENV, "").split(",") if a.strip())
 
 
 def open_zeroconf(interfaces: Sequence[str] | None = None) -> AsyncZeroconf:

@@ -22,9 +22,8 @@ from swarm.remote import RemoteSession
 from swarm.routing import PeerView
 from swarm.sampling import SamplingParams
 from swarm.transport import request_bytes
-from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_credentials, member_metadata
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
-from tests.waiting import wait_until
+from tests.helpers import TEST_SWARM_KEY, LocalCluster, member_credentials, member_metadata, wait_until
 
 SPANS = [(0, 2), (2, 5)]
 FRESH_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # no connection shared with other channels

@@ -15,8 +15,8 @@ from swarm.local import LocalModel
 from swarm.package import ModelPackage
 from swarm.remote import RemoteSession
 from swarm.sampling import SamplingParams
-from tests.cluster import LocalCluster
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
+from tests.helpers import LocalCluster
 
 SPANS = {
     1: [(0, 5)],
