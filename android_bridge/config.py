@@ -20,7 +20,7 @@ from typing import Any
 from android_bridge.policy import Thresholds
 from node.config import NodeConfig, parse_bytes
 from swarm.errors import InvalidRequest, SwarmError
-from swarm.keys import load_swarm_key
+from swarm.keys import parse_swarm_key
 
 DEVICES = ("auto", "linux", "termux", "callbacks", "static")
 
@@ -71,7 +71,7 @@ class HostConfig:
             raise InvalidRequest('give the swarm\'s join code as "swarm_key", or "insecure": true for an open swarm '
                                  "(not both)")  # fmt: skip
         try:
-            key = load_swarm_key(self.swarm_key) if self.swarm_key else None
+            key = parse_swarm_key(self.swarm_key) if self.swarm_key else None
         except SwarmError as exc:
             raise InvalidRequest(f"swarm_key: {exc}") from exc
         return NodeConfig(

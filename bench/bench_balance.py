@@ -32,11 +32,12 @@ sys.path.insert(0, str(REPO))
 from bench.baselines import DEFAULT_CACHE  # noqa: E402
 from bench.bench_local import checkpoint, export  # noqa: E402
 from bench.report import replace_section  # noqa: E402
+from swarm.apps.demo import split_spans  # noqa: E402
 from swarm.assignment import NodeProfile, plan_assignment  # noqa: E402
 from swarm.client import AsyncSwarm  # noqa: E402
-from swarm.demo import split_spans  # noqa: E402
+from swarm.environment import SWARM_KEY_ENV  # noqa: E402
 from swarm.generation import GenerationRequest  # noqa: E402
-from swarm.keys import SWARM_KEY_ENV, SwarmKey  # noqa: E402
+from swarm.keys import SwarmKey  # noqa: E402
 from swarm.package import load_package  # noqa: E402
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")

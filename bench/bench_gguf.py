@@ -100,8 +100,8 @@ def llama_engine(gguf: Path) -> tuple[Callable[[], float], Callable[[], float], 
 
 
 def ours_engine(package: Path, spin: bool) -> tuple[Callable[[], float], Callable[[], float], Any]:
+    from swarm.config import RuntimeOptions
     from swarm.local import LocalModel
-    from swarm.runtime import RuntimeOptions
 
     model = LocalModel(package, RuntimeOptions(threads=2, spin=spin))
     prompt = [3 + (i * 7919) % (model.manifest.architecture.vocab_size - 3) for i in range(PREFILL_LEN)]

@@ -38,8 +38,8 @@ PAUSE_S = 0.1  # longer than either engine's threads keep spinning after a step
 
 
 def ours_decode(package: Path, spin: bool) -> Callable[[], float]:
+    from swarm.config import RuntimeOptions
     from swarm.local import LocalModel
-    from swarm.runtime import RuntimeOptions
 
     return partial(local_decode, LocalModel(package, RuntimeOptions(threads=2, spin=spin)))
 

@@ -25,8 +25,8 @@ from bench.baselines import DEFAULT_CACHE  # noqa: E402
 from bench.bench_local import checkpoint, export_with  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 from bench.turns import NEW_TOKENS, local_decode, round_ratios, take_turns  # noqa: E402
+from swarm.config import RuntimeOptions  # noqa: E402
 from swarm.local import LocalModel  # noqa: E402
-from swarm.runtime import RuntimeOptions  # noqa: E402
 
 
 def measure(ckpt: Path, quantize: str, sizes: list[int], rounds: int, cache: Path) -> list[dict]:

@@ -29,8 +29,8 @@ from bench.baselines import DEFAULT_CACHE  # noqa: E402
 from bench.bench_local import checkpoint, export  # noqa: E402
 from bench.bench_swarm import measure  # noqa: E402
 from bench.report import replace_section  # noqa: E402
+from swarm.apps.demo import NodeProcesses, split_spans  # noqa: E402
 from swarm.client import Swarm  # noqa: E402
-from swarm.demo import NodeProcesses, split_spans  # noqa: E402
 from swarm.keys import SwarmKey  # noqa: E402
 from swarm.package import load_package  # noqa: E402
 

@@ -29,9 +29,10 @@ sys.path.insert(0, str(REPO))
 from bench.baselines import DEFAULT_CACHE  # noqa: E402
 from bench.bench_local import checkpoint, export  # noqa: E402
 from bench.report import replace_section  # noqa: E402
-from swarm.demo import NodeProcesses, split_spans  # noqa: E402
+from swarm.apps.demo import NodeProcesses, split_spans  # noqa: E402
+from swarm.environment import SWARM_KEY_ENV, load_swarm_key  # noqa: E402
 from swarm.generation import GenerationRequest, GenerationStats  # noqa: E402
-from swarm.keys import SWARM_KEY_ENV, SwarmKey, load_swarm_key  # noqa: E402
+from swarm.keys import SwarmKey  # noqa: E402
 from swarm.package import load_package  # noqa: E402
 from swarm.textgen import SyncTextGenerator  # noqa: E402
 
@@ -76,8 +77,8 @@ def measure(model: SyncTextGenerator, vocab: int, generations: int) -> dict[str,
 
 
 def measure_local(package: Path, generations: int) -> dict[str, Any]:
+    from swarm.config import RuntimeOptions
     from swarm.local import LocalModel
-    from swarm.runtime import RuntimeOptions
 
     with LocalModel(package, RuntimeOptions(threads=0)) as model:
         return measure(model, model.manifest.architecture.vocab_size, generations)

@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bandwidth import BandwidthProbe, paired_steps, per_bandwidth
+from swarm.config import RuntimeOptions
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
-from swarm.runtime import RuntimeOptions
 from swarm.sampling import SamplingParams
 
 

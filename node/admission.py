@@ -7,19 +7,30 @@ against its caller; a session counts against the client that opened it, whose si
 up a downstream node's share for everyone behind the same relay, and a relay is not held back by
 its own clients' sessions. An open swarm proves nothing: there a peer is its host address (not
 its host and port, which a new connection would change).
+
+What a session may ask is checked here too, before anything is counted or held: the opening
+(protocol, model, route shape, this node's place in it), following on, and each step's order.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import grpc
 
 from node.ratelimit import PeerRates, PeerSessions
+from node.sessions import NodeSession
+from node.span import SpanRuntime
 from swarm._proto import swarm_pb2 as pb
 from swarm.auth import Credentials, Proof, new_exchange, session_keys
-from swarm.errors import SwarmError
+from swarm.errors import InvalidRequest, StaleRoute, SwarmError
 from swarm.frames import Frames, PlainFrames, SealedFrames
+from swarm.keys import NODE_ID_HEX, is_node_id
 from swarm.origin import session_origin
 from swarm.transport import request_bytes, status_for
+
+PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
+MAX_STOP_IDS = 64  # end-of-sequence ids a following step may name
 
 
 def peer_host(peer: str) -> str:
@@ -83,3 +94,68 @@ class Admission:
 
     def close_session(self, origin: str) -> None:
         self.sessions.release(origin)
+
+
+# --- what a session may ask ----------------------------------------------------------------
+
+
+def check_open(request: pb.SessionRequest, span: SpanRuntime, node_id: str, keyed: bool) -> pb.OpenSession:
+    """The opening of a session stream, checked against this node (`node_id`, serving `span`) before
+    anything is counted or held. `keyed`: in a keyed swarm every later hop must name its node."""
+    if request.WhichOneof("kind") != "open":
+        raise InvalidRequest("a session stream must start with OpenSession")
+    msg = request.open
+    if msg.protocol_version != PROTOCOL_VERSION:
+        raise InvalidRequest(f"protocol version {msg.protocol_version}; this node speaks {PROTOCOL_VERSION}")
+    if msg.package_id != span.package.package_id:
+        raise InvalidRequest(
+            f"this node serves model {span.package.package_id[:16]}, not {msg.package_id[:16]}"
+        )
+    if not 0 < len(msg.session_id) <= 64:
+        raise InvalidRequest("session id must be 1 to 64 characters")
+    route = list(msg.route)
+    if not route or len(route) > span.arch.num_layers:
+        raise InvalidRequest(f"route must have 1 to {span.arch.num_layers} hops, got {len(route)}")
+    me = route[0]
+    if (me.start, me.end) != (span.start, span.end) or me.node_id not in ("", node_id):
+        raise StaleRoute(
+            f"route sends layers [{me.start}, {me.end}) of node {me.node_id or '?'} here; this node is "
+            f"{node_id} with layers [{span.start}, {span.end})"
+        )
+    for hop, following in itertools.pairwise(route):
+        if hop.end != following.start:
+            raise InvalidRequest("route hops must chain: each hop starts where the previous one ends")
+    if route[-1].end != span.arch.num_layers:
+        raise InvalidRequest(f"route must end at layer {span.arch.num_layers}")
+    if keyed:  # the next hop's credential is made for that node only
+        for number, hop in enumerate(route[1:], start=2):
+            if not is_node_id(hop.node_id):
+                raise InvalidRequest(f"route hop {number} must name its node id ({NODE_ID_HEX} hex digits)")
+    return msg
+
+
+def check_follow(session: NodeSession, request: pb.SessionRequest) -> tuple[int, frozenset[int]]:
+    """How many steps the first node may feed back by itself after this one, and where it stops."""
+    step = request.step
+    if step.follow == 0:
+        return 0, frozenset()
+    if step.WhichOneof("input") != "tokens":
+        raise InvalidRequest("only the first node of a route follows on: send token ids with `follow`")
+    room = session.max_length - session.length - len(step.tokens.ids)
+    if step.follow > room:
+        raise InvalidRequest(f"follow of {step.follow} steps; the session has room for {max(room, 0)}")
+    if len(step.stop_ids) > MAX_STOP_IDS:
+        raise InvalidRequest(f"at most {MAX_STOP_IDS} stop ids, got {len(step.stop_ids)}")
+    return step.follow, frozenset(step.stop_ids)
+
+
+def check_step(session: NodeSession, request: pb.SessionRequest) -> pb.Step:
+    """A step of an open session, in order and at the position the session is at."""
+    step = request.step
+    if request.WhichOneof("kind") != "step":
+        raise InvalidRequest("session is already open; send steps")
+    if step.step != session.next_step:
+        raise InvalidRequest(f"step {step.step} out of order; expected {session.next_step}")
+    if step.position != session.length:
+        raise InvalidRequest(f"step starts at position {step.position} but the session holds {session.length}")
+    return step

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from node.compute import ComputeExecutor
 from node.sessions import NodeSession
 from node.span import SpanRuntime, StepOutput
-
-Runner = Callable[..., Awaitable[object]]  # runs a function on the compute thread (or inline)
 
 
 @dataclass
@@ -33,10 +32,10 @@ class DecodeBatcher:
     others to arrive instead of running the first one alone."""
 
     def __init__(
-        self, span: SpanRuntime, run: Runner, live_sessions: Callable[[], int], max_batch: int = 16,
+        self, span: SpanRuntime, compute: ComputeExecutor, live_sessions: Callable[[], int], max_batch: int = 16,
         max_wait_s: float = 0.005,
     ) -> None:  # fmt: skip
-        self._span, self._run, self._max_batch = span, run, max_batch
+        self._span, self._compute, self._max_batch = span, compute, max_batch
         self._live_sessions, self._max_wait_s = live_sessions, max_wait_s
         self._queue: list[_Waiting] = []
         self._arrived = asyncio.Event()
@@ -93,14 +92,13 @@ class DecodeBatcher:
         sessions = [w.session for w in batch]
         if len(batch) == 1:
             s = sessions[0]
-            output = await self._run(self._span.forward, batch[0].hidden, s.caches, s.sampling, s.return_logits)
-            return [output]  # type: ignore[list-item]
+            return [await self._compute.run(self._span.forward, batch[0].hidden, s.caches, s.sampling,
+                                            s.return_logits)]  # fmt: skip
         hidden = np.concatenate([w.hidden for w in batch])
-        outputs = await self._run(
+        return await self._compute.run(
             self._span.forward_batch,
             hidden,
             [s.caches for s in sessions],
             [s.sampling for s in sessions],
             [s.return_logits for s in sessions],
         )
-        return outputs  # type: ignore[return-value]

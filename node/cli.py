@@ -12,18 +12,16 @@ from typing import TYPE_CHECKING
 
 from node.config import NodeConfig, parse_bytes, parse_span
 from swarm.console import add_version_flag, prepare_process
-from swarm.discovery import env_mdns_interfaces
-from swarm.errors import AuthenticationError, SwarmError
-from swarm.keys import (
+from swarm.environment import (
     IDENTITY_DIR_NAME,
-    KEY_FILE_NAME,
     SWARM_KEY_ENV,
-    SwarmKey,
     config_dir,
     default_identity_dir,
+    env_mdns_interfaces,
     load_swarm_key,
-    write_key_file,
 )
+from swarm.errors import AuthenticationError, SwarmError
+from swarm.keys import KEY_FILE_NAME, SwarmKey, write_key_file
 from swarm.logs import FORMATS, configure_logging
 from swarm.progress import ProgressLine
 

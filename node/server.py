@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from node.compute import ComputeExecutor
 from node.config import DEFAULT_KV_HEADROOM, NodeConfig
 from node.decoding import UndecodableRequests
 from node.metrics import NodeMetrics
@@ -21,12 +22,12 @@ from node.span import SpanRuntime
 from node.throughput import measure_prefill_tokens_per_s, measure_steps_per_s
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.auth import Credentials
+from swarm.config import RuntimeOptions
 from swarm.errors import CapacityExceeded, InvalidRequest
 from swarm.keys import Identity, claim_identity
 from swarm.membership import PeerRecord
 from swarm.package import MANIFEST_NAME, load_package
 from swarm.progress import Progress
-from swarm.runtime import RuntimeOptions
 from swarm.transport import server_options
 
 log = logging.getLogger("swarm.node")
@@ -118,8 +119,10 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
     async with contextlib.AsyncExitStack() as stack:
         identity = claim_identity(config.identity_file) if config.identity_file else Identity.generate()
         stack.callback(identity.release)
-        servicer = NodeServicer(span, SessionTable(limits), _settings(config, identity, message_bytes))
-        stack.push_async_callback(servicer.close)  # its compute thread and channels to next hops
+        compute = ComputeExecutor(span.weight_bytes)
+        stack.callback(compute.close)  # after the servicer: a step may still be computing
+        servicer = NodeServicer(span, SessionTable(limits), _settings(config, identity, message_bytes), compute)
+        stack.push_async_callback(servicer.close)  # its channels to next hops
         servicer.steps_per_s, servicer.prefill_tokens_per_s = speed, prefill_speed
         metrics = NodeMetrics(servicer.table) if config.metrics_port is not None else None
         server, port = await _grpc_server(stack, config, servicer, metrics, message_bytes)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from swarm.config import RuntimeOptions
 from swarm.errors import InvalidRequest
 from swarm.package import ModelPackage
 from swarm.progress import Progress
@@ -19,7 +20,6 @@ from swarm.runtime import (
     EmbeddingRunner,
     HeadRunner,
     KVCache,
-    RuntimeOptions,
     group_blocks,
     kv_cache_bytes,
 )

@@ -24,13 +24,14 @@ from swarm.errors import (
 from swarm.generation import GenerationStats
 
 if TYPE_CHECKING:
-    from swarm.client import AsyncSwarm, ClientConfig, Swarm
+    from swarm.client import AsyncSwarm, Swarm
+    from swarm.config import ClientConfig, RuntimeOptions
     from swarm.local import LocalModel
 
 # Imported on first use, so `import swarm` (and every CLI, which imports it first) loads neither
 # gRPC nor onnxruntime: a CLI sets its process defaults before gRPC starts (swarm/console.py).
-_LAZY = {"AsyncSwarm": "swarm.client", "ClientConfig": "swarm.client", "Swarm": "swarm.client",
-         "LocalModel": "swarm.local"}  # fmt: skip
+_LAZY = {"AsyncSwarm": "swarm.client", "ClientConfig": "swarm.config", "Swarm": "swarm.client",
+         "LocalModel": "swarm.local", "RuntimeOptions": "swarm.config"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -50,6 +51,7 @@ __all__ = [
     "LocalModel",
     "NoRouteError",
     "PeerUnavailable",
+    "RuntimeOptions",
     "SessionExpired",
     "Swarm",
     "SwarmError",

@@ -16,7 +16,6 @@ import asyncio
 import base64
 import logging
 import math
-import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -27,24 +26,16 @@ from zeroconf import IPVersion, ServiceInfo, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from swarm.auth import CLOCK_WINDOW_S, Credentials
+from swarm.errors import NoRouteError
 from swarm.keys import node_id_of
-from swarm.membership import Event, PeerGone, PeerRecord, PeerSeen
+from swarm.membership import Event, Membership, PeerGone, PeerRecord, PeerSeen, apply
+from swarm.routing import plan_route
 
 SERVICE_TYPE = "_swarm-llm._tcp.local."
 MAX_NODE_ID = 63  # the longest DNS label: the node id is the service instance name
 RESOLVE_TIMEOUT_MS = 3000
 MAX_FOREIGN = 1024  # nodes of other swarms counted, at most
 log = logging.getLogger("swarm.discovery")
-
-
-MDNS_INTERFACES_ENV = "SWARM_MDNS_INTERFACES"
-
-
-def env_mdns_interfaces() -> tuple[str, ...]:
-    """Interface addresses from $SWARM_MDNS_INTERFACES ("10.0.0.5,127.0.0.1"): what the CLIs use
-    when no --mdns-interface is given, and the SDK when no `mdns_interfaces` is (e.g. to keep a
-    test or a demo on loopback)."""
-    return tuple(a.strip() for a in os.environ.get(MDNS_INTERFACES_ENV, "").split(",") if a.strip())
 
 
 def open_zeroconf(interfaces: Sequence[str] | None = None) -> AsyncZeroconf:
@@ -237,6 +228,45 @@ class MdnsBrowser:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def discover(interfaces: Sequence[str], timeout_s: float, model_id: str | None = None,
+                   credentials: Credentials | None = None) -> list[str]:  # fmt: skip
+    """Addresses of swarm nodes announced on the local network (browsing on `interfaces`; () = every
+    IPv4 one), once the live ones cover every layer of one model (of `model_id`, a package id or
+    prefix, when given) or `timeout_s` passes. Only records signed for our swarm count."""
+    state = Membership()
+
+    def seen(event: Event) -> None:
+        nonlocal state
+        state = apply(state, event)
+
+    zeroconf = open_zeroconf(interfaces)
+    browser = MdnsBrowser(zeroconf, seen, credentials=credentials)
+    try:
+        await browser.start()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline and not _complete(state.live(), model_id):
+            await asyncio.sleep(0.1)
+    finally:
+        await browser.stop()
+        await zeroconf.async_close()
+    return [r.address for r in state.live()]
+
+
+def _complete(records: Sequence[PeerRecord], model_id: str | None) -> bool:
+    """Whether the records of some model (of `model_id`, when given) chain through all its layers."""
+    by_model: dict[str, list[PeerRecord]] = {}
+    for r in records:
+        if model_id is None or r.package_id.startswith(model_id):
+            by_model.setdefault(r.package_id, []).append(r)
+    for group in by_model.values():
+        try:
+            plan_route([r.view() for r in group], max(r.end for r in group))
+        except NoRouteError:
+            continue
+        return True
+    return False
 
 
 def text_properties(properties: dict[bytes, bytes | None]) -> dict[str, str]:

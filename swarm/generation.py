@@ -1,13 +1,15 @@
 """The token loop shared by every way of running a model: local, or through a swarm.
 
-A `TokenStepper` runs some ids through the whole model and samples the next token; the
-loop feeds the prompt once (prefill) and then each new token (decode), and keeps timings.
+A `TokenStream` is asked once for a generation's tokens: it appends the prompt (prefill), then
+yields each sampled token, feeding it back in as the next input (decode) itself, however it
+runs (in this process, or along a route whose first node closes the loop). `generate_ids` reads
+that stream and keeps the timings.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -15,10 +17,29 @@ from swarm.errors import InvalidRequest
 from swarm.sampling import SamplingParams
 
 
-class TokenStepper(Protocol):
-    async def step(self, ids: Sequence[int], params: SamplingParams) -> int:
-        """Append `ids` to the sequence and return the sampled next token."""
+class TokenStream(Protocol):
+    def tokens(
+        self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = ()
+    ) -> AsyncGenerator[int, None]:
+        """Append `ids` to the sequence, then yield up to `count` sampled tokens, each fed back
+        in as the next input; the stream ends after a token in `stop_ids`."""
         ...
+
+
+Step = Callable[[Sequence[int], SamplingParams], Awaitable[int]]
+
+
+async def stepped(
+    step: Step, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = ()
+) -> AsyncGenerator[int, None]:
+    """A token stream over `step` (append ids, return the sampled next token): each token is
+    stepped back in by the caller's side, one step per token."""
+    for _ in range(count):
+        token = await step(ids, params)
+        yield token
+        if token in stop_ids:
+            return
+        ids = [token]
 
 
 @dataclass
@@ -79,7 +100,7 @@ class GenerationRequest:
 
 
 async def generate_ids(
-    stepper: TokenStepper,
+    stream: TokenStream,
     request: GenerationRequest,
     eos_ids: Sequence[int],
     stats: GenerationStats,
@@ -87,18 +108,23 @@ async def generate_ids(
 ) -> AsyncIterator[int]:
     """Yield new token ids until max tokens or (if asked) an end-of-sequence token, which is yielded too.
 
-    `started` (perf_counter) is when the request began, if before the stepper was opened."""
+    `started` (perf_counter) is when the request began, if before the stream was opened."""
     stats.prompt_tokens = len(request.prompt_ids)
     started = started or time.perf_counter()
-    token = await stepper.step(request.prompt_ids, request.sampling)
-    first = time.perf_counter()
-    stats.ttft_s = first - started
-    for produced in range(1, request.max_tokens + 1):
-        stats.generated_tokens = produced
-        stats.decode_s = time.perf_counter() - first
-        yield token
-        if produced == request.max_tokens or (request.stop_on_eos and token in eos_ids):
-            return
-        before = time.perf_counter()
-        token = await stepper.step([token], request.sampling)
-        stats.step_s.append(time.perf_counter() - before)
+    stop_ids = tuple(eos_ids) if request.stop_on_eos else ()
+    tokens = stream.tokens(request.prompt_ids, request.max_tokens, request.sampling, stop_ids)
+    try:
+        token = await anext(tokens)
+        first = time.perf_counter()
+        stats.ttft_s = first - started
+        for produced in range(1, request.max_tokens + 1):
+            stats.generated_tokens = produced
+            stats.decode_s = time.perf_counter() - first
+            yield token
+            if produced == request.max_tokens or token in stop_ids:
+                return
+            before = time.perf_counter()
+            token = await anext(tokens)
+            stats.step_s.append(time.perf_counter() - before)
+    finally:
+        await tokens.aclose()

@@ -16,7 +16,6 @@ a peer's id belongs to the key it signs with.
 from __future__ import annotations
 
 import base64
-import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -34,16 +33,8 @@ from swarm.errors import AuthenticationError, SwarmError
 KEY_BYTES = 32
 CODE_PREFIX = "swarm1-"
 NODE_ID_HEX = 24
-SWARM_KEY_ENV = "SWARM_KEY"
 KEY_FILE_NAME = "swarm.key"
-IDENTITY_DIR_NAME = "identities"
 MAX_IDENTITIES = 64  # node processes on one device
-
-
-def config_dir() -> Path:
-    """Where swarm keeps keys: $XDG_CONFIG_HOME/swarm, else ~/.config/swarm."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "swarm"
 
 
 def _derive(key: bytes, label: str, length: int = 32) -> bytes:
@@ -97,13 +88,8 @@ class SwarmKey:
         return cls(secret)
 
 
-def load_swarm_key(value: str | None) -> SwarmKey | None:
-    """The swarm key from `value` (a join code or a key file), else $SWARM_KEY, else the default
-    key file if `swarm-node init` wrote one; None when there is none anywhere."""
-    value = value or os.environ.get(SWARM_KEY_ENV)
-    if value is None:
-        default = config_dir() / KEY_FILE_NAME
-        return read_key_file(default) if default.is_file() else None
+def parse_swarm_key(value: str) -> SwarmKey:
+    """The swarm key `value` names: a join code, or a key file."""
     if value.strip().lower().startswith(CODE_PREFIX):
         return SwarmKey.from_code(value)
     path = Path(value).expanduser()
@@ -215,10 +201,3 @@ def claim_identity(path: Path) -> Identity:
     if path.is_dir():
         raise SwarmError(f"all {MAX_IDENTITIES} identities in {path} are in use by running nodes")
     raise SwarmError(f"the identity {path} is in use by another running node; give another --identity")
-
-
-def default_identity_dir() -> Path:
-    folder = config_dir() / IDENTITY_DIR_NAME
-    with contextlib.suppress(OSError):
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return folder

@@ -6,17 +6,18 @@ It is the baseline every swarm result is compared with, token for token.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
 
 from swarm._loop import BackgroundLoop
+from swarm.config import RuntimeOptions
 from swarm.errors import InvalidRequest
-from swarm.generation import GenerationRequest, GenerationStats
+from swarm.generation import GenerationRequest, GenerationStats, stepped
 from swarm.package import BlockEntry, FileEntry, ModelPackage, load_package
-from swarm.runtime import BlockRunner, EmbeddingRunner, HeadRunner, KVCache, RuntimeOptions, group_blocks
+from swarm.runtime import BlockRunner, EmbeddingRunner, HeadRunner, KVCache, group_blocks
 from swarm.sampling import SamplingParams, sample
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
@@ -38,14 +39,14 @@ class LocalModel(SyncTextGenerator):
                        for group in group_blocks(m.blocks, options.merge_bytes)]  # fmt: skip
         self.head = HeadRunner(self.package.path(m.head.file), options)
         codec = TextCodec.from_file(self.package.path(m.tokenizer.file), m.tokenizer)
-        self.text = TextGenerator(m, codec, self._open_stepper)  # the async API
+        self.text = TextGenerator(m, codec, self._open_stream)  # the async API
         super().__init__(self.text, BackgroundLoop("swarm-local"))
 
     def session(self, capacity: int | None = None) -> LocalSession:
         return LocalSession(self, capacity or self.manifest.max_context)
 
     @asynccontextmanager
-    async def _open_stepper(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[LocalSession]:
+    async def _open_stream(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[LocalSession]:
         stats.route = [f"local:0-{self.manifest.num_layers}"]
         yield self.session(request.total_tokens)
 
@@ -83,5 +84,12 @@ class LocalSession:
         return sample(logits, params, position=self.length)
 
     async def step(self, ids: Sequence[int], params: SamplingParams) -> int:
+        """Append `ids` and return the sampled next token."""
         # onnxruntime in a worker thread keeps the event loop responsive
         return await asyncio.to_thread(self.next_token, ids, params)
+
+    def tokens(
+        self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = ()
+    ) -> AsyncGenerator[int, None]:
+        """The token stream (swarm/generation.py): one step per token, in this process."""
+        return stepped(self.step, ids, count, params, stop_ids)

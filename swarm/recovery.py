@@ -14,18 +14,16 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from swarm.config import ClientConfig
 from swarm.errors import NoRouteError, PeerUnavailable, SessionExpired, StaleRoute, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.remote import RemoteSession, StepTimeout
 from swarm.routing import PeerView
 from swarm.sampling import SamplingParams
-
-if TYPE_CHECKING:
-    from swarm.client import AsyncSwarm
 
 log = logging.getLogger("swarm.recovery")
 RECOVERABLE = (PeerUnavailable, SessionExpired, StepTimeout)
@@ -77,53 +75,74 @@ class Deadlines:
         return max(self.floor_s, self.multiple * typical)
 
 
-class RecoveringSession:
-    """A `TokenStepper` over the swarm that survives node failures."""
+class Routes(Protocol):
+    """What recovery needs of a swarm (the SDK's `AsyncSwarm` is one): the best route around the
+    banned nodes, a session along a route, a fresh look at the swarm, and a health check."""
 
-    def __init__(self, swarm: AsyncSwarm, request: GenerationRequest, stats: GenerationStats) -> None:
-        self._swarm, self._request, self._stats = swarm, request, stats
+    bans: Bans
+
+    def route(self) -> list[PeerView]: ...
+
+    async def open_session(
+        self, request: GenerationRequest, stats: GenerationStats, route: list[PeerView] | None = None,
+        timeout_s: float | None = None,
+    ) -> RemoteSession: ...
+
+    async def refresh(self, rediscover: bool = True) -> None: ...
+
+    async def unresponsive(self, peers: Sequence[PeerView], timeout_s: float = 1.0) -> set[str]: ...
+
+
+class RecoveringSession:
+    """A token stream over the swarm that survives node failures."""
+
+    def __init__(self, swarm: Routes, config: ClientConfig, request: GenerationRequest,
+                 stats: GenerationStats) -> None:  # fmt: skip
+        self._swarm, self._config, self._request, self._stats = swarm, config, request, stats
         self._history: list[list[int]] = []  # every step sent and answered, as sent
         self._session: RemoteSession | None = None
-        self._deadlines = Deadlines(floor_s=swarm.config.min_step_deadline_s, first_s=swarm.config.step_timeout_s)
+        self._deadlines = Deadlines(floor_s=config.min_step_deadline_s, first_s=config.step_timeout_s)
 
     async def open(self) -> None:
         self._session = await self._reopen(record_recovery=True)
 
-    async def step(self, ids: Sequence[int], params: SamplingParams) -> int:
-        attempts = 0
-        while True:
+    async def tokens(
+        self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = ()
+    ) -> AsyncGenerator[int, None]:
+        """The remote session's token stream (the first node following on by itself unless
+        `ClientConfig.node_loop` is off); when it fails, a new route replays the history and the
+        stream goes on from the last token received."""
+        pending, remaining, attempts = list(ids), count, 0
+        while remaining > 0:
             assert self._session is not None
+            stream = self._session.tokens(pending, remaining, params, stop_ids, follow=self._config.node_loop,
+                                          timeout_for=self._deadlines.for_step)  # fmt: skip
             try:
-                token = await self._timed_step(self._session, list(ids), params)
-            except RECOVERABLE as exc:
-                attempts += 1
-                if attempts > self._swarm.config.max_recoveries:
-                    raise
-                await self._recover(exc)
-                continue
-            self._history.append(list(ids))
-            return token
+                while remaining > 0:
+                    started = time.perf_counter()
+                    try:
+                        token = await anext(stream)
+                    except StopAsyncIteration:  # it ended at a stop id
+                        return
+                    except RECOVERABLE as exc:
+                        attempts += 1
+                        if attempts > self._config.max_recoveries:
+                            raise
+                        await self._recover(exc)
+                        break  # a new stream, on the new route, from `pending`
+                    self._deadlines.observe(time.perf_counter() - started, len(pending))
+                    self._history.append(pending)
+                    pending, remaining, attempts = [token], remaining - 1, 0
+                    yield token
+                    if token in stop_ids:
+                        return
+            finally:
+                await stream.aclose()
 
-    async def _timed_step(self, session: RemoteSession, ids: list[int], params: SamplingParams,
-                          replay: bool = False) -> int:  # fmt: skip
+    async def _replay(self, session: RemoteSession, ids: list[int]) -> None:
         started = time.perf_counter()
-        follow, stop_ids = (0, ()) if replay else self._follow()
-        timeout = self._deadlines.for_step(len(ids))
-        token = await session.step(ids, params, timeout=timeout, follow=follow, stop_ids=stop_ids)
+        await session.step(ids, self._request.sampling, timeout=self._deadlines.for_step(len(ids)))
         self._deadlines.observe(time.perf_counter() - started, len(ids))
-        return token
-
-    def _follow(self) -> tuple[int, Sequence[int]]:
-        """How many more steps the first node may take by itself after the one being sent: the
-        rest of the request's tokens, ending at end-of-sequence as the token loop does."""
-        if not self._swarm.config.node_loop:
-            return 0, ()
-        sent = len(self._history)  # the prompt chunk, then one step per token
-        follow = max(self._request.max_tokens - 1 - sent, 0)
-        manifest = self._swarm.manifest
-        if not self._request.stop_on_eos or manifest is None:
-            return follow, ()
-        return follow, manifest.tokenizer.eos_token_ids
 
     async def _recover(self, error: SwarmError) -> None:
         started = time.perf_counter()
@@ -139,7 +158,7 @@ class RecoveringSession:
         self._session = None
         session = await self._reopen()
         for chunk in self._history:  # replay in the original chunking: same graphs, same numbers
-            await self._timed_step(session, chunk, self._request.sampling, replay=True)
+            await self._replay(session, chunk)
         self._session = session
         self._stats.recoveries.append(time.perf_counter() - started)
 
@@ -157,7 +176,7 @@ class RecoveringSession:
     async def _reopen(self, record_recovery: bool = False) -> RemoteSession:
         """A session over a route without banned nodes, waiting (bounded) for the swarm to cover
         every layer again; a route that fails to open gets its culprit banned and is replaced."""
-        deadline = time.monotonic() + self._swarm.config.recovery_wait_s
+        deadline = time.monotonic() + self._config.recovery_wait_s
         failed_at: float | None = None
         while True:
             try:
@@ -165,7 +184,7 @@ class RecoveringSession:
                     await self._swarm.refresh(rediscover=False)
                 route = self._swarm.route()
                 session = await self._swarm.open_session(
-                    self._request, self._stats, route, self._swarm.config.open_deadline_s
+                    self._request, self._stats, route, self._config.open_deadline_s
                 )
             except NoRouteError:
                 if time.monotonic() >= deadline:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 import grpc
 import numpy as np
@@ -34,7 +34,7 @@ def _sampling_message(params: SamplingParams) -> pb.Sampling:
 
 
 class RemoteSession:
-    """Opens the session along `route`, then each `step` sends ids and gets the sampled token."""
+    """Opens the session along `route`; `tokens` is its token stream, `step` sends one step."""
 
     def __init__(
         self,
@@ -57,8 +57,7 @@ class RemoteSession:
         self._step = 0
         self.length = 0
         self._following = 0  # steps the first node will still take by itself
-        self._stop_ids: frozenset[int] = frozenset()
-        self._last_token = -1
+        self._stop_ids: frozenset[int] = frozenset()  # where it stops following
         self.on_close: Callable[[list[PeerView]], None] | None = None  # told once, when the session closes
         self._closed = False
         self._stub = pb_grpc.SwarmNodeStub(channel)
@@ -90,36 +89,65 @@ class RemoteSession:
             raise PeerUnavailable(f"{self.route[0].address} did not open the session")
         self._stats.route = [f"{p.address}:{p.start}-{p.end}" for p in self.route]
 
-    async def step(
-        self, ids: Sequence[int], params: SamplingParams, timeout: float | None = None,
-        follow: int = 0, stop_ids: Sequence[int] = (),
-    ) -> int:  # fmt: skip
-        """Append `ids` and return the sampled next token. With `follow`, the first node goes on by
-        itself, feeding each token back for up to `follow` more steps (ending after one of
-        `stop_ids`); while it does, a step with the token last returned only reads its answer."""
+    async def step(self, ids: Sequence[int], params: SamplingParams, timeout: float | None = None) -> int:
+        """Send one step, `ids` appended, and return the sampled next token."""
+        self._check(params)
+        return await self._send(ids, 0, (), timeout)
+
+    async def tokens(
+        self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = (),
+        follow: bool = True, timeout_for: Callable[[int], float] | None = None,
+    ) -> AsyncGenerator[int, None]:  # fmt: skip
+        """Append `ids`, then yield up to `count` sampled tokens, each fed back in as the next input,
+        ending after a token in `stop_ids`. With `follow` the first node feeds them back itself: one
+        step goes out and `count` answers come back; without it, each token is sent back from here.
+        `timeout_for(tokens)`: the deadline of a step of that many tokens (default: the session's)."""
+        self._check(params)
+        stop = frozenset(stop_ids)
+        deadline = timeout_for or (lambda _tokens: self._timeout)
+        produced, ids = 0, list(ids)
+        while produced < count:
+            ahead = max(min(count - produced - 1, self._open.max_length - self.length - len(ids)), 0) if follow else 0
+            token = await self._send(ids, ahead, stop_ids, deadline(len(ids)))
+            produced += 1
+            yield token
+            while self._following:  # the first node fed it back already: only read the answer
+                token = await self._receive(deadline(1))
+                produced += 1
+                yield token
+            if token in stop:
+                return
+            ids = [token]
+
+    def _check(self, params: SamplingParams) -> None:
         if params != self.sampling:
             raise InvalidRequest("sampling parameters are fixed when a session opens")
-        if self._following and list(ids) == [self._last_token]:
-            reply = await self._exchange(None, timeout)  # the first node fed it in already
-            self._following -= 1
-        elif self._following:
-            raise InvalidRequest("the route is still following on from the last token; step with that token")
-        else:
-            follow = max(min(follow, self._open.max_length - self.length - len(ids)), 0)
-            step = pb.Step(step=self._step, position=self.length, tokens=pb.TokenIds(ids=list(ids)),
-                           follow=follow, stop_ids=list(stop_ids))  # fmt: skip
-            reply = await self._exchange(pb.SessionRequest(step=step), timeout)
-            self._following, self._stop_ids = follow, frozenset(stop_ids)
+        if self._following:
+            raise InvalidRequest("the route is still following on from the last token; read its answers first")
+
+    async def _send(self, ids: Sequence[int], follow: int, stop_ids: Sequence[int], timeout: float | None) -> int:
+        step = pb.Step(step=self._step, position=self.length, tokens=pb.TokenIds(ids=list(ids)),
+                       follow=follow, stop_ids=list(stop_ids) if follow else [])  # fmt: skip
+        self._following, self._stop_ids = follow, frozenset(stop_ids)
+        return self._answer(await self._exchange(pb.SessionRequest(step=step), timeout), len(ids))
+
+    async def _receive(self, timeout: float | None) -> int:
+        """The answer to a step the first node took by itself (one token, fed back)."""
+        self._following -= 1
+        return self._answer(await self._exchange(None, timeout), 1)
+
+    def _answer(self, reply: pb.SessionReply, tokens: int) -> int:
+        """The token in `reply`, the answer to the step of `tokens` ids this session is at."""
         if reply.WhichOneof("kind") != "result" or reply.result.step != self._step:
             raise PeerUnavailable(f"{self.route[0].address} answered out of turn")
         self._step += 1
-        self.length += len(ids)
+        self.length += tokens
         if reply.result.HasField("logits"):
             self.last_logits = from_wire(reply.result.logits, (None,))
-        self._last_token = int(reply.result.token)
-        if self._last_token in self._stop_ids:
+        token = int(reply.result.token)
+        if token in self._stop_ids:
             self._following = 0  # the first node stopped there
-        return self._last_token
+        return token
 
     async def _exchange(self, request: pb.SessionRequest | None, timeout: float | None = None) -> pb.SessionReply:
         """Send `request` (None: nothing) and read the answer."""

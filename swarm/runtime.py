@@ -15,12 +15,12 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from swarm.config import RuntimeOptions
 from swarm.errors import InvalidRequest
 from swarm.package import Architecture, BlockEntry
 
@@ -28,19 +28,6 @@ from swarm.package import Architecture, BlockEntry
 # waking a second thread costs more than it saves (stories260K decodes 0.49 vs 0.60 ms/token
 # on 1 vs 2 threads here), so by default such a stage runs on one.
 SMALL_STAGE_BYTES = 1 << 20
-
-
-# Consecutive blocks run as one graph up to this many bytes of files (swarm/block_merge.py): a
-# session run has a fixed cost that narrow layers pay many times a token, while a wide layer's
-# own work dwarfs it; the bound keeps the transient copy a merge makes small.
-MERGE_BYTES = 256 << 20
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    threads: int = 0  # onnxruntime intra-op threads; 0 = one per core (one for a stage under 1 MiB)
-    spin: bool = False  # one spinning thread pool for the whole process (see _spinning_pool)
-    merge_bytes: int = MERGE_BYTES  # consecutive blocks up to this size run as one graph; 0 = never
 
 
 def group_blocks(entries: Sequence[BlockEntry], merge_bytes: int) -> list[list[BlockEntry]]:

@@ -1,6 +1,6 @@
 """Text in, text out, over any way of running the model (local or a swarm).
 
-`TextGenerator` is the async core: it tokenizes, opens a stepper for the request, runs the
+`TextGenerator` is the async core: it tokenizes, opens a token stream for the request, runs the
 token loop and detokenizes as tokens arrive. `SyncTextGenerator` is its thin sync facade.
 Sampling keywords are those of `SamplingParams`: temperature, top_k, top_p, seed.
 """
@@ -14,19 +14,19 @@ from typing import Any
 
 from swarm._loop import BackgroundLoop
 from swarm.conversation import fit_conversation
-from swarm.generation import GenerationRequest, GenerationStats, TokenStepper, generate_ids
+from swarm.generation import GenerationRequest, GenerationStats, TokenStream, generate_ids
 from swarm.package import Manifest
 from swarm.sampling import SamplingParams
 from swarm.tokenizer import Message, StreamDecoder, TextCodec
 
-OpenStepper = Callable[[GenerationRequest, GenerationStats], AbstractAsyncContextManager[TokenStepper]]
+OpenStream = Callable[[GenerationRequest, GenerationStats], AbstractAsyncContextManager[TokenStream]]
 
 
 class TextGenerator:
-    def __init__(self, manifest: Manifest, codec: TextCodec, open_stepper: OpenStepper) -> None:
+    def __init__(self, manifest: Manifest, codec: TextCodec, open_stream: OpenStream) -> None:
         self.manifest = manifest
         self.codec = codec
-        self._open_stepper = open_stepper
+        self._open_stream = open_stream
 
     async def generate_ids(
         self, request: GenerationRequest, stats: GenerationStats | None = None
@@ -34,9 +34,9 @@ class TextGenerator:
         request.check(self.manifest.max_context)
         stats = stats or GenerationStats()
         started = time.perf_counter()  # time to first token includes opening the route
-        async with self._open_stepper(request, stats) as stepper:
+        async with self._open_stream(request, stats) as stream:
             eos = self.manifest.tokenizer.eos_token_ids
-            async for token in generate_ids(stepper, request, eos, stats, started):
+            async for token in generate_ids(stream, request, eos, stats, started):
                 yield token
 
     async def stream_ids(

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.auth import AUTH_KEY, Credentials, Proof, new_exchange, session_keys
 from swarm.errors import (
     AuthenticationError,
@@ -81,6 +82,28 @@ def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_send_
 
 def insecure_channel(address: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+
+
+class ChannelPool:
+    """One channel per address, shared by every call to it (a client's, or a node's to its next
+    hops); `close()` closes them all."""
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self._max_message_bytes = max_message_bytes
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = insecure_channel(address, self._max_message_bytes)
+        return self._channels[address]
+
+    def stub(self, address: str) -> pb_grpc.SwarmNodeStub:
+        return pb_grpc.SwarmNodeStub(self.get(address))
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
 
 
 _STATUS_FOR_ERROR: list[tuple[type[SwarmError], grpc.StatusCode]] = [

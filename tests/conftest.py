@@ -12,16 +12,15 @@ from pathlib import Path
 import pytest
 
 from export.exporter import ExportOptions, export_checkpoint
-from swarm.keys import SWARM_KEY_ENV
+from swarm.environment import SWARM_KEY_ENV
 from swarm.package import ModelPackage
-from tests.cluster import TEST_SWARM_KEY, LocalCluster
 from tests.golden.weights import materialize
+from tests.helpers import REPO, TEST_SWARM_KEY, LocalCluster
 
 # Keys and identities of this machine's user never leak into the tests, nor the tests' into it.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="swarm-test-config-")
 os.environ[SWARM_KEY_ENV] = TEST_SWARM_KEY.join_code
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
 GOLDEN = REPO / "tests" / "golden"
 _GOLDEN_COPIES = Path(tempfile.mkdtemp(prefix="swarm-golden-"))

@@ -22,9 +22,8 @@ from swarm.remote import RemoteSession
 from swarm.routing import PeerView
 from swarm.sampling import SamplingParams
 from swarm.transport import request_bytes
-from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_credentials, member_metadata
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
-from tests.waiting import wait_until
+from tests.helpers import TEST_SWARM_KEY, LocalCluster, member_credentials, member_metadata, wait_until
 
 SPANS = [(0, 2), (2, 5)]
 FRESH_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # no connection shared with other channels
@@ -101,7 +100,7 @@ def test_a_route_naming_no_node_id_is_refused_before_anything_is_held(
         try:
             route = list(swarm.route())
             route[1] = PeerView("", last.address, *SPANS[1])  # the next hop's credential needs its id
-            session = RemoteSession(swarm._channel(first.address), route, swarm.package_id, 16, SamplingParams(),
+            session = RemoteSession(swarm.channels.get(first.address), route, swarm.package_id, 16, SamplingParams(),
                                     GenerationStats(), credentials=swarm.credentials)  # fmt: skip
             with pytest.raises(InvalidRequest, match="route hop 2 must name its node id"):
                 await session.open(timeout=10)
@@ -144,8 +143,8 @@ def test_one_client_cannot_take_more_than_its_share_downstream_through_a_relay(
             assert results == [STORIES_REFERENCE_IDS[:20]] * 8
             # a fourth, straight to the downstream node: that node counted the relayed three against it
             route = [p for p in greedy.peers if p.node_id == downstream.node_id]
-            direct = RemoteSession(greedy._channel(downstream.address), route, greedy.package_id, 8, SamplingParams(),
-                                   GenerationStats(), credentials=greedy.credentials)  # fmt: skip
+            direct = RemoteSession(greedy.channels.get(downstream.address), route, greedy.package_id, 8,
+                                   SamplingParams(), GenerationStats(), credentials=greedy.credentials)  # fmt: skip
             with pytest.raises(CapacityExceeded, match=f"{me} already holds 3 sessions here"):
                 await direct.open(timeout=10)
             await direct.close()

@@ -35,9 +35,8 @@ from swarm.errors import PeerUnavailable
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.keys import SwarmKey
 from swarm.package import ModelPackage
-from tests.cluster import LocalCluster
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
-from tests.waiting import wait_until
+from tests.helpers import LocalCluster, wait_until
 
 LOOPBACK = ("127.0.0.1",)
 # a swarm of this run's own: nodes other test runs announce on this machine's loopback are not its members

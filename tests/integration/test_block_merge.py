@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from swarm.block_merge import merge_blocks
+from swarm.config import RuntimeOptions
 from swarm.local import LocalModel
-from swarm.runtime import RuntimeOptions, group_blocks
+from swarm.runtime import group_blocks
 from tests.conftest import STORIES, STORIES_PROMPT_IDS, ExportFn, golden_checkpoint
 
 

@@ -22,13 +22,13 @@ import pytest
 from node.span import SpanRuntime
 from swarm import Swarm
 from swarm._proto import swarm_pb2 as pb
+from swarm.config import RuntimeOptions
+from swarm.environment import SWARM_KEY_ENV
 from swarm.generation import GenerationRequest
-from swarm.keys import SWARM_KEY_ENV
 from swarm.package import ModelPackage
-from swarm.runtime import RuntimeOptions
 from swarm.sampling import SamplingParams
-from tests.cluster import LocalCluster
 from tests.conftest import STORIES_PROMPT, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
+from tests.helpers import LocalCluster
 
 SPANS = [(0, 2), (2, 5)]
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pty
-import select
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,60 +15,13 @@ from pathlib import Path
 from node.server import RunningNode
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
-from tests.cluster import LocalCluster
-from tests.conftest import REPO
-
-# the program's own session, with the pty as its controlling terminal, then the program itself
-CONTROLLING_TTY = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-                   "os.execv(sys.argv[1], sys.argv[1:])")
-
-
-class Terminal:
-    def __init__(self, args: list[str]) -> None:
-        self.master, slave = pty.openpty()
-        self.proc = subprocess.Popen([sys.executable, "-c", CONTROLLING_TTY, *args], stdin=slave, stdout=slave,
-                                     stderr=slave, cwd=REPO, close_fds=True, start_new_session=True)  # fmt: skip
-        os.close(slave)
-        self.screen = ""
-
-    def expect(self, text: str, timeout_s: float = 30.0) -> str:
-        """Read until `text` shows up after what was already read; return what came before it."""
-        start = len(self.screen)
-        deadline = time.monotonic() + timeout_s
-        while text not in self.screen[start:]:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"timed out waiting for {text!r}; screen so far:\n{self.screen[start:]}"
-            ready, _, _ = select.select([self.master], [], [], remaining)
-            if ready:
-                try:
-                    self.screen += os.read(self.master, 4096).decode(errors="replace")
-                except OSError:  # the program exited
-                    break
-        assert text in self.screen[start:], self.screen[start:]
-        return self.screen[start : self.screen.index(text, start)]
-
-    def type(self, line: str) -> None:
-        os.write(self.master, (line + "\n").encode())
-
-    def interrupt(self) -> None:
-        os.write(self.master, b"\x03")  # Ctrl-C: the terminal sends SIGINT to its foreground process group
-
-    def close(self) -> int:
-        """The exit code; a program still running after 20 s is killed (a negative code), so that
-        an assertion that failed first is the one reported."""
-        try:
-            return self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-        finally:
-            os.close(self.master)
+from tests.helpers import LocalCluster, Terminal
 
 
 def test_chat_streams_resets_and_quits(cluster: LocalCluster, stories_package: ModelPackage) -> None:
     cluster.start_chain(stories_package.root, [(0, 2), (2, 5)])
     peers = [arg for address in cluster.addresses for arg in ("--peer", address)]
-    term = Terminal([sys.executable, "-m", "swarm.cli", "chat", *peers, "--max-tokens", "30"])
+    term = Terminal([sys.executable, "-m", "swarm.apps.cli", "chat", *peers, "--max-tokens", "30"])
     try:
         term.expect("you> ")
         term.type("Once upon a time")
@@ -110,7 +60,7 @@ def stalled(cluster: LocalCluster) -> Iterator[None]:
 def test_ctrl_c_stops_the_answer_and_at_the_prompt_quits(cluster: LocalCluster, stories_package: ModelPackage) -> None:
     cluster.start_chain(stories_package.root, [(0, 2), (2, 5)])
     peers = [arg for address in cluster.addresses for arg in ("--peer", address)]
-    term = Terminal([sys.executable, "-m", "swarm.cli", "chat", *peers, "--max-tokens", "30"])
+    term = Terminal([sys.executable, "-m", "swarm.apps.cli", "chat", *peers, "--max-tokens", "30"])
     try:
         assert "Ctrl-C stops a reply" in term.expect("you> ")
         with stalled(cluster):  # the reply waits for a swarm that does not answer
@@ -137,8 +87,8 @@ def node_processes(parent: int) -> list[int]:
 
 
 def test_ctrl_c_in_the_demo_stops_the_answer_not_the_nodes(stories_package: ModelPackage) -> None:
-    term = Terminal([sys.executable, "-m", "swarm.cli", "demo", "--model", str(stories_package.root), "--nodes", "2",
-                     "--max-tokens", "30"])  # fmt: skip
+    term = Terminal([sys.executable, "-m", "swarm.apps.cli", "demo", "--model", str(stories_package.root),
+                     "--nodes", "2", "--max-tokens", "30"])  # fmt: skip
     nodes: list[int] = []
     try:
         term.expect("you> ", timeout_s=120)
@@ -185,7 +135,7 @@ def test_a_recovery_warning_starts_on_a_line_of_its_own(stories_package: ModelPa
     try:
         nodes = {name: c.start(stories_package.root, (0, 5)) for name, c in clusters.items()}
         peers = [arg for node in nodes.values() for arg in ("--peer", node.address)]
-        term = Terminal([sys.executable, "-m", "swarm.cli", "generate", *peers, "--max-tokens", str(tokens),
+        term = Terminal([sys.executable, "-m", "swarm.apps.cli", "generate", *peers, "--max-tokens", str(tokens),
                          "--ignore-eos", prompt])  # fmt: skip
         try:
             node = serving(list(nodes.values()), past=prompt_len + 8)

@@ -12,7 +12,7 @@ from tests.conftest import STORIES_PROMPT, STORIES_REFERENCE_TEXT
 
 
 def run_client(*args: object) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "swarm.cli", *map(str, args)]
+    cmd = [sys.executable, "-m", "swarm.apps.cli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -60,7 +60,7 @@ def test_errors_name_the_command_lines_flags_not_the_sdks() -> None:
 
 
 def test_local_runs_on_the_spinning_pool_unless_told_not_to() -> None:
-    from swarm.cli import _parser
+    from swarm.apps.cli import _parser
 
     assert _parser().parse_args(["generate", "--local", "pkg", "hi"]).spin is True
     assert _parser().parse_args(["chat", "--local", "pkg", "--no-spin"]).spin is False

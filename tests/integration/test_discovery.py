@@ -32,15 +32,11 @@ from swarm.errors import CapacityExceeded, NoRouteError
 from swarm.generation import GenerationRequest
 from swarm.keys import SwarmKey
 from swarm.package import ModelPackage, sha256_file
-from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_metadata
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
-from tests.mdns_probe import browse
-from tests.waiting import wait_until
+from tests.helpers import NODE_CMD, TEST_SWARM_KEY, LocalCluster, browse, member_metadata, start_node, wait_until
 
 LOOPBACK = ("127.0.0.1",)
 MDNS = {"mdns": True, "mdns_interfaces": LOOPBACK, "announce_interval_s": 0.5}
-
-
 
 
 def greedy(swarm: Swarm) -> list[int]:
@@ -71,19 +67,6 @@ def test_members_see_each_other_and_a_leaving_node_is_dropped(cluster: LocalClus
     assert wait_until(lambda: b.presence.known_addresses() == [a.address])
     cluster.loop.run(b.presence.leave())  # what SIGTERM does first
     assert wait_until(lambda: a.presence.known_addresses() == [], timeout_s=3.0)
-
-
-NODE_CMD = [sys.executable, "-m", "node.cli", "join", "--host", "127.0.0.1", "--mdns-interface", "127.0.0.1",
-            "--announce-interval", "0.5", "--threads", "1", "-v"]  # fmt: skip
-
-
-def start_node(*args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([*NODE_CMD, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("serving "), (line, proc.stderr.read() if proc.poll() is not None else "")
-    proc.serving = line  # type: ignore[attr-defined]  # "serving MODEL layers A:B at ADDRESS as ID"
-    return proc
 
 
 def test_a_node_with_a_foreign_key_says_so_within_one_announce_interval(
@@ -241,7 +224,7 @@ def test_seeder_and_two_empty_joiners_serve_the_whole_model(cluster: LocalCluste
         time.sleep(1.5)  # let the first joiner's announcement reach everyone
         nodes.append(start_node("--cache-dir", str(tmp_path / "j2"), "--discovery-wait", "2"))
         client = subprocess.run(
-            [sys.executable, "-m", "swarm.cli", "generate", "--mdns-interface", "127.0.0.1", "--max-tokens", "40",
+            [sys.executable, "-m", "swarm.apps.cli", "generate", "--mdns-interface", "127.0.0.1", "--max-tokens", "40",
              "Once upon a time"],
             cwd=REPO, capture_output=True, text=True, timeout=60,
         )  # fmt: skip

@@ -15,10 +15,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from swarm.keys import SWARM_KEY_ENV, SwarmKey
+from swarm.environment import SWARM_KEY_ENV
+from swarm.keys import SwarmKey
 from swarm.package import ModelPackage
-from tests.cluster import LocalCluster
 from tests.conftest import REPO
+from tests.helpers import LocalCluster
 
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(.+?)\s*-->")
 LOOPBACK = ("127.0.0.1",)

@@ -6,7 +6,7 @@ from bench.links import LinkProfile, emulated_links
 from swarm.client import Swarm
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.package import ModelPackage
-from tests.cluster import LocalCluster
+from tests.helpers import LocalCluster
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
 
 SPANS = [(0, 2), (2, 3), (3, 5)]

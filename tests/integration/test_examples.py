@@ -7,8 +7,8 @@ import sys
 
 from swarm import LocalModel
 from swarm.package import ModelPackage
-from tests.cluster import LocalCluster
 from tests.conftest import REPO
+from tests.helpers import LocalCluster
 
 PROMPT = "Once upon a time, there was a little girl named Lily."
 

@@ -10,8 +10,8 @@ import sys
 import urllib.request
 
 from swarm.package import ModelPackage
-from tests.cluster import LocalCluster
 from tests.conftest import REPO
+from tests.helpers import LocalCluster
 
 PROMPT = "Once upon a time, there was a little girl named Lily."  # the storyteller's, for its name "Lily"
 TOKENS = 60
@@ -33,7 +33,7 @@ def from_summary(text: str) -> tuple[float, float]:
 
 def served(peers: list[str]) -> tuple[float, float]:
     """One completion through `swarm-client serve`: its request line's numbers."""
-    server = subprocess.Popen([sys.executable, "-m", "swarm.cli", "serve", *peers, "--port", "0"], cwd=REPO,
+    server = subprocess.Popen([sys.executable, "-m", "swarm.apps.cli", "serve", *peers, "--port", "0"], cwd=REPO,
                               stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert server.stderr is not None
     try:
@@ -56,10 +56,10 @@ def test_front_ends_agree_on_the_same_swarm(cluster: LocalCluster, stories_packa
     peers = [arg for address in cluster.addresses for arg in ("--peer", address)]
     tokens = ("--max-tokens", str(TOKENS))
     front_ends = {
-        "generate": lambda: from_summary(run("-m", "swarm.cli", "generate", *peers, *tokens, "--ignore-eos",
+        "generate": lambda: from_summary(run("-m", "swarm.apps.cli", "generate", *peers, *tokens, "--ignore-eos",
                                              PROMPT).stderr),
         "storyteller": lambda: from_summary(run("examples/storyteller.py", "Lily", *peers, *tokens).stderr),
-        "chat /stats": lambda: from_summary(run("-m", "swarm.cli", "chat", *peers, *tokens,
+        "chat /stats": lambda: from_summary(run("-m", "swarm.apps.cli", "chat", *peers, *tokens,
                                                 stdin=f"{PROMPT}\n/stats").stdout),
         "serve": lambda: served(peers),
     }

@@ -29,9 +29,8 @@ from swarm.keys import Identity, SwarmKey
 from swarm.package import ModelPackage
 from swarm.tensors import to_wire
 from swarm.transport import open_session_call
-from tests.cluster import LocalCluster, member_credentials, member_metadata, signed
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
-from tests.waiting import wait_until
+from tests.helpers import LocalCluster, member_credentials, member_metadata, signed, wait_until
 
 SPANS = [(0, 2), (2, 5)]
 MESSAGES_PER_EXAMPLE = 100

@@ -80,6 +80,6 @@ def test_idle_channels_stay_up_quietly_and_the_clis_silence_grpc() -> None:
 
 def test_the_cli_modules_do_not_load_grpc_before_main_runs() -> None:
     """Else prepare_process() would come too late: gRPC reads its verbosity when first imported."""
-    code = "import sys, swarm, swarm.cli, node.cli, export.cli\nprint(sorted({'grpc'} & set(sys.modules)))"
+    code = "import sys, swarm, swarm.apps.cli, node.cli, export.cli\nprint(sorted({'grpc'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"

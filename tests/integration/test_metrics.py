@@ -18,9 +18,8 @@ from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.client import AsyncSwarm
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.package import ModelPackage
-from tests.cluster import LocalCluster
 from tests.conftest import STORIES_PROMPT_IDS
-from tests.waiting import wait_until
+from tests.helpers import LocalCluster, wait_until
 
 TOKENS = 8
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -16,16 +16,23 @@ from node.server import RunningNode
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.client import Swarm
+from swarm.config import RuntimeOptions
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
-from swarm.runtime import RuntimeOptions
 from swarm.transport import open_session_call
-from tests.cluster import LocalCluster, member_credentials, signed
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
-from tests.integration.test_discovery import start_node
-from tests.integration.test_node_sessions import SPANS, live, open_message, token_step
-from tests.waiting import wait_until
+from tests.helpers import (
+    SPANS,
+    LocalCluster,
+    live,
+    member_credentials,
+    open_message,
+    signed,
+    start_node,
+    token_step,
+    wait_until,
+)
 
 
 async def follow_on_the_wire(node: RunningNode, open_request: pb.SessionRequest, step: pb.SessionRequest,

@@ -6,7 +6,6 @@ import asyncio
 import gc
 import subprocess
 import sys
-import time
 import warnings
 from typing import Any
 
@@ -25,17 +24,8 @@ from swarm.remote import RemoteSession
 from swarm.sampling import SamplingParams
 from swarm.tensors import to_wire
 from swarm.transport import open_session_call
-from tests.cluster import LocalCluster, member_credentials, signed
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
-from tests.waiting import wait_until
-
-SPANS = [(0, 2), (2, 5)]
-
-
-def live(nodes: list[RunningNode]) -> list[tuple[int, int]]:
-    return [(len(n.sessions.sessions), n.sessions.cache_bytes) for n in nodes]
-
-
+from tests.helpers import SPANS, LocalCluster, live, member_credentials, open_message, signed, token_step, wait_until
 
 
 def test_memory_freed_on_close(cluster: LocalCluster, stories_package: ModelPackage) -> None:
@@ -60,7 +50,7 @@ def test_idle_sessions_expire(cluster: LocalCluster, stories_package: ModelPacka
     async def run() -> None:
         swarm = await AsyncSwarm.connect(cluster.addresses)
         try:
-            session = RemoteSession(swarm._channel(cluster.addresses[0]), swarm.route(), swarm.package_id, 64,
+            session = RemoteSession(swarm.channels.get(cluster.addresses[0]), swarm.route(), swarm.package_id, 64,
                                     SamplingParams(), GenerationStats(), credentials=swarm.credentials)  # fmt: skip
             await session.open()
             assert await session.step(STORIES_PROMPT_IDS, SamplingParams()) == STORIES_REFERENCE_IDS[0]
@@ -122,26 +112,8 @@ def test_session_count_is_bounded(cluster: LocalCluster, stories_package: ModelP
 # --- bad input, straight onto the wire ------------------------------------------------------
 
 
-def open_message(package: ModelPackage, nodes: list[RunningNode], first: int, **fields: object) -> pb.SessionRequest:
-    route = [pb.Hop(address=n.address, node_id=n.node_id, start=s, end=e)
-             for n, (s, e) in zip(nodes, SPANS, strict=True)][first:]  # fmt: skip
-    msg = pb.OpenSession(protocol_version=pb.PROTOCOL_VERSION_CURRENT, session_id="s-" + str(time.monotonic_ns()),
-                         package_id=package.package_id, route=route, max_length=64, sampling=pb.Sampling())  # fmt: skip
-    for key, value in fields.items():
-        if key == "route":
-            del msg.route[:]
-            msg.route.extend(value)  # type: ignore[arg-type]
-        else:
-            setattr(msg, key, value)
-    return pb.SessionRequest(open=msg)
-
-
 def hidden_step(hidden: pb.Tensor, position: int = 0, step: int = 0, **fields: Any) -> pb.SessionRequest:
     return pb.SessionRequest(step=pb.Step(step=step, position=position, hidden=hidden, **fields))
-
-
-def token_step(ids: list[int], position: int = 0, step: int = 0, **fields: Any) -> pb.SessionRequest:
-    return pb.SessionRequest(step=pb.Step(step=step, position=position, tokens=pb.TokenIds(ids=ids), **fields))
 
 
 async def exchange(node: RunningNode, requests: list[pb.SessionRequest]) -> tuple[grpc.StatusCode, str]:
@@ -218,7 +190,7 @@ def test_bad_input_gets_a_clear_error_and_the_node_keeps_serving(cluster: LocalC
     async def run() -> None:
         swarm = await AsyncSwarm.connect(cluster.addresses)
         try:
-            healthy = RemoteSession(swarm._channel(cluster.addresses[0]), swarm.route(), swarm.package_id, 64,
+            healthy = RemoteSession(swarm.channels.get(cluster.addresses[0]), swarm.route(), swarm.package_id, 64,
                                     SamplingParams(), GenerationStats(), credentials=swarm.credentials)  # fmt: skip
             await healthy.open()
             tokens = [await healthy.step(STORIES_PROMPT_IDS, SamplingParams())]

@@ -20,8 +20,8 @@ from node.ports import ListenError
 from node.server import serve
 from swarm.keys import Identity, claim_identity
 from swarm.package import ModelPackage
-from tests.cluster import TEST_SWARM_KEY, LocalCluster
 from tests.conftest import REPO
+from tests.helpers import TEST_SWARM_KEY, LocalCluster
 
 NODE = [sys.executable, "-m", "node.cli", "join", "--host", "127.0.0.1", "--no-mdns", "--threads", "1"]
 

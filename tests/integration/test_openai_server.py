@@ -12,22 +12,22 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 
 import openai
 import pytest
 
 from swarm._loop import BackgroundLoop
+from swarm.apps.openai_server import create_app, run_server
 from swarm.client import AsyncSwarm
-from swarm.generation import GenerationRequest, GenerationStats
+from swarm.generation import GenerationRequest, GenerationStats, stepped
 from swarm.local import LocalModel, LocalSession
-from swarm.openai_server import create_app, run_server
 from swarm.package import ModelPackage
 from swarm.sampling import SamplingParams
 from swarm.textgen import TextGenerator
-from tests.cluster import LocalCluster
 from tests.conftest import STORIES_PROMPT, STORIES_REFERENCE_TEXT
+from tests.helpers import LocalCluster
 
 MODEL = "stories260K"
 MESSAGES = [{"role": "system", "content": "Once upon a time"}, {"role": "user", "content": "there was a cat"}]
@@ -232,6 +232,10 @@ class SlowStepper:
         await asyncio.sleep(0.01)
         return await self.session.step(ids, params)
 
+    def tokens(self, ids: Sequence[int], count: int, params: SamplingParams,
+               stop_ids: Sequence[int] = ()) -> AsyncGenerator[int, None]:  # fmt: skip
+        return stepped(self.step, ids, count, params, stop_ids)
+
 
 def test_concurrent_requests_overlap(local: LocalModel) -> None:
     spans: list[tuple[float, float]] = []
@@ -290,7 +294,7 @@ def test_through_a_swarm(cluster: LocalCluster, stories_package: ModelPackage, l
 
 
 def test_cli_serve(stories_package: ModelPackage, local: LocalModel) -> None:
-    cmd = [sys.executable, "-m", "swarm.cli", "serve", "--local", str(stories_package.root), "--port", "0",
+    cmd = [sys.executable, "-m", "swarm.apps.cli", "serve", "--local", str(stories_package.root), "--port", "0",
            "--model-name", "tiny", "--api-key", "k1"]  # fmt: skip
     process = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
@@ -316,7 +320,7 @@ def test_cli_serve(stories_package: ModelPackage, local: LocalModel) -> None:
 
 
 def test_cli_serve_without_fastapi_says_what_to_install(stories_package: ModelPackage) -> None:
-    code = ("import sys; sys.modules['fastapi'] = None; from swarm.cli import main; "
+    code = ("import sys; sys.modules['fastapi'] = None; from swarm.apps.cli import main; "
             f"sys.exit(main(['serve', '--local', {str(stories_package.root)!r}]))")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -328,7 +332,8 @@ def test_cli_serve_on_a_taken_port_is_one_line(stories_package: ModelPackage) ->
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cmd = [sys.executable, "-m", "swarm.cli", "serve", "--local", str(stories_package.root), "--port", str(port)]
+        cmd = [sys.executable, "-m", "swarm.apps.cli", "serve", "--local", str(stories_package.root),
+               "--port", str(port)]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"swarm-client: error: cannot listen on 127.0.0.1:{port}")

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from swarm.package import ModelPackage
-from tests.cluster import LocalCluster
 from tests.conftest import FRANCE_QUESTION, REPO, ExportFn
-from tests.integration.test_chat_terminal import Terminal
+from tests.helpers import LocalCluster, Terminal
 
 SPANS = [(0, 10), (10, 20), (20, 30)]
 SMALL_CONTEXT = 384  # a chat passes this in two or three turns
@@ -36,7 +35,7 @@ class ServerProcess:
     """`swarm-client serve` over the swarm at `peers`, as a user starts it."""
 
     def __init__(self, peers: list[str]) -> None:
-        self.cmd = [sys.executable, "-m", "swarm.cli", "serve", *peers, "--port", "0"]
+        self.cmd = [sys.executable, "-m", "swarm.apps.cli", "serve", *peers, "--port", "0"]
         self.url = ""
 
     def __enter__(self) -> ServerProcess:
@@ -83,7 +82,7 @@ def test_the_default_export_keeps_the_ggufs_bit_width(smollm2: ModelPackage) -> 
 
 
 def test_generate_answers_through_a_3_node_swarm(swarm_of_three: list[str]) -> None:
-    cmd = [sys.executable, "-m", "swarm.cli", "generate", *swarm_of_three, "--max-tokens", "24",
+    cmd = [sys.executable, "-m", "swarm.apps.cli", "generate", *swarm_of_three, "--max-tokens", "24",
            "What is the capital of France?"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
@@ -92,7 +91,7 @@ def test_generate_answers_through_a_3_node_swarm(swarm_of_three: list[str]) -> N
 
 
 def test_chat_in_a_terminal_answers(swarm_of_three: list[str]) -> None:
-    term = Terminal([sys.executable, "-m", "swarm.cli", "chat", *swarm_of_three, "--max-tokens", "40"])
+    term = Terminal([sys.executable, "-m", "swarm.apps.cli", "chat", *swarm_of_three, "--max-tokens", "40"])
     try:
         term.expect("you> ", timeout_s=60)
         term.type("What is the capital of France?")
@@ -125,7 +124,7 @@ def test_a_six_turn_chat_in_the_terminal_outlives_the_context(
 ) -> None:
     cluster.start_chain(smollm2_small_context.root, SPANS)
     peers = [arg for address in cluster.addresses for arg in ("--peer", address)]
-    term = Terminal([sys.executable, "-m", "swarm.cli", "chat", *peers, "--max-tokens", "120"])
+    term = Terminal([sys.executable, "-m", "swarm.apps.cli", "chat", *peers, "--max-tokens", "120"])
     dropped = []
     try:
         term.expect("you> ", timeout_s=60)

@@ -27,9 +27,8 @@ from swarm.generation import GenerationRequest, GenerationStats
 from swarm.keys import SwarmKey
 from swarm.package import ModelPackage
 from swarm.sampling import SamplingParams
-from tests.cluster import LocalCluster
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
-from tests.waiting import wait_until
+from tests.helpers import LocalCluster, wait_until
 
 KEY = SwarmKey.generate()  # a swarm of its own: other tests' nodes on loopback never count here
 MDNS = {"mdns": True, "mdns_interfaces": ("127.0.0.1",), "announce_interval_s": 0.2, "swarm_key": KEY}

@@ -173,7 +173,7 @@ def live_sessions(address: str) -> int:
     from swarm._proto import swarm_pb2 as pb
     from swarm._proto import swarm_pb2_grpc as pb_grpc
     from swarm.auth import ANY_NODE
-    from tests.cluster import member_metadata
+    from tests.helpers import member_metadata
 
     async def ask() -> int:
         async with grpc.aio.insecure_channel(address) as channel:

@@ -23,10 +23,11 @@ from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.auth import Credentials
 from swarm.client import AsyncSwarm
 from swarm.discovery import MdnsBrowser, open_zeroconf
+from swarm.environment import SWARM_KEY_ENV
 from swarm.errors import AuthenticationError, CapacityExceeded, NoRouteError, PeerUnavailable
 from swarm.frames import SealedFrames
 from swarm.generation import GenerationRequest, GenerationStats
-from swarm.keys import SWARM_KEY_ENV, Identity, SwarmKey
+from swarm.keys import Identity, SwarmKey
 from swarm.membership import Event, PeerSeen
 from swarm.package import ModelPackage
 from swarm.remote import RemoteSession
@@ -34,9 +35,8 @@ from swarm.routing import PeerView
 from swarm.sampling import SamplingParams
 from swarm.tensors import to_wire
 from swarm.transport import open_session_call, request_bytes
-from tests.cluster import TEST_SWARM_KEY, LocalCluster, member_credentials, member_metadata
 from tests.conftest import REPO, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
-from tests.waiting import wait_until
+from tests.helpers import TEST_SWARM_KEY, LocalCluster, member_credentials, member_metadata, token_step, wait_until
 
 SPANS = [(0, 2), (2, 5)]
 OTHER_KEY = SwarmKey(bytes(32))
@@ -178,7 +178,7 @@ def test_a_node_outside_the_swarm_cannot_join_or_serve(cluster: LocalCluster, st
                 swarm.route()
             # a route through it anyway: the member refuses to hand it the session
             route = [swarm.peers[0], PeerView(stranger.node_id, stranger.address, 2, 5)]
-            session = RemoteSession(swarm._channel(member.address), route, swarm.package_id, 16, SamplingParams(),
+            session = RemoteSession(swarm.channels.get(member.address), route, swarm.package_id, 16, SamplingParams(),
                                     GenerationStats(), credentials=swarm.credentials)  # fmt: skip
             with pytest.raises(PeerUnavailable, match=r"failed authentication|refused") as failed:
                 await session.open(timeout=10)
@@ -200,10 +200,6 @@ def open_request(package: ModelPackage, node_id: str, address: str) -> pb.Sessio
         max_length=32, sampling=pb.Sampling()))  # fmt: skip
 
 
-def token_step(step: int, ids: list[int], position: int) -> pb.SessionRequest:
-    return pb.SessionRequest(step=pb.Step(step=step, position=position, tokens=pb.TokenIds(ids=ids)))
-
-
 @pytest.mark.parametrize("attack", ["replay", "alter", "inject", "plain"])
 def test_frames_replayed_altered_or_injected_are_rejected(cluster: LocalCluster, stories_package: ModelPackage,
                                                          attack: str) -> None:  # fmt: skip
@@ -216,10 +212,10 @@ def test_frames_replayed_altered_or_injected_are_rejected(cluster: LocalCluster,
             assert isinstance(frames, SealedFrames)
             await call.write(frames.seal(open_request(stories_package, node.node_id, node.address)))
             assert frames.open(await call.read()).WhichOneof("kind") == "opened"
-            first = frames.seal(token_step(0, STORIES_PROMPT_IDS, 0))
+            first = frames.seal(token_step(STORIES_PROMPT_IDS))
             await call.write(first)
             token = frames.open(await call.read()).result.token
-            follow = frames.seal(token_step(1, [token], len(STORIES_PROMPT_IDS)))
+            follow = frames.seal(token_step([token], len(STORIES_PROMPT_IDS), step=1))
             if attack == "replay":  # the captured first step, again
                 bad = first
             elif attack == "alter":  # the real next frame with one bit flipped
@@ -230,9 +226,9 @@ def test_frames_replayed_altered_or_injected_are_rejected(cluster: LocalCluster,
                 _, other = await open_session_call(stub, member_credentials(), node.address, node.node_id)
                 for _ in range(follow.sealed.seq):
                     other.seal(follow)  # so its frame carries the sequence number the node expects
-                bad = other.seal(token_step(1, [token], len(STORIES_PROMPT_IDS)))
+                bad = other.seal(token_step([token], len(STORIES_PROMPT_IDS), step=1))
             else:
-                bad = token_step(1, [token], len(STORIES_PROMPT_IDS))
+                bad = token_step([token], len(STORIES_PROMPT_IDS), step=1)
             await call.write(bad)
             return *(await ended_with(call)), token
 

@@ -19,12 +19,13 @@ from typing import IO
 
 import pytest
 
-from swarm.cli import main
-from swarm.client import AsyncSwarm, ClientConfig
+from swarm.apps.cli import main
+from swarm.apps.status import UNREACHABLE, UP, StatusProbe, StatusSnapshot, render, run_status
+from swarm.client import AsyncSwarm
+from swarm.config import ClientConfig
 from swarm.package import ModelPackage
-from swarm.status import UNREACHABLE, UP, StatusProbe, StatusSnapshot, render, run_status
-from tests.cluster import TEST_SWARM_KEY, LocalCluster
 from tests.conftest import REPO
+from tests.helpers import TEST_SWARM_KEY, LocalCluster
 
 SPANS = [(0, 2), (2, 4), (4, 5)]
 
@@ -199,8 +200,8 @@ def test_ctrl_c_ends_watch_at_once(moment: str, cluster: LocalCluster, stories_p
     with socket.create_server(("127.0.0.1", 0)) as silent:  # a stalled host: every probe waits on it
         silent.settimeout(30)
         watch = {"during the first probe": "30", "between refreshes": "30", "during a later probe": "0.1"}[moment]
-        proc = subprocess.Popen([sys.executable, "-m", "swarm.cli", "status", "--peer", cluster.addresses[0], "--peer",
-                                 f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", "1", "--watch", watch],
+        proc = subprocess.Popen([sys.executable, "-m", "swarm.apps.cli", "status", "--peer", cluster.addresses[0],
+                                 "--peer", f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", "1", "--watch", watch],
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         try:
             assert proc.stdout is not None

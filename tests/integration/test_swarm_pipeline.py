@@ -15,8 +15,8 @@ from swarm.local import LocalModel
 from swarm.package import ModelPackage
 from swarm.remote import RemoteSession
 from swarm.sampling import SamplingParams
-from tests.cluster import LocalCluster
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
+from tests.helpers import LocalCluster
 
 SPANS = {
     1: [(0, 5)],
@@ -111,7 +111,7 @@ def test_logits_only_when_asked(cluster: LocalCluster, stories_package: ModelPac
         swarm = await AsyncSwarm.connect(cluster.addresses)
         try:
             session = RemoteSession(
-                swarm._channel(cluster.addresses[0]), swarm.route(), swarm.package_id, 16, SamplingParams(),
+                swarm.channels.get(cluster.addresses[0]), swarm.route(), swarm.package_id, 16, SamplingParams(),
                 GenerationStats(), return_logits=return_logits, credentials=swarm.credentials,
             )  # fmt: skip
             await session.open()

@@ -19,7 +19,7 @@ from swarm.assignment import (
     coverage,
     plan_assignment,
 )
-from tests.strategies import block_edges
+from tests.helpers import block_edges
 
 ONE_LAYER = [0, 1, 2, 3, 4, 5]  # five one-layer blocks
 TWO_LAYER = [0, 2, 4, 5]  # blocks [0,2) [2,4) [4,5)

@@ -6,7 +6,7 @@ import io
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from swarm.chat import ChatSession
+from swarm.apps.chat import ChatSession
 from swarm.errors import PeerUnavailable
 from swarm.tokenizer import Message
 

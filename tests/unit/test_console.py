@@ -19,7 +19,7 @@ from swarm.console import ConsoleHandler, StreamedText, configure_console_loggin
 from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("program, module", [("swarm-node", "node.cli"), ("swarm-client", "swarm.cli"),
+@pytest.mark.parametrize("program, module", [("swarm-node", "node.cli"), ("swarm-client", "swarm.apps.cli"),
                                              ("swarm-export", "export.cli")])  # fmt: skip
 def test_every_cli_says_its_version(program: str, module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--version"], cwd=REPO, capture_output=True, text=True,

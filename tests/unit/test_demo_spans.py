@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarm.demo import split_spans
-from tests.strategies import block_edges
+from swarm.apps.demo import split_spans
+from tests.helpers import block_edges
 
 
 def check_spans(spans: list[tuple[int, int]], edges: Sequence[int], nodes: int) -> None:

@@ -18,9 +18,10 @@ from swarm.auth import (
     session_keys,
 )
 from swarm.discovery import sign_txt, txt_is_ours
+from swarm.environment import load_swarm_key
 from swarm.errors import AuthenticationError, StaleRoute, SwarmError
 from swarm.frames import PlainFrames, SealedFrames
-from swarm.keys import Identity, SwarmKey, claim_identity, load_swarm_key, node_id_of, read_key_file, write_key_file
+from swarm.keys import Identity, SwarmKey, claim_identity, node_id_of, read_key_file, write_key_file
 
 KEY = SwarmKey(bytes(range(32)))
 OTHER = SwarmKey(bytes(range(1, 33)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swarm.openai_api import StopScanner
+from swarm.apps.openai_api import StopScanner
 
 TEXT = st.text(alphabet="abc ", max_size=40)
 

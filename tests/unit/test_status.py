@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from swarm.status import UNREACHABLE, UP, CoverageRun, PeerStatus, RouteHop, StatusSnapshot, coverage, render
+from swarm.apps.status import UNREACHABLE, UP, CoverageRun, PeerStatus, RouteHop, StatusSnapshot, coverage, render
 
 NOW = 1_700_000_000.0
 

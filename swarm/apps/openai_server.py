@@ -28,9 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from swarm.conversation import fit_conversation
-from swarm.errors import SwarmError
-from swarm.openai_api import (
+from swarm.apps.openai_api import (
     COMPLETION_DEFAULT_MAX_TOKENS,
     ApiError,
     Body,
@@ -49,6 +47,8 @@ from swarm.openai_api import (
     run_job,
     text_choice,
 )
+from swarm.conversation import fit_conversation
+from swarm.errors import SwarmError
 from swarm.textgen import TextGenerator
 
 SHUTDOWN_GRACE_S = 5  # open streams get this long to finish when the server stops

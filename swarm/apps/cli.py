@@ -90,7 +90,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def mdns_interfaces(args: argparse.Namespace) -> tuple[str, ...]:
-    from swarm.discovery import env_mdns_interfaces  # zeroconf: only when a swarm is used
+    from swarm.environment import env_mdns_interfaces
 
     return tuple(args.mdns_interface or env_mdns_interfaces())
 
@@ -101,8 +101,8 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 def open_model(args: argparse.Namespace) -> SyncTextGenerator:
     if args.local:
+        from swarm.config import RuntimeOptions
         from swarm.local import LocalModel
-        from swarm.runtime import RuntimeOptions
 
         return LocalModel(args.local, RuntimeOptions(threads=args.threads, spin=args.spin))
     from swarm.client import Swarm
@@ -120,8 +120,8 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
 async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenerator]:
     """The async text API on the running loop: a local package, or a swarm."""
     if args.local:
+        from swarm.config import RuntimeOptions
         from swarm.local import LocalModel
-        from swarm.runtime import RuntimeOptions
 
         local = LocalModel(args.local, RuntimeOptions(threads=args.threads, spin=args.spin))
         try:
@@ -165,7 +165,7 @@ def _generate(args: argparse.Namespace, out: StreamedText) -> int:
 
 
 def _chat(args: argparse.Namespace, out: StreamedText) -> int:
-    from swarm.chat import ChatSession
+    from swarm.apps.chat import ChatSession
 
     model = open_model(args)
     try:
@@ -176,7 +176,7 @@ def _chat(args: argparse.Namespace, out: StreamedText) -> int:
 
 
 def _demo(args: argparse.Namespace, out: StreamedText) -> int:
-    from swarm.demo import run_demo
+    from swarm.apps.demo import run_demo
 
     run_demo(args.model, args.nodes, args.max_tokens, _sampling(args), out)
     return 0
@@ -184,7 +184,7 @@ def _demo(args: argparse.Namespace, out: StreamedText) -> int:
 
 def _serve(args: argparse.Namespace, out: StreamedText) -> int:
     try:
-        from swarm.openai_server import RunningServer, serve
+        from swarm.apps.openai_server import RunningServer, serve
     except ImportError as exc:
         print(f"swarm-client: error: serve needs fastapi and uvicorn ({exc.name} is missing): "
               "pip install 'swarm-llm[serve]'", file=sys.stderr)  # fmt: skip
@@ -213,9 +213,9 @@ def _add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _status(args: argparse.Namespace, out: StreamedText) -> int:
-    from swarm.client import ClientConfig
-    from swarm.keys import load_swarm_key
-    from swarm.status import run_status
+    from swarm.apps.status import run_status
+    from swarm.config import ClientConfig
+    from swarm.environment import load_swarm_key
 
     if args.local:
         raise SwarmError("status describes a swarm; give --peer HOST:PORT or let it find the swarm by mDNS")
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = StreamedText(sys.stdout)  # answers stream here; log lines on stderr start on a line of their own
     if args.command == "serve":
-        configure_logging(verbosity=1)  # one info line per request (swarm/openai_server.py)
+        configure_logging(verbosity=1)  # one info line per request (swarm/apps/openai_server.py)
     else:
         configure_console_logging("swarm-client", out, sys.stderr)
     commands = {"generate": _generate, "chat": _chat, "demo": _demo, "serve": _serve, "status": _status}

@@ -1,7 +1,7 @@
 """The OpenAI API's shapes over the async text API: request bodies, errors, response objects,
 and the generation of one request (stop strings, finish reason, token counts).
 
-No HTTP here: `swarm.openai_server` serves these. Needs pydantic (installed with fastapi).
+No HTTP here: `swarm.apps.openai_server` serves these. Needs pydantic (installed with fastapi).
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from swarm.console import TextSink
+from swarm.environment import SWARM_KEY_ENV
 from swarm.errors import PeerUnavailable, SwarmError
-from swarm.keys import SWARM_KEY_ENV, SwarmKey
+from swarm.keys import SwarmKey
 from swarm.known_models import DEFAULT_CHAT_MODEL, locate
 from swarm.package import MANIFEST_NAME, load_package
 
@@ -124,7 +125,7 @@ class NodeProcesses:
 
 def run_demo(model: Path | None, nodes: int, max_tokens: int, sampling: dict[str, float | int],
              stdout: TextSink = sys.stdout) -> None:  # fmt: skip
-    from swarm.chat import ChatSession
+    from swarm.apps.chat import ChatSession
     from swarm.client import Swarm
 
     package = ensure_package(model or locate(DEFAULT_CHAT_MODEL))

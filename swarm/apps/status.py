@@ -18,14 +18,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TextIO
 
-import grpc
-
 from swarm._proto import swarm_pb2 as pb
-from swarm._proto import swarm_pb2_grpc as pb_grpc
-from swarm.auth import ANY_NODE
-from swarm.client import AsyncSwarm, ClientConfig
+from swarm.client import AsyncSwarm
+from swarm.config import ClientConfig
 from swarm.errors import NoRouteError, SwarmError
-from swarm.transport import error_from_rpc, unary
 
 UP, UNREACHABLE, OTHER_MODEL = "up", "unreachable", "other model"
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
@@ -124,8 +120,7 @@ class StatusProbe:
         except SwarmError as exc:
             problem = str(exc)
         # every address the client learned (given, discovered, gossiped) and every one met before
-        known = getattr(self.swarm, "_known", [])
-        addresses = list(dict.fromkeys([*self.swarm.config.peers, *known, *self._node_at]))
+        addresses = list(dict.fromkeys([*self.swarm.config.peers, *self.swarm.probe.known, *self._node_at]))
         answers = await asyncio.gather(*(self._info(a) for a in addresses))
         now = time.time()
         infos = {a: answer for a, answer in zip(addresses, answers, strict=True) if not isinstance(answer, str)}
@@ -140,17 +135,12 @@ class StatusProbe:
 
     async def _info(self, address: str) -> tuple[pb.NodeInfo, float] | str:
         """The peer's Info and the round trip in ms, or why it did not answer."""
-        stub = pb_grpc.SwarmNodeStub(self.swarm._channel(address))
-        started = time.perf_counter()
         try:
             # to whoever answers there: a node that restarted with a new identity is shown as it is now
-            info = await unary(stub.Info, "Info", pb.InfoRequest(), self.swarm.credentials,
-                               self.swarm.config.connect_timeout_s, ANY_NODE)  # fmt: skip
-        except grpc.aio.AioRpcError as exc:
-            return str(error_from_rpc(exc, address))
+            answer = await self.swarm.probe.identify(address)
         except SwarmError as exc:
             return str(exc)
-        return info, (time.perf_counter() - started) * 1000
+        return answer.info, answer.rtt_ms
 
     def _rows(self, infos: dict[str, tuple[pb.NodeInfo, float]], errors: dict[str, str], package_id: str,
               now: float) -> list[PeerStatus]:  # fmt: skip

@@ -1,0 +1,40 @@
+"""What a client and a stage runtime are told, in one place, with defaults and units.
+
+(A node's own config is `node/config.py`'s `NodeConfig`.) Nothing here reads the environment:
+the CLIs (and the SDK's public constructors) turn flags and variables into these values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swarm.keys import SwarmKey
+
+# Consecutive blocks run as one graph up to this many bytes of files (swarm/block_merge.py): a
+# session run has a fixed cost that narrow layers pay many times a token, while a wide layer's
+# own work dwarfs it; the bound keeps the transient copy a merge makes small.
+MERGE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    peers: tuple[str, ...] = ()  # host:port of nodes to start from
+    model_id: str | None = None  # package id (or a prefix) when peers serve several models
+    connect_timeout_s: float = 10.0  # per peer, for Info and metadata
+    mdns: bool = True  # with no peers given, find the swarm on the local network
+    mdns_interfaces: tuple[str, ...] = ()  # interface addresses to browse on; () = all IPv4
+    discovery_timeout_s: float = 5.0  # how long to look for a complete swarm
+    step_timeout_s: float = 120.0  # deadline for a step before any step time was measured
+    min_step_deadline_s: float = 2.0  # later deadlines follow measured step times, never below this
+    open_deadline_s: float = 5.0  # opening a session along a route (allocating its caches) takes less
+    max_recoveries: int = 8  # reroutes one step may need before the generation fails
+    recovery_wait_s: float = 30.0  # how long to wait for the swarm to cover lost layers again
+    swarm_key: SwarmKey | None = None  # membership secret; None = an open swarm
+    node_loop: bool = True  # the first node feeds each token back itself: one link fewer per token
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    threads: int = 0  # onnxruntime intra-op threads; 0 = one per core (one for a stage under 1 MiB)
+    spin: bool = False  # one spinning thread pool for the whole process (swarm/runtime.py: _spinning_pool)
+    merge_bytes: int = MERGE_BYTES  # consecutive blocks up to this size run as one graph; 0 = never
