@@ -6,8 +6,8 @@ from bench.links import LinkProfile, emulated_links
 from swarm.client import Swarm
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.package import ModelPackage
-from tests.helpers import LocalCluster
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
+from tests.helpers import LocalCluster
 
 SPANS = [(0, 2), (2, 3), (3, 5)]
 ONE_WAY_S = 0.005  # 10 ms round trip on every hop
