@@ -100,6 +100,8 @@ async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sched
         await delivering
     finally:
         delivering.cancel()
+        with contextlib.suppress(BaseException):  # ended: by the far side, a reset or a cancel
+            await delivering
         with contextlib.suppress(Exception):
             writer.close()
 
@@ -125,11 +127,23 @@ class Relay:
             client_writer.close()
             return
         self.stats.connections += 1
-        await asyncio.gather(
-            pump(client_reader, target_writer, Schedule(self.profile, self.rng), self.stats.forward),
-            pump(target_reader, client_writer, Schedule(self.profile, self.rng), self.stats.backward),
-            return_exceptions=True,
-        )
+        pumps = [
+            asyncio.create_task(
+                pump(client_reader, target_writer, Schedule(self.profile, self.rng), self.stats.forward)
+            ),
+            asyncio.create_task(
+                pump(target_reader, client_writer, Schedule(self.profile, self.rng), self.stats.backward)
+            ),
+        ]
+        try:
+            await asyncio.wait(pumps)
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.wait(pumps)
+            for task in pumps:  # a reset connection is the link going down, not an error here
+                if not task.cancelled():
+                    task.exception()
 
     async def close(self) -> None:
         if self.server is not None:

@@ -39,8 +39,9 @@ from bench.baselines import DEFAULT_CACHE  # noqa: E402
 from bench.bench_local import STORIES, export  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 from swarm import LocalModel, Swarm  # noqa: E402
+from swarm.environment import SWARM_KEY_ENV  # noqa: E402
 from swarm.generation import GenerationRequest  # noqa: E402
-from swarm.keys import SWARM_KEY_ENV, SwarmKey  # noqa: E402
+from swarm.keys import SwarmKey  # noqa: E402
 
 SPANS = [(0, 3), (3, 5)]
 PROMPTS = ["Once upon a time", "The little dog", "Lily and Ben", "One day, a bird", "Tom had a big red"]

@@ -30,6 +30,7 @@ from swarm.origin import session_origin
 from swarm.transport import request_bytes, status_for
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
+WIRE_HIDDEN_DTYPES = frozenset({"", "float32", "float16"})  # "" = float32
 MAX_STOP_IDS = 64  # end-of-sequence ids a following step may name
 
 
@@ -113,6 +114,8 @@ def check_open(request: pb.SessionRequest, span: SpanRuntime, node_id: str, keye
         )
     if not 0 < len(msg.session_id) <= 64:
         raise InvalidRequest("session id must be 1 to 64 characters")
+    if msg.wire_dtype not in WIRE_HIDDEN_DTYPES:
+        raise InvalidRequest(f"wire dtype {msg.wire_dtype[:16]!r} is not one of {sorted(WIRE_HIDDEN_DTYPES - {''})}")
     route = list(msg.route)
     if not route or len(route) > span.arch.num_layers:
         raise InvalidRequest(f"route must have 1 to {span.arch.num_layers} hops, got {len(route)}")

@@ -23,6 +23,7 @@ class NodeSession:
     caches: list[KVCache]
     cache_bytes: int
     next_step: int = 0
+    wire_dtype: str = "float32"  # how hidden states travel to and from this node (OpenSession.wire_dtype)
 
     @property
     def length(self) -> int:

@@ -144,6 +144,7 @@ class SessionStream:
         session = self.table.open(
             msg.session_id, msg.max_length, sampling, msg.return_logits, cache_bytes, self.span.new_caches
         )
+        session.wire_dtype = msg.wire_dtype or "float32"
         node_ids = [self.settings.node_id]
         downstream = None
         try:
@@ -220,7 +221,7 @@ class SessionStream:
                 result.logits.CopyFrom(to_wire(output.logits))
             return pb.SessionReply(result=result)
         assert downstream is not None
-        forwarded = pb.Step(step=step.step, position=step.position, hidden=to_wire(output.hidden))
+        forwarded = pb.Step(step=step.step, position=step.position, hidden=to_wire(output.hidden, session.wire_dtype))
         reply = await downstream.exchange(pb.SessionRequest(step=forwarded))
         if reply.WhichOneof("kind") != "result" or reply.result.step != step.step:
             raise HopFailed(grpc.StatusCode.UNAVAILABLE, "next hop answered out of turn", downstream.hop.node_id)
@@ -241,7 +242,7 @@ class SessionStream:
         else:
             if which != "hidden":
                 raise InvalidRequest("this node takes hidden states, not token ids")
-            hidden = from_wire(step.hidden, (1, None, self.span.arch.hidden_size))
+            hidden = from_wire(step.hidden, (1, None, self.span.arch.hidden_size), (session.wire_dtype,))
             if hidden.shape[1] > room:
                 raise InvalidRequest(f"step has {hidden.shape[1]} positions; the session has room for {room}")
         return np.ascontiguousarray(hidden)

@@ -31,6 +31,9 @@ class ClientConfig:
     recovery_wait_s: float = 30.0  # how long to wait for the swarm to cover lost layers again
     swarm_key: SwarmKey | None = None  # membership secret; None = an open swarm
     node_loop: bool = True  # the first node feeds each token back itself: one link fewer per token
+    # hidden states between hops: "float32" keeps the local runner's exact numbers (and recovery's
+    # bit-identical replay on any route); "float16" halves the bytes, rounding at each stage boundary
+    wire_dtype: str = "float32"
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class RemoteSession:
         step_timeout_s: float = 60.0,
         return_logits: bool = False,
         credentials: Credentials | None = None,
+        wire_dtype: str = "float32",
     ) -> None:
         self.session_id = uuid.uuid4().hex
         self.route = list(route)
@@ -72,6 +73,7 @@ class RemoteSession:
             max_length=max_length,
             sampling=_sampling_message(sampling),
             return_logits=return_logits,
+            wire_dtype=wire_dtype,
         )
         if credentials is not None:  # every hop counts this session against us, not against its relays
             sign_origin(credentials, self._open)

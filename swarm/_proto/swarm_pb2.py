@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18swarm/_proto/swarm.proto\x12\x08swarm.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xd6\x02\n\x08NodeInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\npackage_id\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\r\n\x05start\x18\x05 \x01(\r\x12\x0b\n\x03\x65nd\x18\x06 \x01(\r\x12\x12\n\nnum_layers\x18\x07 \x01(\r\x12\x13\n\x0bmax_context\x18\x08 \x01(\r\x12\x10\n\x08sessions\x18\t \x01(\r\x12\x14\n\x0cmax_sessions\x18\n \x01(\r\x12\x15\n\rmemory_budget\x18\x0b \x01(\x04\x12\x13\n\x0bmemory_used\x18\x0c \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\r \x01(\x04\x12\x13\n\x0bhidden_size\x18\x0e \x01(\r\x12\x13\n\x0bsteps_per_s\x18\x0f \x01(\x02\x12\x1c\n\x14prefill_tokens_per_s\x18\x10 \x01(\x02\"\r\n\x0bInfoRequest\"\x0f\n\rHealthRequest\"\x92\x01\n\x0bHealthReply\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.swarm.v1.HealthReply.Status\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\";\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\"C\n\x03Hop\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\"K\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\xe0\x01\n\x0bOpenSession\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\npackage_id\x18\x03 \x01(\t\x12\x1c\n\x05route\x18\x04 \x03(\x0b\x32\r.swarm.v1.Hop\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12$\n\x08sampling\x18\x06 \x01(\x0b\x32\x12.swarm.v1.Sampling\x12\x15\n\rreturn_logits\x18\x07 \x01(\x08\x12 \n\x06origin\x18\x08 \x01(\x0b\x32\x10.swarm.v1.Origin\"+\n\x06Origin\x12\x12\n\ncredential\x18\x01 \x01(\x0c\x12\r\n\x05route\x18\x02 \x03(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"\x9b\x01\n\x04Step\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12$\n\x06tokens\x18\x03 \x01(\x0b\x32\x12.swarm.v1.TokenIdsH\x00\x12\"\n\x06hidden\x18\x04 \x01(\x0b\x32\x10.swarm.v1.TensorH\x00\x12\x0e\n\x06\x66ollow\x18\x05 \x01(\r\x12\x10\n\x08stop_ids\x18\x06 \x03(\x03\x42\x07\n\x05input\"\"\n\x06Sealed\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03\x62ox\x18\x02 \x01(\x0c\"\x83\x01\n\x0eSessionRequest\x12%\n\x04open\x18\x01 \x01(\x0b\x32\x15.swarm.v1.OpenSessionH\x00\x12\x1e\n\x04step\x18\x02 \x01(\x0b\x32\x0e.swarm.v1.StepH\x00\x12\"\n\x06sealed\x18\x03 \x01(\x0b\x32\x10.swarm.v1.SealedH\x00\x42\x06\n\x04kind\"\x1a\n\x06Opened\x12\x10\n\x08node_ids\x18\x01 \x03(\t\"0\n\tHopTiming\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncompute_ms\x18\x02 \x01(\x02\"q\n\nStepResult\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\r\n\x05token\x18\x02 \x01(\x03\x12 \n\x06logits\x18\x03 \x01(\x0b\x32\x10.swarm.v1.Tensor\x12$\n\x07timings\x18\x04 \x03(\x0b\x32\x13.swarm.v1.HopTiming\"\x86\x01\n\x0cSessionReply\x12\"\n\x06opened\x18\x01 \x01(\x0b\x32\x10.swarm.v1.OpenedH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.swarm.v1.StepResultH\x00\x12\"\n\x06sealed\x18\x03 \x01(\x0b\x32\x10.swarm.v1.SealedH\x00\x42\x06\n\x04kind\"\x0e\n\x0cPeersRequest\"\x1d\n\x08PeerList\x12\x11\n\taddresses\x18\x01 \x03(\t\"D\n\x10\x46\x65tchFileRequest\x12\x12\n\npackage_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\")\n\tFileChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x14\n\x12PackageMetaRequest\"X\n\x0bPackageMeta\x12\x15\n\rmanifest_json\x18\x01 \x01(\x0c\x12\x16\n\x0etokenizer_json\x18\x02 \x01(\x0c\x12\x1a\n\x12manifest_signature\x18\x03 \x01(\x0c*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\x04\x32\xf5\x02\n\tSwarmNode\x12\x31\n\x04Info\x12\x15.swarm.v1.InfoRequest\x1a\x12.swarm.v1.NodeInfo\x12\x45\n\x0eGetPackageMeta\x12\x1c.swarm.v1.PackageMetaRequest\x1a\x15.swarm.v1.PackageMeta\x12\x33\n\x05Peers\x12\x16.swarm.v1.PeersRequest\x1a\x12.swarm.v1.PeerList\x12>\n\tFetchFile\x12\x1a.swarm.v1.FetchFileRequest\x1a\x13.swarm.v1.FileChunk0\x01\x12\x38\n\x06Health\x12\x17.swarm.v1.HealthRequest\x1a\x15.swarm.v1.HealthReply\x12?\n\x07Session\x12\x18.swarm.v1.SessionRequest\x1a\x16.swarm.v1.SessionReply(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18swarm/_proto/swarm.proto\x12\x08swarm.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xd6\x02\n\x08NodeInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\npackage_id\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\r\n\x05start\x18\x05 \x01(\r\x12\x0b\n\x03\x65nd\x18\x06 \x01(\r\x12\x12\n\nnum_layers\x18\x07 \x01(\r\x12\x13\n\x0bmax_context\x18\x08 \x01(\r\x12\x10\n\x08sessions\x18\t \x01(\r\x12\x14\n\x0cmax_sessions\x18\n \x01(\r\x12\x15\n\rmemory_budget\x18\x0b \x01(\x04\x12\x13\n\x0bmemory_used\x18\x0c \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\r \x01(\x04\x12\x13\n\x0bhidden_size\x18\x0e \x01(\r\x12\x13\n\x0bsteps_per_s\x18\x0f \x01(\x02\x12\x1c\n\x14prefill_tokens_per_s\x18\x10 \x01(\x02\"\r\n\x0bInfoRequest\"\x0f\n\rHealthRequest\"\x92\x01\n\x0bHealthReply\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.swarm.v1.HealthReply.Status\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\";\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\"C\n\x03Hop\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\"K\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\xf4\x01\n\x0bOpenSession\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\npackage_id\x18\x03 \x01(\t\x12\x1c\n\x05route\x18\x04 \x03(\x0b\x32\r.swarm.v1.Hop\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12$\n\x08sampling\x18\x06 \x01(\x0b\x32\x12.swarm.v1.Sampling\x12\x15\n\rreturn_logits\x18\x07 \x01(\x08\x12 \n\x06origin\x18\x08 \x01(\x0b\x32\x10.swarm.v1.Origin\x12\x12\n\nwire_dtype\x18\t \x01(\t\"+\n\x06Origin\x12\x12\n\ncredential\x18\x01 \x01(\x0c\x12\r\n\x05route\x18\x02 \x03(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"\x9b\x01\n\x04Step\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12$\n\x06tokens\x18\x03 \x01(\x0b\x32\x12.swarm.v1.TokenIdsH\x00\x12\"\n\x06hidden\x18\x04 \x01(\x0b\x32\x10.swarm.v1.TensorH\x00\x12\x0e\n\x06\x66ollow\x18\x05 \x01(\r\x12\x10\n\x08stop_ids\x18\x06 \x03(\x03\x42\x07\n\x05input\"\"\n\x06Sealed\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03\x62ox\x18\x02 \x01(\x0c\"\x83\x01\n\x0eSessionRequest\x12%\n\x04open\x18\x01 \x01(\x0b\x32\x15.swarm.v1.OpenSessionH\x00\x12\x1e\n\x04step\x18\x02 \x01(\x0b\x32\x0e.swarm.v1.StepH\x00\x12\"\n\x06sealed\x18\x03 \x01(\x0b\x32\x10.swarm.v1.SealedH\x00\x42\x06\n\x04kind\"\x1a\n\x06Opened\x12\x10\n\x08node_ids\x18\x01 \x03(\t\"0\n\tHopTiming\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncompute_ms\x18\x02 \x01(\x02\"q\n\nStepResult\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\r\n\x05token\x18\x02 \x01(\x03\x12 \n\x06logits\x18\x03 \x01(\x0b\x32\x10.swarm.v1.Tensor\x12$\n\x07timings\x18\x04 \x03(\x0b\x32\x13.swarm.v1.HopTiming\"\x86\x01\n\x0cSessionReply\x12\"\n\x06opened\x18\x01 \x01(\x0b\x32\x10.swarm.v1.OpenedH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.swarm.v1.StepResultH\x00\x12\"\n\x06sealed\x18\x03 \x01(\x0b\x32\x10.swarm.v1.SealedH\x00\x42\x06\n\x04kind\"\x0e\n\x0cPeersRequest\"\x1d\n\x08PeerList\x12\x11\n\taddresses\x18\x01 \x03(\t\"D\n\x10\x46\x65tchFileRequest\x12\x12\n\npackage_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\")\n\tFileChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x14\n\x12PackageMetaRequest\"X\n\x0bPackageMeta\x12\x15\n\rmanifest_json\x18\x01 \x01(\x0c\x12\x16\n\x0etokenizer_json\x18\x02 \x01(\x0c\x12\x1a\n\x12manifest_signature\x18\x03 \x01(\x0c*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\x05\x32\xf5\x02\n\tSwarmNode\x12\x31\n\x04Info\x12\x15.swarm.v1.InfoRequest\x1a\x12.swarm.v1.NodeInfo\x12\x45\n\x0eGetPackageMeta\x12\x1c.swarm.v1.PackageMetaRequest\x1a\x15.swarm.v1.PackageMeta\x12\x33\n\x05Peers\x12\x16.swarm.v1.PeersRequest\x1a\x12.swarm.v1.PeerList\x12>\n\tFetchFile\x12\x1a.swarm.v1.FetchFileRequest\x1a\x13.swarm.v1.FileChunk0\x01\x12\x38\n\x06Health\x12\x17.swarm.v1.HealthRequest\x1a\x15.swarm.v1.HealthReply\x12?\n\x07Session\x12\x18.swarm.v1.SessionRequest\x1a\x16.swarm.v1.SessionReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'swarm._proto.swarm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROTOCOLVERSION']._serialized_start=1991
-  _globals['_PROTOCOLVERSION']._serialized_end=2072
+  _globals['_PROTOCOLVERSION']._serialized_start=2011
+  _globals['_PROTOCOLVERSION']._serialized_end=2092
   _globals['_TENSOR']._serialized_start=38
   _globals['_TENSOR']._serialized_end=90
   _globals['_NODEINFO']._serialized_start=93
@@ -50,37 +50,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLING']._serialized_start=687
   _globals['_SAMPLING']._serialized_end=762
   _globals['_OPENSESSION']._serialized_start=765
-  _globals['_OPENSESSION']._serialized_end=989
-  _globals['_ORIGIN']._serialized_start=991
-  _globals['_ORIGIN']._serialized_end=1034
-  _globals['_TOKENIDS']._serialized_start=1036
-  _globals['_TOKENIDS']._serialized_end=1059
-  _globals['_STEP']._serialized_start=1062
-  _globals['_STEP']._serialized_end=1217
-  _globals['_SEALED']._serialized_start=1219
-  _globals['_SEALED']._serialized_end=1253
-  _globals['_SESSIONREQUEST']._serialized_start=1256
-  _globals['_SESSIONREQUEST']._serialized_end=1387
-  _globals['_OPENED']._serialized_start=1389
-  _globals['_OPENED']._serialized_end=1415
-  _globals['_HOPTIMING']._serialized_start=1417
-  _globals['_HOPTIMING']._serialized_end=1465
-  _globals['_STEPRESULT']._serialized_start=1467
-  _globals['_STEPRESULT']._serialized_end=1580
-  _globals['_SESSIONREPLY']._serialized_start=1583
-  _globals['_SESSIONREPLY']._serialized_end=1717
-  _globals['_PEERSREQUEST']._serialized_start=1719
-  _globals['_PEERSREQUEST']._serialized_end=1733
-  _globals['_PEERLIST']._serialized_start=1735
-  _globals['_PEERLIST']._serialized_end=1764
-  _globals['_FETCHFILEREQUEST']._serialized_start=1766
-  _globals['_FETCHFILEREQUEST']._serialized_end=1834
-  _globals['_FILECHUNK']._serialized_start=1836
-  _globals['_FILECHUNK']._serialized_end=1877
-  _globals['_PACKAGEMETAREQUEST']._serialized_start=1879
-  _globals['_PACKAGEMETAREQUEST']._serialized_end=1899
-  _globals['_PACKAGEMETA']._serialized_start=1901
-  _globals['_PACKAGEMETA']._serialized_end=1989
-  _globals['_SWARMNODE']._serialized_start=2075
-  _globals['_SWARMNODE']._serialized_end=2448
+  _globals['_OPENSESSION']._serialized_end=1009
+  _globals['_ORIGIN']._serialized_start=1011
+  _globals['_ORIGIN']._serialized_end=1054
+  _globals['_TOKENIDS']._serialized_start=1056
+  _globals['_TOKENIDS']._serialized_end=1079
+  _globals['_STEP']._serialized_start=1082
+  _globals['_STEP']._serialized_end=1237
+  _globals['_SEALED']._serialized_start=1239
+  _globals['_SEALED']._serialized_end=1273
+  _globals['_SESSIONREQUEST']._serialized_start=1276
+  _globals['_SESSIONREQUEST']._serialized_end=1407
+  _globals['_OPENED']._serialized_start=1409
+  _globals['_OPENED']._serialized_end=1435
+  _globals['_HOPTIMING']._serialized_start=1437
+  _globals['_HOPTIMING']._serialized_end=1485
+  _globals['_STEPRESULT']._serialized_start=1487
+  _globals['_STEPRESULT']._serialized_end=1600
+  _globals['_SESSIONREPLY']._serialized_start=1603
+  _globals['_SESSIONREPLY']._serialized_end=1737
+  _globals['_PEERSREQUEST']._serialized_start=1739
+  _globals['_PEERSREQUEST']._serialized_end=1753
+  _globals['_PEERLIST']._serialized_start=1755
+  _globals['_PEERLIST']._serialized_end=1784
+  _globals['_FETCHFILEREQUEST']._serialized_start=1786
+  _globals['_FETCHFILEREQUEST']._serialized_end=1854
+  _globals['_FILECHUNK']._serialized_start=1856
+  _globals['_FILECHUNK']._serialized_end=1897
+  _globals['_PACKAGEMETAREQUEST']._serialized_start=1899
+  _globals['_PACKAGEMETAREQUEST']._serialized_end=1919
+  _globals['_PACKAGEMETA']._serialized_start=1921
+  _globals['_PACKAGEMETA']._serialized_end=2009
+  _globals['_SWARMNODE']._serialized_start=2095
+  _globals['_SWARMNODE']._serialized_end=2468
 # @@protoc_insertion_point(module_scope)

@@ -109,7 +109,7 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("protocol_version", "session_id", "package_id", "route", "max_length", "sampling", "return_logits", "origin")
+    __slots__ = ("protocol_version", "session_id", "package_id", "route", "max_length", "sampling", "return_logits", "origin", "wire_dtype")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class OpenSession(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     RETURN_LOGITS_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     session_id: str
     package_id: str
@@ -126,7 +127,8 @@ class OpenSession(_message.Message):
     sampling: Sampling
     return_logits: bool
     origin: Origin
-    def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., package_id: _Optional[str] = ..., route: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ..., max_length: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., return_logits: _Optional[bool] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
+    wire_dtype: str
+    def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., package_id: _Optional[str] = ..., route: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ..., max_length: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., return_logits: _Optional[bool] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
 
 class Origin(_message.Message):
     __slots__ = ("credential", "route")
