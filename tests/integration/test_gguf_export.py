@@ -23,7 +23,6 @@ from export.exporter import ExportOptions, export_checkpoint
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
 from tests.conftest import ExportFn, golden_checkpoint
-from tests.helpers import close_after_test
 from tests.integration.test_export_cli import assert_clean_failure, run_export
 
 CASE = "llama_gqa_untied"  # GQA (4 heads, 2 kv heads) and an untied head
@@ -97,7 +96,7 @@ def write_gguf(path: Path, qtype: Q = Q.F32, arch: str = "llama", tokenizer: boo
 
 
 def _logits(package: ModelPackage, ids: list[int]) -> np.ndarray:
-    model = close_after_test(LocalModel(package))
+    model = LocalModel(package)
     try:
         return model.session(len(ids) + 1).logits(ids)
     finally:

@@ -15,7 +15,6 @@ from swarm.generation import GenerationRequest
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
 from tests.conftest import FRANCE_QUESTION, GOLDEN, ExportFn
-from tests.helpers import close_after_test
 
 GOLDEN_FILE = GOLDEN / "gguf" / "smollm2.npz"
 CASES = ["chat", "story", "code"]
@@ -35,7 +34,7 @@ def golden() -> dict[str, np.ndarray]:
 def float32_model(export_package: ExportFn, smollm2_gguf) -> LocalModel:  # type: ignore[no-untyped-def]
     package: ModelPackage = export_package(smollm2_gguf, dtype="float32")
     assert package.manifest.quantization is None and package.manifest.dtype == "float32"
-    model = close_after_test(LocalModel(package))
+    model = LocalModel(package)
     yield model
     model.close()
 
