@@ -23,22 +23,19 @@ from export.graph import FLOAT, INT32, INT64, MS_DOMAIN, Graph
 from export.linear import WeightFormat, embedding_gather, linear
 from export.rope import cos_sin_tables
 from export.spec import ModelSpec
-
-
-def past_key_name(layer: int) -> str:
-    return f"past_key_values.{layer}.key"
-
-
-def past_value_name(layer: int) -> str:
-    return f"past_key_values.{layer}.value"
-
-
-def present_key_name(layer: int) -> str:
-    return f"present.{layer}.key"
-
-
-def present_value_name(layer: int) -> str:
-    return f"present.{layer}.value"
+from swarm.package import (
+    HIDDEN_STATES,
+    HIDDEN_STATES_OUT,
+    INPUT_IDS,
+    LOGITS,
+    POSITION_IDS,
+    SEQLENS_K,
+    TOTAL_SEQUENCE_LENGTH,
+    past_key_name,
+    past_value_name,
+    present_key_name,
+    present_value_name,
+)
 
 
 def rms_norm(g: Graph, x: str, weight: np.ndarray, eps: float, path: str) -> str:
@@ -160,12 +157,12 @@ def build_block(
 ) -> Graph:
     g = Graph(f"block_{start}_{end}")
     H, K, Dc = spec.hidden_size, spec.num_kv_heads, spec.cache_head_dim
-    x = g.input("hidden_states", FLOAT, ["batch", "seq", H])
+    x = g.input(HIDDEN_STATES, FLOAT, ["batch", "seq", H])
     cos, sin = cos_sin_tables(spec.rope, spec.head_dim, max_context)
     io = _BlockInputs(
-        position_ids=g.input("position_ids", INT64, ["batch", "seq"]),
-        seqlens_k=g.input("seqlens_k", INT32, ["batch"]),  # per row: tokens in cache after this step - 1
-        total_sequence_length=g.input("total_sequence_length", INT32, []),
+        position_ids=g.input(POSITION_IDS, INT64, ["batch", "seq"]),
+        seqlens_k=g.input(SEQLENS_K, INT32, ["batch"]),  # per row: tokens in cache after this step - 1
+        total_sequence_length=g.input(TOTAL_SEQUENCE_LENGTH, INT32, []),
         cos=g.weight("/model/rotary/cos_cache", cos),  # (max_context, D/2)
         sin=g.weight("/model/rotary/sin_cache", sin),
     )
@@ -175,25 +172,25 @@ def build_block(
         x = _decoder_layer(g, ckpt, spec, fmt, layer, x, io)
         for name in (present_key_name(layer), present_value_name(layer)):
             g.output(name, FLOAT, ["batch", K, "total", Dc])
-    g.op("Identity", [x], "/model/output/Identity", outputs=["hidden_states_out"])
-    g.output("hidden_states_out", FLOAT, ["batch", "seq", H])
+    g.op("Identity", [x], "/model/output/Identity", outputs=[HIDDEN_STATES_OUT])
+    g.output(HIDDEN_STATES_OUT, FLOAT, ["batch", "seq", H])
     return g
 
 
 def build_embedding(ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat) -> Graph:
     g = Graph("embedding")
-    ids = g.input("input_ids", INT64, ["batch", "seq"])
+    ids = g.input(INPUT_IDS, INT64, ["batch", "seq"])
     table = ckpt.take_linear("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size))
     x = embedding_gather(g, ids, table, "model.embed_tokens", "/model/embed_tokens", fmt)
-    g.op("Identity", [x], "/model/embed_tokens/Identity", outputs=["hidden_states"])
-    g.output("hidden_states", FLOAT, ["batch", "seq", spec.hidden_size])
+    g.op("Identity", [x], "/model/embed_tokens/Identity", outputs=[HIDDEN_STATES])
+    g.output(HIDDEN_STATES, FLOAT, ["batch", "seq", spec.hidden_size])
     return g
 
 
 def build_head(ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat) -> Graph:
     g = Graph("head")
     V, H = spec.vocab_size, spec.hidden_size
-    x = g.input("hidden_states", FLOAT, ["batch", "seq", H])
+    x = g.input(HIDDEN_STATES, FLOAT, ["batch", "seq", H])
     h = rms_norm(g, x, ckpt.take("model.norm.weight", (H,)), spec.rms_norm_eps, "/model/norm")
     if spec.tie_word_embeddings:
         weight = ckpt.take_linear("model.embed_tokens.weight", (V, H))
@@ -202,6 +199,6 @@ def build_head(ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat) -> Graph:
     else:
         weight = ckpt.take_linear("lm_head.weight", (V, H))
     logits = linear(g, h, weight, None, "/lm_head", fmt)
-    g.op("Identity", [logits], "/lm_head/Identity", outputs=["logits"])
-    g.output("logits", FLOAT, ["batch", "seq", V])
+    g.op("Identity", [logits], "/lm_head/Identity", outputs=[LOGITS])
+    g.output(LOGITS, FLOAT, ["batch", "seq", V])
     return g

@@ -20,13 +20,13 @@ import grpc
 
 from node.ratelimit import PeerRates, PeerSessions
 from node.sessions import NodeSession
-from node.span import SpanRuntime
 from swarm._proto import swarm_pb2 as pb
 from swarm.auth import Credentials, Proof, new_exchange, session_keys
 from swarm.errors import InvalidRequest, StaleRoute, SwarmError
 from swarm.frames import Frames, PlainFrames, SealedFrames
 from swarm.keys import NODE_ID_HEX, is_node_id
 from swarm.origin import session_origin
+from swarm.span import SpanRuntime
 from swarm.transport import request_bytes, status_for
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
@@ -150,15 +150,3 @@ def check_follow(session: NodeSession, request: pb.SessionRequest) -> tuple[int,
     if len(step.stop_ids) > MAX_STOP_IDS:
         raise InvalidRequest(f"at most {MAX_STOP_IDS} stop ids, got {len(step.stop_ids)}")
     return step.follow, frozenset(step.stop_ids)
-
-
-def check_step(session: NodeSession, request: pb.SessionRequest) -> pb.Step:
-    """A step of an open session, in order and at the position the session is at."""
-    step = request.step
-    if request.WhichOneof("kind") != "step":
-        raise InvalidRequest("session is already open; send steps")
-    if step.step != session.next_step:
-        raise InvalidRequest(f"step {step.step} out of order; expected {session.next_step}")
-    if step.position != session.length:
-        raise InvalidRequest(f"step starts at position {step.position} but the session holds {session.length}")
-    return step

@@ -1,8 +1,14 @@
-"""Continuous batching: single-token steps of different sessions run as one onnxruntime pass.
+"""Where a node's steps compute, and continuous batching on top.
 
-Steps wait in a queue while the previous pass computes; the next pass takes everything that
-queued up (at most `max_batch`), so sessions join and leave the batch between steps and a lone
-session never waits for company. Prompt prefills and lone steps take the ordinary path.
+`ComputeExecutor`: one worker thread, because onnxruntime parallelises inside each op, so
+sessions take turns instead of oversubscribing the cores; a span under `INLINE_COMPUTE_BYTES`
+of weights computes a step in well under a millisecond, less than handing it to the thread
+costs, so it runs on the loop itself.
+
+`DecodeBatcher`: single-token steps of different sessions run as one onnxruntime pass. Steps
+wait in a queue while the previous pass computes; the next pass takes everything that queued
+up (at most `max_batch`), so sessions join and leave the batch between steps and a lone session
+never waits for company. Prompt prefills take the executor directly.
 """
 
 from __future__ import annotations
@@ -10,13 +16,36 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
-from node.compute import ComputeExecutor
 from node.sessions import NodeSession
-from node.span import SpanRuntime, StepOutput
+from swarm.span import SpanRuntime, StepOutput
+
+INLINE_COMPUTE_BYTES = 8 << 20
+T = TypeVar("T")
+
+
+class ComputeExecutor:
+    """`await compute.run(fn, *args)`: `fn(*args)` where this node computes; `close()` waits for
+    the step in progress and stops the thread."""
+
+    def __init__(self, weight_bytes: int) -> None:
+        self.inline = weight_bytes < INLINE_COMPUTE_BYTES
+        self._thread = None if self.inline else ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-compute")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._thread is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+
 
 
 @dataclass

@@ -64,7 +64,7 @@ class Rebalancer:
         peers = node.presence.membership.live(span.package.package_id)
         others = [Served(p.start, p.end, 1000 / p.speed if p.speed > 0 else 0.0)
                   for p in peers if p.node_id != node.node_id]  # fmt: skip
-        layer_ms = 1000 / (node.speed * node.capacity_scale) / (span.end - span.start)
+        layer_ms = 1000 / node.servicer.capacity.steps_per_s / (span.end - span.start)
         limit = max_layers(span.package, node.config.max_memory)
         return check_move(advice, edges, others, (span.start, span.end), layer_ms, limit, self.settings.min_gain,
                           patience)  # fmt: skip

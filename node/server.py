@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from node.compute import ComputeExecutor
+from node.batcher import ComputeExecutor
 from node.config import DEFAULT_KV_HEADROOM, NodeConfig
 from node.decoding import UndecodableRequests
 from node.metrics import NodeMetrics
@@ -18,8 +18,7 @@ from node.ports import NO_PORT_SHARING, ListenError, check_free
 from node.presence import Presence
 from node.servicer import NodeServicer, ServicerSettings
 from node.sessions import Limits, SessionTable
-from node.span import SpanRuntime
-from node.throughput import measure_prefill_tokens_per_s, measure_steps_per_s
+from node.throughput import Capacity, measure_prefill_tokens_per_s, measure_steps_per_s
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.auth import Credentials
 from swarm.config import RuntimeOptions
@@ -28,6 +27,7 @@ from swarm.keys import Identity, claim_identity
 from swarm.membership import PeerRecord
 from swarm.package import MANIFEST_NAME, load_package
 from swarm.progress import Progress
+from swarm.span import SpanRuntime
 from swarm.transport import server_options
 
 log = logging.getLogger("swarm.node")
@@ -39,18 +39,23 @@ class RunningNode:
     servicer: NodeServicer
     port: int
     config: NodeConfig
-    speed: float = 0.0  # decode steps per second through the span, measured at start
-    prefill_speed: float = 0.0  # prompt tokens per second through the span, measured at start
     presence: Presence | None = None
     metrics: NodeMetrics | None = None  # with config.metrics_port
     metrics_port: int | None = None  # where /metrics is served, once bound
-    capacity_scale: float = 1.0  # share of `speed` announced: a throttled device looks slower to the swarm
 
     def set_capacity_scale(self, scale: float) -> None:
         """Announce `scale` x the measured speed (0 < scale <= 1), so routing and assignment send less here."""
-        self.capacity_scale = min(max(scale, 0.01), 1.0)
-        self.servicer.steps_per_s = self.speed * self.capacity_scale
-        self.servicer.prefill_tokens_per_s = self.prefill_speed * self.capacity_scale
+        self.servicer.capacity = self.servicer.capacity.scaled(scale)
+
+    @property
+    def speed(self) -> float:
+        """Decode steps per second through the span, measured at start."""
+        return self.servicer.capacity.measured_steps_per_s
+
+    @property
+    def capacity_scale(self) -> float:
+        """The share of `speed` announced: a throttled device looks slower to the swarm."""
+        return self.servicer.capacity.scale
 
     @property
     def node_id(self) -> str:
@@ -123,11 +128,10 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
         stack.callback(compute.close)  # after the servicer: a step may still be computing
         servicer = NodeServicer(span, SessionTable(limits), _settings(config, identity, message_bytes), compute)
         stack.push_async_callback(servicer.close)  # its channels to next hops
-        servicer.steps_per_s, servicer.prefill_tokens_per_s = speed, prefill_speed
+        servicer.capacity = Capacity(speed, prefill_speed)
         metrics = NodeMetrics(servicer.table) if config.metrics_port is not None else None
         server, port = await _grpc_server(stack, config, servicer, metrics, message_bytes)
-        node = RunningNode(server, servicer, port, config, speed=speed, prefill_speed=prefill_speed,
-                           metrics=metrics)  # fmt: skip
+        node = RunningNode(server, servicer, port, config, metrics=metrics)
         if metrics is not None and config.metrics_port is not None:
             stack.push_async_callback(metrics.close)
             node.metrics_port = await metrics.serve_http(config.host, config.metrics_port)
@@ -203,8 +207,8 @@ def own_record(node: RunningNode, address: str) -> PeerRecord:
         max_sessions=limits.max_sessions,
         free_memory=max(limits.memory_budget - servicer.table.memory_used, 0),
         draining=servicer.draining,
-        speed=node.speed * node.capacity_scale,
-        prefill_speed=node.prefill_speed * node.capacity_scale,
+        speed=servicer.capacity.steps_per_s,
+        prefill_speed=servicer.capacity.prefill_tokens_per_s,
         swarm_id=servicer.settings.credentials.swarm_id if servicer.settings.credentials else "",
     )
 

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 import grpc
 
 from node.admission import PROTOCOL_VERSION, Admission
-from node.batcher import DecodeBatcher
-from node.compute import ComputeExecutor
+from node.batcher import ComputeExecutor, DecodeBatcher
 from node.sessions import SessionTable
-from node.span import SpanRuntime
 from node.stream import SessionStream, StreamSettings
+from node.throughput import Capacity
 from swarm._proto import swarm_pb2 as pb
 from swarm._proto import swarm_pb2_grpc as pb_grpc
 from swarm.auth import Credentials, manifest_signed_bytes
 from swarm.package import MANIFEST_NAME
+from swarm.span import SpanRuntime
 from swarm.transport import ChannelPool
 
 FILE_CHUNK_BYTES = 1 << 20
@@ -52,8 +52,7 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
         self.batcher = DecodeBatcher(span, compute, lambda: len(table.sessions), settings.max_batch)
         self.channels = ChannelPool(settings.max_message_bytes)  # to next hops
         self.known_peers: Callable[[], list[str]] = lambda: list(settings.peers)
-        self.steps_per_s = 0.0  # as announced: measured at start, times the capacity a device offers
-        self.prefill_tokens_per_s = 0.0
+        self.capacity = Capacity()  # what Info and the mDNS record announce (set once measured)
         self.admission = Admission(settings.credentials, settings.max_calls_per_s, settings.max_sessions_per_peer)
         stream = StreamSettings(settings.node_id, settings.idle_timeout_s, settings.hop_timeout_s, settings.credentials)
         self.stream = SessionStream(span, table, self.admission, compute, self.batcher, self.channels, stream)
@@ -97,8 +96,8 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             memory_used=self.table.memory_used,
             kv_cache_bytes=self.table.cache_bytes,
             hidden_size=m.architecture.hidden_size,
-            steps_per_s=self.steps_per_s,
-            prefill_tokens_per_s=self.prefill_tokens_per_s,
+            steps_per_s=self.capacity.steps_per_s,
+            prefill_tokens_per_s=self.capacity.prefill_tokens_per_s,
         )
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:

@@ -17,16 +17,15 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from node.admission import Admission, check_follow, check_open, check_step
-from node.batcher import DecodeBatcher
-from node.compute import ComputeExecutor
+from node.admission import Admission, check_follow, check_open
+from node.batcher import ComputeExecutor, DecodeBatcher
 from node.sessions import NodeSession, SessionTable
-from node.span import SpanRuntime
 from swarm._proto import swarm_pb2 as pb
 from swarm.auth import Credentials
 from swarm.errors import InvalidRequest, PeerUnavailable, SessionExpired, SwarmError
 from swarm.frames import Frames
 from swarm.sampling import SamplingParams
+from swarm.span import SpanRuntime
 from swarm.tensors import from_wire, to_wire
 from swarm.transport import FAILED_NODE_KEY, ChannelPool, failed_node, open_session_call, status_for
 
@@ -246,6 +245,18 @@ class SessionStream:
             if hidden.shape[1] > room:
                 raise InvalidRequest(f"step has {hidden.shape[1]} positions; the session has room for {room}")
         return np.ascontiguousarray(hidden)
+
+
+def check_step(session: NodeSession, request: pb.SessionRequest) -> pb.Step:
+    """A step of an open session, in order and at the position the session is at."""
+    step = request.step
+    if request.WhichOneof("kind") != "step":
+        raise InvalidRequest("session is already open; send steps")
+    if step.step != session.next_step:
+        raise InvalidRequest(f"step {step.step} out of order; expected {session.next_step}")
+    if step.position != session.length:
+        raise InvalidRequest(f"step starts at position {step.position} but the session holds {session.length}")
+    return step
 
 
 def _fed_back(session: NodeSession, reply: pb.SessionReply) -> pb.SessionRequest:

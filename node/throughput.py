@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from node.span import SpanRuntime
 from swarm.sampling import SamplingParams
+from swarm.span import SpanRuntime
 
 PROBE_STEPS = 3
 PROBE_PREFILL_TOKENS = 64  # one prompt chunk of this many tokens (or the context, if shorter)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a node offers the swarm: its speed measured at start, times the share it offers (a
+    throttled phone offers less, so routing and assignment send it less). The one value both
+    `Info` and the mDNS record announce."""
+
+    measured_steps_per_s: float = 0.0  # decode steps per second through the span
+    measured_prefill_tokens_per_s: float = 0.0  # prompt tokens per second through the span
+    scale: float = 1.0  # the share offered, 0 < scale <= 1
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.measured_steps_per_s * self.scale
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.measured_prefill_tokens_per_s * self.scale
+
+    def scaled(self, scale: float) -> Capacity:
+        return replace(self, scale=min(max(scale, 0.01), 1.0))
 
 
 def measure_steps_per_s(span: SpanRuntime) -> float:

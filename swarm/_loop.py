@@ -89,21 +89,21 @@ class BackgroundLoop:
                 finished.wait(timeout=10)  # let the cancellation finish closing the iterator
 
     def close(self) -> None:
+        """Cancel what still runs on the loop (as `asyncio.run` does), stop its worker threads, then
+        the loop and its thread."""
         if self._loop.is_closed():
             return
-        # what is still running (a stream to a node that died, a probe) is cancelled and allowed to
-        # finish, as asyncio.run does: a task left pending at close is destroyed mid-flight, and a
-        # gRPC call's completion would then reach a closed loop
-        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
-            self.submit(_cancel_the_rest()).result(timeout=5)
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):  # a loop stuck in a call
+            asyncio.run_coroutine_threadsafe(_wind_down(self._loop), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
 
 
-async def _cancel_the_rest() -> None:
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in others:
+async def _wind_down(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
+    for task in tasks:
         task.cancel()
-    await asyncio.gather(*others, return_exceptions=True)
-    await asyncio.get_running_loop().shutdown_asyncgens()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await loop.shutdown_asyncgens()
+    await loop.shutdown_default_executor()  # the threads of asyncio.to_thread

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import onnx
 
-HIDDEN_IN, HIDDEN_OUT = "hidden_states", "hidden_states_out"
-SHARED_INPUTS = ("position_ids", "seqlens_k", "total_sequence_length")
+from swarm.package import BLOCK_SHARED_INPUTS as SHARED_INPUTS
+from swarm.package import HIDDEN_STATES as HIDDEN_IN
+from swarm.package import HIDDEN_STATES_OUT as HIDDEN_OUT
+from swarm.package import is_cache_name
 
 
 def _kept(name: str) -> bool:
     """Names every block means the same by: shared inputs and per-layer caches (unique per layer)."""
-    return name in SHARED_INPUTS or name.startswith(("past_key_values.", "present.")) or name == ""
+    return name in SHARED_INPUTS or is_cache_name(name) or name == ""
 
 
 def _rename_graph(graph: onnx.GraphProto, rename: dict[str, str]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,31 +17,33 @@ from swarm._loop import BackgroundLoop
 from swarm.config import RuntimeOptions
 from swarm.errors import InvalidRequest
 from swarm.generation import GenerationRequest, GenerationStats, stepped
-from swarm.package import BlockEntry, FileEntry, ModelPackage, load_package
-from swarm.runtime import BlockRunner, EmbeddingRunner, HeadRunner, KVCache, group_blocks
-from swarm.sampling import SamplingParams, sample
+from swarm.package import ModelPackage, load_package
+from swarm.runtime import KVCache
+from swarm.sampling import SamplingParams
+from swarm.span import SpanRuntime
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
 
 
 class LocalModel(SyncTextGenerator):
-    """`generate`, `stream`, `chat`, `stream_chat` and `generate_ids` on a package in this process."""
+    """`generate`, `stream`, `chat`, `stream_chat` and `generate_ids` on a package in this process:
+    the whole model as one span (swarm/span.py, the runtime a node runs its layers with)."""
 
     def __init__(self, package: str | Path | ModelPackage, options: RuntimeOptions | None = None) -> None:
         self.package = package if isinstance(package, ModelPackage) else load_package(package)
-        options = options or RuntimeOptions()
         m = self.package.manifest
-        entries: list[FileEntry | BlockEntry] = [m.embedding, *m.blocks, m.head]
-        for entry in entries:
-            self.package.verify_file(entry)
         self.manifest = m
-        self.embedding = EmbeddingRunner(self.package.path(m.embedding.file), options)
-        self.blocks = [BlockRunner([self.package.path(b.file) for b in group], group, m.architecture, options)
-                       for group in group_blocks(m.blocks, options.merge_bytes)]  # fmt: skip
-        self.head = HeadRunner(self.package.path(m.head.file), options)
+        self.span = SpanRuntime(self.package, 0, m.num_layers, options or RuntimeOptions())
         codec = TextCodec.from_file(self.package.path(m.tokenizer.file), m.tokenizer)
         self.text = TextGenerator(m, codec, self._open_stream)  # the async API
+        # steps compute on a thread of their own, so the loop they are awaited on stays free
+        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-local-compute")
+        self.compute.submit(int).result()  # its thread starts with the model, not in the middle of a use
         super().__init__(self.text, BackgroundLoop("swarm-local"))
+
+    def close(self) -> None:
+        super().close()
+        self.compute.shutdown(wait=True)
 
     def session(self, capacity: int | None = None) -> LocalSession:
         return LocalSession(self, capacity or self.manifest.max_context)
@@ -57,8 +60,8 @@ class LocalSession:
     def __init__(self, model: LocalModel, capacity: int) -> None:
         if capacity > model.manifest.max_context:
             raise InvalidRequest(f"{capacity} tokens exceed the model's context of {model.manifest.max_context}")
-        self._model = model
-        self._caches: list[KVCache] = [block.new_cache(capacity) for block in model.blocks]
+        self._span, self._compute = model.span, model.compute
+        self._caches: list[KVCache] = self._span.new_caches(capacity)
 
     @property
     def length(self) -> int:
@@ -66,27 +69,21 @@ class LocalSession:
 
     def hidden(self, ids: Sequence[int]) -> np.ndarray:
         """Hidden states (1, S, H) after the last block for `ids` appended to the sequence."""
-        vocab = self._model.manifest.architecture.vocab_size
-        if any(not 0 <= t < vocab for t in ids):
-            raise InvalidRequest(f"token ids must be in [0, {vocab})")
-        x = self._model.embedding.forward(np.asarray([ids], dtype=np.int64))
-        for block, cache in zip(self._model.blocks, self._caches, strict=True):
-            x = block.forward(x, cache)
-        return x
+        return self._span.run_blocks(self._span.embed(ids), self._caches)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits (S, V) for every position of `ids` appended to the sequence."""
-        return self._model.head.forward(self.hidden(ids))[0]
+        assert self._span.head is not None
+        return self._span.head.forward(self.hidden(ids))[0]
 
     def next_token(self, ids: Sequence[int], params: SamplingParams) -> int:
-        last = self.hidden(ids)[:, -1:, :]
-        logits = self._model.head.forward(last)[0, -1]
-        return sample(logits, params, position=self.length)
+        output = self._span.forward(self._span.embed(ids), self._caches, params, False)
+        assert output.token is not None
+        return output.token
 
     async def step(self, ids: Sequence[int], params: SamplingParams) -> int:
         """Append `ids` and return the sampled next token."""
-        # onnxruntime in a worker thread keeps the event loop responsive
-        return await asyncio.to_thread(self.next_token, ids, params)
+        return await asyncio.get_running_loop().run_in_executor(self._compute, self.next_token, ids, params)
 
     def tokens(
         self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = ()

@@ -18,6 +18,40 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "swarm-model-package"
 FORMAT_VERSION = 1
 
+# The stage graphs' inputs and outputs, defined here once: the exporter writes them
+# (export/decoder.py), the runtime binds them (swarm/runtime.py), block merging joins on them
+# (swarm/block_merge.py). B rows, S new positions, H hidden size, V vocabulary.
+INPUT_IDS = "input_ids"  # embedding in: (B, S) int64
+HIDDEN_STATES = "hidden_states"  # embedding out; block and head in: (B, S, H) float32
+HIDDEN_STATES_OUT = "hidden_states_out"  # block out: (B, S, H) float32
+POSITION_IDS = "position_ids"  # block in: (B, S) int64
+SEQLENS_K = "seqlens_k"  # block in: (B,) int32, per row: tokens in the cache after this step - 1
+TOTAL_SEQUENCE_LENGTH = "total_sequence_length"  # block in: () int32
+LOGITS = "logits"  # head out: (B, S, V) float32
+BLOCK_SHARED_INPUTS = (POSITION_IDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH)  # one value for every layer of a step
+
+
+def past_key_name(layer: int) -> str:
+    """Block in: layer `layer`'s cached keys (B, n_kv, past, D_cache); likewise the other three."""
+    return f"past_key_values.{layer}.key"
+
+
+def past_value_name(layer: int) -> str:
+    return f"past_key_values.{layer}.value"
+
+
+def present_key_name(layer: int) -> str:
+    return f"present.{layer}.key"
+
+
+def present_value_name(layer: int) -> str:
+    return f"present.{layer}.value"
+
+
+def is_cache_name(name: str) -> bool:
+    """Whether `name` is one of the per-layer cache inputs or outputs."""
+    return name.startswith(("past_key_values.", "present."))
+
 
 @dataclass(frozen=True)
 class FileEntry:

@@ -22,7 +22,20 @@ import onnxruntime as ort
 
 from swarm.config import RuntimeOptions
 from swarm.errors import InvalidRequest
-from swarm.package import Architecture, BlockEntry
+from swarm.package import (
+    HIDDEN_STATES,
+    HIDDEN_STATES_OUT,
+    INPUT_IDS,
+    POSITION_IDS,
+    SEQLENS_K,
+    TOTAL_SEQUENCE_LENGTH,
+    Architecture,
+    BlockEntry,
+    past_key_name,
+    past_value_name,
+    present_key_name,
+    present_value_name,
+)
 
 # A stage with less weight than this does too little work per token to split across threads:
 # waking a second thread costs more than it saves (stories260K decodes 0.49 vs 0.60 ms/token
@@ -126,10 +139,10 @@ def _bind_cache(binding: ort.IOBinding, cache: KVCache) -> None:
     """Each layer's cache as both its past input and its present output: written in place."""
     for layer in cache.layers:
         key, value = cache.ortvalues(layer)
-        binding.bind_ortvalue_input(f"past_key_values.{layer}.key", key)
-        binding.bind_ortvalue_input(f"past_key_values.{layer}.value", value)
-        binding.bind_ortvalue_output(f"present.{layer}.key", key)
-        binding.bind_ortvalue_output(f"present.{layer}.value", value)
+        binding.bind_ortvalue_input(past_key_name(layer), key)
+        binding.bind_ortvalue_input(past_value_name(layer), value)
+        binding.bind_ortvalue_output(present_key_name(layer), key)
+        binding.bind_ortvalue_output(present_value_name(layer), value)
 
 
 class _DecodeBinding:
@@ -145,10 +158,10 @@ class _DecodeBinding:
         self.total = np.zeros((), np.int32)
         self.out = np.zeros((1, 1, hidden_size), np.float32)
         self.binding = session.io_binding()
-        for name, array in (("hidden_states", self.hidden), ("position_ids", self.position),
-                            ("seqlens_k", self.seqlens), ("total_sequence_length", self.total)):  # fmt: skip
+        for name, array in ((HIDDEN_STATES, self.hidden), (POSITION_IDS, self.position),
+                            (SEQLENS_K, self.seqlens), (TOTAL_SEQUENCE_LENGTH, self.total)):  # fmt: skip
             self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
-        self.binding.bind_ortvalue_output("hidden_states_out", ort.OrtValue.ortvalue_from_numpy(self.out))
+        self.binding.bind_ortvalue_output(HIDDEN_STATES_OUT, ort.OrtValue.ortvalue_from_numpy(self.out))
         _bind_cache(self.binding, cache)
 
 
@@ -177,11 +190,11 @@ class BlockRunner:
         if steps == 1:
             return self._decode(hidden, cache)
         binding = self._session.io_binding()
-        binding.bind_output("hidden_states_out")  # first, so it is get_outputs()[0]
-        binding.bind_cpu_input("hidden_states", np.ascontiguousarray(hidden, dtype=np.float32))
-        binding.bind_cpu_input("position_ids", np.arange(past, total, dtype=np.int64)[None, :])
-        binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
-        binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        binding.bind_output(HIDDEN_STATES_OUT)  # first, so it is get_outputs()[0]
+        binding.bind_cpu_input(HIDDEN_STATES, np.ascontiguousarray(hidden, dtype=np.float32))
+        binding.bind_cpu_input(POSITION_IDS, np.arange(past, total, dtype=np.int64)[None, :])
+        binding.bind_cpu_input(SEQLENS_K, np.array([total - 1], np.int32))
+        binding.bind_cpu_input(TOTAL_SEQUENCE_LENGTH, np.array(total, np.int32))
         _bind_cache(binding, cache)
         self._session.run_with_iobinding(binding)
         cache.length = total
@@ -220,11 +233,11 @@ class BlockRunner:
         width = max(lengths) + 1
         rows = range(len(caches))
         binding = self._session.io_binding()
-        binding.bind_output("hidden_states_out")
-        binding.bind_cpu_input("hidden_states", np.ascontiguousarray(hidden, dtype=np.float32))
-        binding.bind_cpu_input("position_ids", np.array(lengths, np.int64)[:, None])
-        binding.bind_cpu_input("seqlens_k", np.array(lengths, np.int32))  # per row: tokens before this step
-        binding.bind_cpu_input("total_sequence_length", np.array(width, np.int32))
+        binding.bind_output(HIDDEN_STATES_OUT)
+        binding.bind_cpu_input(HIDDEN_STATES, np.ascontiguousarray(hidden, dtype=np.float32))
+        binding.bind_cpu_input(POSITION_IDS, np.array(lengths, np.int64)[:, None])
+        binding.bind_cpu_input(SEQLENS_K, np.array(lengths, np.int32))  # per row: tokens before this step
+        binding.bind_cpu_input(TOTAL_SEQUENCE_LENGTH, np.array(width, np.int32))
         gathered = {}
         shape = (len(caches), self.arch.num_kv_heads, width, self.arch.cache_head_dim)
         for layer in self.layers:
@@ -234,10 +247,10 @@ class BlockRunner:
                 keys[i, :, : lengths[i]] = k[0, :, : lengths[i]]
                 values[i, :, : lengths[i]] = v[0, :, : lengths[i]]
             key, value = ort.OrtValue.ortvalue_from_numpy(keys), ort.OrtValue.ortvalue_from_numpy(values)
-            binding.bind_ortvalue_input(f"past_key_values.{layer}.key", key)
-            binding.bind_ortvalue_input(f"past_key_values.{layer}.value", value)
-            binding.bind_ortvalue_output(f"present.{layer}.key", key)
-            binding.bind_ortvalue_output(f"present.{layer}.value", value)
+            binding.bind_ortvalue_input(past_key_name(layer), key)
+            binding.bind_ortvalue_input(past_value_name(layer), value)
+            binding.bind_ortvalue_output(present_key_name(layer), key)
+            binding.bind_ortvalue_output(present_value_name(layer), value)
             gathered[layer] = (keys, values)
         self._session.run_with_iobinding(binding)
         for layer, (keys, values) in gathered.items():
@@ -256,7 +269,7 @@ class EmbeddingRunner:
         self._session = _session(path, options)
 
     def forward(self, input_ids: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self._session.run(None, {"input_ids": input_ids.astype(np.int64)})[0]
+        out: np.ndarray = self._session.run(None, {INPUT_IDS: input_ids.astype(np.int64)})[0]
         return out
 
 
@@ -266,5 +279,5 @@ class HeadRunner:
 
     def forward(self, hidden: np.ndarray) -> np.ndarray:
         """Logits (B, S, V) for hidden states (B, S, H)."""
-        out: np.ndarray = self._session.run(None, {"hidden_states": hidden})[0]
+        out: np.ndarray = self._session.run(None, {HIDDEN_STATES: hidden})[0]
         return out

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import importlib.util
 import os
 import signal
 import tempfile
+import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +21,7 @@ from export.exporter import ExportOptions, export_checkpoint
 from swarm.environment import SWARM_KEY_ENV
 from swarm.package import ModelPackage
 from tests.golden.weights import materialize
-from tests.helpers import REPO, TEST_SWARM_KEY, LocalCluster
+from tests.helpers import CLOSE_AFTER_TEST, REPO, TEST_SWARM_KEY, LocalCluster
 
 # Keys and identities of this machine's user never leak into the tests, nor the tests' into it.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="swarm-test-config-")
@@ -103,6 +109,59 @@ def export_package(tmp_path_factory: pytest.TempPathFactory) -> ExportFn:
 @pytest.fixture(scope="session")
 def stories_package(export_package: ExportFn) -> ModelPackage:
     return export_package(STORIES)
+
+
+# --- leaks: a test ends with no thread and no asyncio task of its own still running ---------------
+
+LEAK_GRACE_S = 2.0  # threads and tasks that are finishing get this long to end
+_tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()  # every task made on a loop of this process
+
+
+def _tracked(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task[Any]:
+    task = asyncio.Task(coro, loop=loop, **options)
+    _tasks.add(task)
+    return task
+
+
+class _TrackingPolicy(asyncio.DefaultEventLoopPolicy):
+    """Every new loop (asyncio.run's, BackgroundLoop's) records its tasks in `_tasks`."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = super().new_event_loop()
+        loop.set_task_factory(_tracked)
+        return loop
+
+
+asyncio.set_event_loop_policy(_TrackingPolicy())
+
+
+# gRPC's engine thread: one per process, started with the first gRPC object and ended when the
+# last one is garbage-collected (not closed), which is up to the collector, not to the test
+GRPC_POLLER = "(_poll_wrapper)"
+
+
+def _leftovers(threads_before: set[threading.Thread], tasks_before: set[asyncio.Task[Any]]) -> list[str]:
+    threads = [t for t in threading.enumerate()
+               if t not in threads_before and t.is_alive() and not t.name.endswith(GRPC_POLLER)]  # fmt: skip
+    tasks = [t for t in list(_tasks) if t not in tasks_before and not t.done()]
+    return [f"thread {t.name!r}" for t in threads] + [f"task {t.get_coro()!r}" for t in tasks]
+
+
+@pytest.fixture(autouse=True)
+def verify_nothing_leaks() -> Iterator[None]:
+    """Fails a test that leaves a thread or an asyncio task of its own running after it ended
+    (python-zeroconf's verify_threads_ended, for tasks too). What longer-lived fixtures started
+    before the test is theirs, not the test's."""
+    threads_before, tasks_before = set(threading.enumerate()), set(_tasks)
+    yield
+    while CLOSE_AFTER_TEST:
+        CLOSE_AFTER_TEST.pop().close()
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while (leaks := _leftovers(threads_before, tasks_before)) and time.monotonic() < deadline:
+        gc.collect()  # objects in reference cycles take their threads with them
+        time.sleep(0.05)
+    if leaks:
+        pytest.fail("the test left running: " + "; ".join(leaks), pytrace=False)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import dns.message
 import dns.rdatatype
@@ -34,9 +34,24 @@ from swarm.transport import request_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+class SupportsClose(Protocol):
+    def close(self) -> None: ...
+
+
 # the swarm every test node and client is in, unless a test says otherwise (conftest puts it
 # in $SWARM_KEY too, so SDK clients and node processes started by tests use it)
 TEST_SWARM_KEY = SwarmKey(hashlib.sha256(b"swarm test suite").digest())
+
+
+_T = TypeVar("_T", bound=SupportsClose)
+CLOSE_AFTER_TEST: list[SupportsClose] = []  # closed when the running test ends (tests/conftest.py)
+
+
+def close_after_test(resource: _T) -> _T:
+    """`resource`, closed when the test ends, before the leak check looks for its threads."""
+    CLOSE_AFTER_TEST.append(resource)
+    return resource
 
 
 def member_credentials() -> Credentials:
@@ -102,6 +117,7 @@ class LocalCluster:
             self.loop.run(close())
         finally:
             self.loop.close()
+            self.nodes.clear()  # the servers go with them, and gRPC's poller thread once the last one is gone
 
 
 def token_step(ids: list[int], position: int = 0, step: int = 0, **fields: Any) -> pb.SessionRequest:

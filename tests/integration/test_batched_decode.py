@@ -7,6 +7,7 @@ import pytest
 
 from swarm.local import LocalModel
 from tests.conftest import STORIES, ExportFn, golden_checkpoint
+from tests.helpers import close_after_test
 
 
 def step_alone(model: LocalModel, prompt: list[int], steps: int) -> tuple[list[int], np.ndarray]:
@@ -21,7 +22,7 @@ def step_alone(model: LocalModel, prompt: list[int], steps: int) -> tuple[list[i
 
 @pytest.mark.parametrize("checkpoint", [STORIES, golden_checkpoint("mistral_sliding"), golden_checkpoint("qwen2")])
 def test_batched_steps_equal_single_steps(export_package: ExportFn, checkpoint) -> None:  # type: ignore[no-untyped-def]
-    model = LocalModel(export_package(checkpoint, layers_per_block=2))
+    model = close_after_test(LocalModel(export_package(checkpoint, layers_per_block=2)))
     vocab = model.manifest.architecture.vocab_size
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, vocab, size=n).tolist() for n in (1, 3, 7, 12)]  # different lengths per row
@@ -30,10 +31,10 @@ def test_batched_steps_equal_single_steps(export_package: ExportFn, checkpoint) 
     tokens = [[int(s.logits(p)[-1].argmax())] for s, p in zip(sessions, prompts, strict=True)]
     logits = [[] for _ in prompts]  # type: list[list[np.ndarray]]
     for _ in range(10):
-        x = model.embedding.forward(np.array([[t[-1]] for t in tokens]))
-        for index, block in enumerate(model.blocks):
+        x = model.span.embedding.forward(np.array([[t[-1]] for t in tokens]))
+        for index, block in enumerate(model.span.blocks):
             x = block.forward_batch(x, [s._caches[index] for s in sessions])
-        step = model.head.forward(x)[:, -1]
+        step = model.span.head.forward(x)[:, -1]
         for row in range(len(prompts)):
             logits[row].append(step[row])
             tokens[row].append(int(step[row].argmax()))

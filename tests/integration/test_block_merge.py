@@ -9,13 +9,14 @@ from swarm.config import RuntimeOptions
 from swarm.local import LocalModel
 from swarm.runtime import group_blocks
 from tests.conftest import STORIES, STORIES_PROMPT_IDS, ExportFn, golden_checkpoint
+from tests.helpers import close_after_test
 
 
 def test_joined_blocks_give_the_same_numbers_as_one_session_each(export_package: ExportFn) -> None:
     package = export_package(golden_checkpoint("llama_gqa_untied"))  # head size 16: nothing padded
     joined, separate = LocalModel(package), LocalModel(package, RuntimeOptions(merge_bytes=0))
     try:
-        assert len(joined.blocks) == 1 and len(separate.blocks) == len(package.manifest.blocks) == 2
+        assert len(joined.span.blocks) == 1 and len(separate.span.blocks) == len(package.manifest.blocks) == 2
         ids = [1, 17, 200, 5, 93, 41]
         a, b = joined.session(16), separate.session(16)
         np.testing.assert_array_equal(a.logits(ids), b.logits(ids))  # prefill
@@ -44,9 +45,9 @@ def test_blocks_group_up_to_the_byte_bound(export_package: ExportFn) -> None:
     blocks = export_package(STORIES).manifest.blocks
     assert [len(g) for g in group_blocks(blocks, 0)] == [1] * len(blocks)
     assert [len(g) for g in group_blocks(blocks, 2 * blocks[0].bytes)] == [2, 2, 1]
-    model = LocalModel(export_package(STORIES))
+    model = close_after_test(LocalModel(export_package(STORIES)))
     try:
-        assert len(model.blocks) == 1
+        assert len(model.span.blocks) == 1
         assert list(model.session(8).logits(STORIES_PROMPT_IDS).shape) == [5, model.manifest.architecture.vocab_size]
     finally:
         model.close()

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.span import SpanRuntime
 from swarm import Swarm
 from swarm._proto import swarm_pb2 as pb
 from swarm.config import RuntimeOptions
@@ -27,6 +26,7 @@ from swarm.environment import SWARM_KEY_ENV
 from swarm.generation import GenerationRequest
 from swarm.package import ModelPackage
 from swarm.sampling import SamplingParams
+from swarm.span import SpanRuntime
 from tests.conftest import STORIES_PROMPT, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
 from tests.helpers import LocalCluster
 

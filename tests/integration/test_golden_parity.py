@@ -14,6 +14,7 @@ import pytest
 from swarm.generation import GenerationRequest
 from swarm.local import LocalModel
 from tests.conftest import GOLDEN, ExportFn, golden_checkpoint
+from tests.helpers import close_after_test
 
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "golden.npz").is_file())
 TOLERANCE = 1e-4
@@ -34,7 +35,7 @@ def test_prefill_and_cached_decode_match_transformers(
     export_package: ExportFn, case: Path, layers_per_block: int
 ) -> None:
     golden = np.load(case / "golden.npz")
-    session = LocalModel(export_package(case, layers_per_block=layers_per_block)).session(64)
+    session = close_after_test(LocalModel(export_package(case, layers_per_block=layers_per_block))).session(64)
     prefill = session.logits(golden["input_ids"][0].tolist())
     assert np.abs(prefill - golden["prefill_logits"][0]).max() <= TOLERANCE
     decode = np.stack([session.logits([int(t)])[0] for t in golden["decode_ids"]])
@@ -43,14 +44,14 @@ def test_prefill_and_cached_decode_match_transformers(
 
 def test_greedy_tokens_match_transformers(export_package: ExportFn, case: Path) -> None:
     golden = np.load(case / "golden.npz")
-    model = LocalModel(export_package(case))
+    model = close_after_test(LocalModel(export_package(case)))
     request = GenerationRequest(tuple(golden["input_ids"][0].tolist()), max_tokens=16, stop_on_eos=False)
     assert list(model.generate_ids(request)) == golden["greedy_ids"].tolist()
 
 
 def test_cached_decode_equals_full_recomputation(export_package: ExportFn, case: Path) -> None:
     golden = np.load(case / "golden.npz")
-    model = LocalModel(export_package(case))
+    model = close_after_test(LocalModel(export_package(case)))
     prompt, extra = golden["input_ids"][0].tolist(), golden["decode_ids"].tolist()
     full = model.session(64).logits(prompt + extra)
     cached = model.session(64)
@@ -82,5 +83,5 @@ def test_transformers4_config_spelling(export_package: ExportFn, tmp_path: Path,
     golden = np.load(src / "golden.npz")
     package = export_package(src)
     assert package.manifest.architecture.sliding_window is None
-    prefill = LocalModel(package).session(64).logits(golden["input_ids"][0].tolist())
+    prefill = close_after_test(LocalModel(package)).session(64).logits(golden["input_ids"][0].tolist())
     assert np.abs(prefill - golden["prefill_logits"][0]).max() <= TOLERANCE

@@ -70,9 +70,9 @@ def replicated(stories_package: ModelPackage) -> Iterator[list[NodeProcess]]:
 
 @pytest.fixture(scope="module")
 def expected(stories_package: ModelPackage) -> dict[str, list[int]]:
-    model = LocalModel(stories_package)
-    ids = model.codec.encode(PROMPT_TEXT)
-    tokens = list(model.generate_ids(GenerationRequest(tuple(ids), LONG, stop_on_eos=False)))
+    with LocalModel(stories_package) as model:
+        ids = model.codec.encode(PROMPT_TEXT)
+        tokens = list(model.generate_ids(GenerationRequest(tuple(ids), LONG, stop_on_eos=False)))
     return {"prompt": ids, "tokens": tokens[:60], "long": tokens}
 
 

@@ -20,6 +20,7 @@ from tests.conftest import (
     STORIES_REFERENCE_TEXT,
     ExportFn,
 )
+from tests.helpers import close_after_test
 
 
 def greedy(model: LocalModel, prompt_ids: list[int], n: int) -> list[int]:
@@ -28,23 +29,23 @@ def greedy(model: LocalModel, prompt_ids: list[int], n: int) -> list[int]:
 
 
 def test_tokenizer_matches_reference(stories_package: ModelPackage) -> None:
-    assert LocalModel(stories_package).codec.encode(STORIES_PROMPT) == STORIES_PROMPT_IDS
+    assert close_after_test(LocalModel(stories_package)).codec.encode(STORIES_PROMPT) == STORIES_PROMPT_IDS
 
 
 def test_greedy_reproduces_reference_tokens(stories_package: ModelPackage) -> None:
-    model = LocalModel(stories_package)
+    model = close_after_test(LocalModel(stories_package))
     assert greedy(model, STORIES_PROMPT_IDS, 40) == STORIES_REFERENCE_IDS
     assert STORIES_PROMPT + model.generate(STORIES_PROMPT, max_tokens=40) == STORIES_REFERENCE_TEXT
 
 
 @pytest.mark.parametrize("options", [{"layers_per_block": 2}, {"layers_per_block": 5}, {"dtype": "float16"}])
 def test_block_granularity_and_fp16_storage_keep_reference(export_package: ExportFn, options: dict) -> None:
-    model = LocalModel(export_package(STORIES, **options))
+    model = close_after_test(LocalModel(export_package(STORIES, **options)))
     assert greedy(model, STORIES_PROMPT_IDS, 40) == STORIES_REFERENCE_IDS
 
 
 def test_cached_decode_equals_full_recomputation(stories_package: ModelPackage) -> None:
-    model = LocalModel(stories_package)
+    model = close_after_test(LocalModel(stories_package))
     sequence = STORIES_PROMPT_IDS + STORIES_REFERENCE_IDS[:20]
     full = model.session().logits(sequence)
     cached = model.session()
@@ -54,7 +55,7 @@ def test_cached_decode_equals_full_recomputation(stories_package: ModelPackage) 
 
 
 def test_end_of_sequence_stops_generation(stories_package: ModelPackage) -> None:
-    model = LocalModel(stories_package)
+    model = close_after_test(LocalModel(stories_package))
     period = 426  # the reference text's first "." is its 11th token; treat it as end of sequence
     request = GenerationRequest(tuple(STORIES_PROMPT_IDS), max_tokens=40)
 
@@ -68,7 +69,7 @@ def test_end_of_sequence_stops_generation(stories_package: ModelPackage) -> None
 
 
 def test_seeded_sampling_is_reproducible(stories_package: ModelPackage) -> None:
-    model = LocalModel(stories_package)
+    model = close_after_test(LocalModel(stories_package))
     params = SamplingParams(temperature=0.9, top_k=40, top_p=0.95, seed=11)
     request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 30, params, stop_on_eos=False)
     first, second = list(model.generate_ids(request)), list(model.generate_ids(request))
@@ -84,7 +85,7 @@ def test_quantized_packages_generate(export_package: ExportFn, quantize: str, mi
     fp32_bytes = sum(b.bytes for b in export_package(STORIES).manifest.blocks)
     # rotary tables and norms stay float32, so the files shrink a little less than the weights
     assert sum(b.bytes for b in package.manifest.blocks) < fp32_bytes / (2 if quantize == "int8" else 2.5)
-    out = greedy(LocalModel(package), STORIES_PROMPT_IDS, 40)
+    out = greedy(close_after_test(LocalModel(package)), STORIES_PROMPT_IDS, 40)
     assert len(out) == 40
     agree = next((i for i, (a, b) in enumerate(zip(out, STORIES_REFERENCE_IDS, strict=False)) if a != b), 40)
     assert agree >= min_match
@@ -92,7 +93,7 @@ def test_quantized_packages_generate(export_package: ExportFn, quantize: str, mi
 
 def test_stats_are_filled(stories_package: ModelPackage) -> None:
     stats = GenerationStats()
-    text = "".join(LocalModel(stories_package).stream(STORIES_PROMPT, max_tokens=10, stats=stats))
+    text = "".join(close_after_test(LocalModel(stories_package)).stream(STORIES_PROMPT, max_tokens=10, stats=stats))
     assert text.startswith(", there was")
     assert stats.prompt_tokens == 5 and stats.generated_tokens == 10
     assert stats.ttft_s > 0 and stats.decode_tokens_per_s > 0 and len(stats.step_s) == 9
@@ -101,8 +102,8 @@ def test_stats_are_filled(stories_package: ModelPackage) -> None:
 def test_a_decode_step_hands_back_its_own_array(stories_package: ModelPackage) -> None:
     """Single-token steps refill one binding per cache in place; what a step returned must not
     change under the caller, and each step must equal recomputing the whole sequence."""
-    model = LocalModel(stories_package)
-    block, embed = model.blocks[0], model.embedding.forward
+    model = close_after_test(LocalModel(stories_package))
+    block, embed = model.span.blocks[0], model.span.embedding.forward
     cache = block.new_cache(8)
     block.forward(embed(np.array([[1, 2, 3]])), cache)
     first = block.forward(embed(np.array([[4]])), cache)
@@ -114,7 +115,7 @@ def test_a_decode_step_hands_back_its_own_array(stories_package: ModelPackage) -
 
 
 def test_a_decode_step_refuses_a_misshaped_hidden_state(stories_package: ModelPackage) -> None:
-    block = LocalModel(stories_package).blocks[0]
+    block = close_after_test(LocalModel(stories_package)).span.blocks[0]
     cache = block.new_cache(4)
     with pytest.raises(InvalidRequest, match="expected"):
         block.forward(np.zeros((1, 1, 1), np.float32), cache)  # would broadcast into every feature

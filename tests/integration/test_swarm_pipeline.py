@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -27,8 +28,9 @@ SPANS = {
 
 
 @pytest.fixture(scope="module")
-def local(stories_package: ModelPackage) -> LocalModel:
-    return LocalModel(stories_package)
+def local(stories_package: ModelPackage) -> Iterator[LocalModel]:
+    with LocalModel(stories_package) as model:
+        yield model
 
 
 def prompts(local: LocalModel) -> dict[str, list[int]]:

@@ -1,7 +1,9 @@
-"""The layers a node serves, loaded into onnxruntime: [start, end) of one package.
+"""The one stage runtime: layers [start, end) of one package, chained in onnxruntime.
 
-The node holding layer 0 also runs the embedding; the one holding the last layer also runs
-the head and samples. Every file is checked against the manifest sha256 before loading.
+A node runs its span with it (node/stream.py, node/batcher.py); the local runner runs the whole
+model as one span, [0, num_layers) (swarm/local.py). The span holding layer 0 also runs the
+embedding; the one holding the last layer also runs the head and samples. Every file is checked
+against the manifest sha256 before loading; `swarm/runtime.py` runs each stage.
 """
 
 from __future__ import annotations
@@ -84,13 +86,17 @@ class SpanRuntime:
             raise InvalidRequest(f"token ids must be in [0, {self.arch.vocab_size})")
         return self.embedding.forward(np.asarray([ids], dtype=np.int64))
 
+    def run_blocks(self, hidden: np.ndarray, caches: list[KVCache]) -> np.ndarray:
+        """Hidden states (1, S, H) after the span's blocks, each cache extended by S positions."""
+        for block, cache in zip(self.blocks, caches, strict=True):
+            hidden = block.forward(hidden, cache)
+        return hidden
+
     def forward(
         self, hidden: np.ndarray, caches: list[KVCache], sampling: SamplingParams, want_logits: bool
     ) -> StepOutput:
         """Run the blocks; on the last span also the head and the sampler."""
-        for block, cache in zip(self.blocks, caches, strict=True):
-            hidden = block.forward(hidden, cache)
-        return self._finish(hidden, [caches], [sampling], [want_logits])[0]
+        return self._finish(self.run_blocks(hidden, caches), [caches], [sampling], [want_logits])[0]
 
     def forward_batch(
         self, hidden: np.ndarray, caches: list[list[KVCache]], samplings: list[SamplingParams], want_logits: list[bool]
