@@ -7,6 +7,7 @@ import gc
 import importlib.util
 import os
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -21,7 +22,7 @@ from export.exporter import ExportOptions, export_checkpoint
 from swarm.environment import SWARM_KEY_ENV
 from swarm.package import ModelPackage
 from tests.golden.weights import materialize
-from tests.helpers import CLOSE_AFTER_TEST, REPO, TEST_SWARM_KEY, LocalCluster
+from tests.helpers import CLOSE_AFTER_TEST, NODE_PROCESSES, REPO, TEST_SWARM_KEY, LocalCluster
 
 # Keys and identities of this machine's user never leak into the tests, nor the tests' into it.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="swarm-test-config-")
@@ -147,6 +148,16 @@ def _leftovers(threads_before: set[threading.Thread], tasks_before: set[asyncio.
     return [f"thread {t.name!r}" for t in threads] + [f"task {t.get_coro()!r}" for t in tasks]
 
 
+def _ended(proc: subprocess.Popen[str], grace_s: float = 5.0) -> bool:
+    """Whether a node process has exited, or does so within `grace_s` (a test may have just told
+    it to stop: a node drains before it exits)."""
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 @pytest.fixture(autouse=True)
 def verify_nothing_leaks() -> Iterator[None]:
     """Fails a test that leaves a thread or an asyncio task of its own running after it ended
@@ -156,6 +167,13 @@ def verify_nothing_leaks() -> Iterator[None]:
     yield
     while CLOSE_AFTER_TEST:
         CLOSE_AFTER_TEST.pop().close()
+    left_nodes = [p for p in NODE_PROCESSES if not _ended(p)]
+    for proc in left_nodes:  # killed whether or not the test failed first, so no later test meets it
+        proc.kill()
+        proc.wait(timeout=10)
+    NODE_PROCESSES.clear()
+    if left_nodes:
+        pytest.fail(f"the test left {len(left_nodes)} node process(es) running", pytrace=False)
     deadline = time.monotonic() + LEAK_GRACE_S
     while (leaks := _leftovers(threads_before, tasks_before)) and time.monotonic() < deadline:
         gc.collect()  # objects in reference cycles take their threads with them

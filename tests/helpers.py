@@ -225,8 +225,14 @@ NODE_CMD = [sys.executable, "-m", "node.cli", "join", "--host", "127.0.0.1", "--
             "--announce-interval", "0.5", "--threads", "1", "-v"]  # fmt: skip
 
 
+# node processes start_node began: the leak check kills (and fails) any a test left running, since
+# a node left announcing on 127.0.0.1 would join the next test's swarm
+NODE_PROCESSES: list[subprocess.Popen[str]] = []
+
+
 def start_node(*args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen([*NODE_CMD, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    NODE_PROCESSES.append(proc)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("serving "), (line, proc.stderr.read() if proc.poll() is not None else "")
