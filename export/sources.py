@@ -15,9 +15,10 @@ from pathlib import Path
 
 from export.checkpoint import WeightSource, open_checkpoint
 from export.errors import ExportError
+from export.families import read_spec
 from export.gguf_file import GgufCheckpoint, is_gguf, open_gguf
 from export.gguf_tokenizer import tokenizer_from_gguf
-from export.spec import ModelSpec, read_spec
+from export.spec import ModelSpec
 from export.tokenizer_info import TOKENIZER_FILE, read_tokenizer_info
 from swarm.package import TokenizerInfo, sha256_file
 
