@@ -91,6 +91,9 @@ class _BlockInputs:
     seqlens_k: str
     total_sequence_length: str
     tables: dict[bool, tuple[str, str]]  # cos and sin initializers: of full-attention layers, of local ones
+    # the same two lengths in the caches of sliding layers, which hold only their window (swarm.kvcache)
+    seqlens_k_local: str | None = None
+    total_sequence_length_local: str | None = None
 
 
 def _qkv(g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, hf: str, h: str, path: str) -> str:
@@ -132,7 +135,10 @@ def _attention(
     # a sliding layer's query sees `window` keys, itself included, as transformers' sliding mask
     # (checked against it in tests/golden/mistral_sliding and the per-layer windows of qwen2_sliding)
     window = spec.window(layer) or -1
-    gqa_inputs = [q, k, v, past_key_name(layer), past_value_name(layer), io.seqlens_k, io.total_sequence_length]
+    lengths = [io.seqlens_k, io.total_sequence_length]
+    if window > 0 and io.seqlens_k_local and io.total_sequence_length_local:
+        lengths = [io.seqlens_k_local, io.total_sequence_length_local]
+    gqa_inputs = [q, k, v, past_key_name(layer), past_value_name(layer), *lengths]
     softcap = {"softcap": float(spec.attn_softcap)} if spec.attn_softcap else {}
     attn, _, _ = g.op(
         "GroupQueryAttention", gqa_inputs, f"{path}/GroupQueryAttention",
@@ -191,11 +197,14 @@ def build_block(
     g = Graph(f"block_{start}_{end}")
     H, K, Dc = spec.hidden_size, spec.num_kv_heads, spec.cache_head_dim
     x = g.input("hidden_states", FLOAT, ["batch", "seq", H])
+    sliding = any(spec.window(layer) for layer in range(start, end))
     io = _BlockInputs(
         position_ids=g.input("position_ids", INT64, ["batch", "seq"]),
         seqlens_k=g.input("seqlens_k", INT32, ["batch"]),  # per row: tokens in cache after this step - 1
         total_sequence_length=g.input("total_sequence_length", INT32, []),
         tables=_rotary_tables(g, spec, range(start, end), max_context),  # (max_context, D/2) each
+        seqlens_k_local=g.input("seqlens_k_local", INT32, ["batch"]) if sliding else None,
+        total_sequence_length_local=g.input("total_sequence_length_local", INT32, []) if sliding else None,
     )
     for layer in range(start, end):
         for name in (past_key_name(layer), past_value_name(layer)):

@@ -18,7 +18,8 @@ from pathlib import Path
 import onnx
 
 HIDDEN_IN, HIDDEN_OUT = "hidden_states", "hidden_states_out"
-SHARED_INPUTS = ("position_ids", "seqlens_k", "total_sequence_length")
+# the local ones: cache lengths of sliding layers that keep only their window (swarm.kvcache)
+SHARED_INPUTS = ("position_ids", "seqlens_k", "total_sequence_length", "seqlens_k_local", "total_sequence_length_local")
 
 
 def _kept(name: str) -> bool:
@@ -69,7 +70,8 @@ def merge_blocks(paths: Sequence[Path]) -> onnx.ModelProto:
             node.name = f"/block{index}{node.name}"
         graph.node.extend(g.node)
         graph.initializer.extend(t for t in g.initializer if t.name not in duplicates)
-        graph.input.extend(i for i in g.input if i.name != HIDDEN_IN and i.name not in SHARED_INPUTS)
+        present = {i.name for i in graph.input}  # a shared input the first block lacked joins here
+        graph.input.extend(i for i in g.input if i.name != HIDDEN_IN and i.name not in present)
         graph.output.extend(o for o in g.output if o.name != HIDDEN_OUT)
     outputs = [o for o in graph.output if o.name != f"/block0/{HIDDEN_OUT}" and o.name != HIDDEN_OUT]
     final = next(o for o in models[-1].graph.output if o.name == HIDDEN_OUT)
