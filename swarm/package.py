@@ -103,11 +103,17 @@ class Manifest:
     def num_layers(self) -> int:
         return self.architecture.num_layers
 
+    def _as_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        if not self.architecture.layer_windows:  # as manifests without per-layer windows were: same package id
+            del raw["architecture"]["layer_windows"]
+        return raw
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self._as_dict(), indent=2, sort_keys=True) + "\n"
 
     def canonical_bytes(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(self._as_dict(), sort_keys=True, separators=(",", ":")).encode()
 
     @property
     def package_id(self) -> str:
