@@ -1,4 +1,4 @@
-"""Build the three kinds of stage graph for the Llama-shaped decoder family.
+"""Build the three kinds of stage graph for every supported decoder family.
 
 embedding:  input_ids (B, S) -> hidden_states (B, S, H)
 block:      hidden_states, position_ids, seqlens_k, total_sequence_length, past KV per layer
@@ -9,6 +9,11 @@ Attention is onnxruntime's GroupQueryAttention with the KV cache as explicit inp
 outputs (B, n_kv, T, D_cache); the runtime may bind past and present to one buffer so decode
 never copies the cache. Rotary embedding runs before it (RotaryEmbedding), so one graph
 serves every rope variant: the variant only changes the cos/sin tables.
+
+A decoder layer is the same few pieces in every family (`_decoder_layer`): norm, attention,
+residual, norm, MLP, residual. The family's switches (`spec.family`) pick the variants of each
+piece: biases, q/k norms, Gemma's (1 + w) norms and the norms after attention and MLP, fused
+Phi-3 weights, the gate's activation, a mixture of experts (`export.moe`) in place of the MLP.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import numpy as np
 
 from export.checkpoint import WeightSource
 from export.graph import FLOAT, INT32, INT64, MS_DOMAIN, Graph
-from export.linear import WeightFormat, embedding_gather, linear
+from export.linear import LinearWeight, WeightFormat, embedding_gather, linear
+from export.mlp import gated_mlp
+from export.moe import sparse_mlp
 from export.rope import cos_sin_tables
 from export.spec import ModelSpec
 from swarm.package import (
@@ -38,9 +45,18 @@ from swarm.package import (
 )
 
 
-def rms_norm(g: Graph, x: str, weight: np.ndarray, eps: float, path: str) -> str:
-    w = g.weight(f"{path}.weight", weight.astype(np.float32))
-    return g.op1("SimplifiedLayerNormalization", [x, w], f"{path}/LayerNorm", axis=-1, epsilon=eps, stash_type=1)
+def rms_norm(g: Graph, x: str, weight: np.ndarray, eps: float, path: str, offset: bool = False) -> str:
+    """x / rms(x) * w, or * (1 + w) for Gemma's norms (computed in float32 as transformers does)."""
+    w = weight.astype(np.float32)
+    if offset:
+        w = (np.float32(1.0) + w).astype(np.float32)
+    name = g.weight(f"{path}.weight", w)
+    return g.op1("SimplifiedLayerNormalization", [x, name], f"{path}/LayerNorm", axis=-1, epsilon=eps, stash_type=1)
+
+
+def _norm(g: Graph, ckpt: WeightSource, spec: ModelSpec, x: str, hf: str, path: str, size: int | None = None) -> str:
+    weight = ckpt.take(f"{hf}.weight", (size or spec.hidden_size,))
+    return rms_norm(g, x, weight, spec.rms_norm_eps, path, spec.family.norm_offset)
 
 
 def _pad_heads(g: Graph, x: str, heads: int, dim: int, padded: int, path: str) -> str:
@@ -58,13 +74,37 @@ def _unpad_heads(g: Graph, x: str, heads: int, dim: int, padded: int, path: str)
     return g.op1("Reshape", [x, g.constant(np.array([0, 0, heads * dim], np.int64))], f"{path}/Flatten")
 
 
+def _head_norm(g: Graph, ckpt: WeightSource, spec: ModelSpec, x: str, heads: int, hf: str, path: str) -> str:
+    """RMSNorm over each head of (B, S, heads*D) (Qwen3's and Gemma 3's q_norm and k_norm)."""
+    D = spec.head_dim
+    x = g.op1("Reshape", [x, g.constant(np.array([0, 0, heads, D], np.int64))], f"{path}/Reshape")
+    x = _norm(g, ckpt, spec, x, hf, path, D)
+    return g.op1("Reshape", [x, g.constant(np.array([0, 0, heads * D], np.int64))], f"{path}/Flatten")
+
+
 @dataclass(frozen=True)
 class _BlockInputs:
     position_ids: str
     seqlens_k: str
     total_sequence_length: str
-    cos: str
-    sin: str
+    tables: dict[bool, tuple[str, str]]  # cos and sin initializers: of full-attention layers, of local ones
+    # the same two lengths in the caches of sliding layers, which hold only their window (swarm.kvcache)
+    seqlens_k_local: str | None = None
+    total_sequence_length_local: str | None = None
+
+
+def _qkv(g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, hf: str, h: str, path: str) -> str:
+    """The fused q/k/v projection: (B, S, (N + 2K) * D)."""
+    H, sizes = spec.hidden_size, (spec.q_size, spec.kv_size, spec.kv_size)
+    weights: list[LinearWeight]
+    if spec.family.fused_qkv:
+        weights = [ckpt.take_linear(f"{hf}.qkv_proj.weight", (sum(sizes), H))]
+    else:
+        weights = [ckpt.take_linear(f"{hf}.{p}_proj.weight", (n, H)) for p, n in zip("qkv", sizes, strict=True)]
+    bias = None
+    if spec.family.qkv_bias:
+        bias = np.concatenate([ckpt.take(f"{hf}.{p}_proj.bias", (n,)) for p, n in zip("qkv", sizes, strict=True)])
+    return linear(g, h, weights, bias, f"{path}/qkv_proj", fmt)
 
 
 def _attention(
@@ -73,19 +113,14 @@ def _attention(
     hf = f"model.layers.{layer}.self_attn"
     path = f"/model/layers.{layer}/attn"
     H, D, Dc = spec.hidden_size, spec.head_dim, spec.cache_head_dim
-    weights = [
-        ckpt.take_linear(f"{hf}.q_proj.weight", (spec.q_size, H)),
-        ckpt.take_linear(f"{hf}.k_proj.weight", (spec.kv_size, H)),
-        ckpt.take_linear(f"{hf}.v_proj.weight", (spec.kv_size, H)),
-    ]
-    bias = None
-    if spec.family.qkv_bias:
-        sizes = (spec.q_size, spec.kv_size, spec.kv_size)
-        bias = np.concatenate([ckpt.take(f"{hf}.{p}_proj.bias", (n,)) for p, n in zip("qkv", sizes, strict=False)])
-    qkv = linear(g, h, weights, bias, f"{path}/qkv_proj", fmt)  # (B, S, (N + 2K) * D)
+    qkv = _qkv(g, ckpt, spec, fmt, hf, h, path)
     split = g.constant(np.array([spec.q_size, spec.kv_size, spec.kv_size], np.int64))
     q, k, v = g.op("Split", [qkv, split], f"{path}/Split", outputs=3, axis=-1)
-    rotary_inputs = [io.position_ids, io.cos, io.sin]
+    if spec.family.qk_norm:
+        q = _head_norm(g, ckpt, spec, q, spec.num_heads, f"{hf}.q_norm", f"{path}/q_norm")
+        k = _head_norm(g, ckpt, spec, k, spec.num_kv_heads, f"{hf}.k_norm", f"{path}/k_norm")
+    cos, sin = io.tables[spec.local_rope_at(layer)]
+    rotary_inputs = [io.position_ids, cos, sin]
     q = g.op1("RotaryEmbedding", [q, *rotary_inputs], f"{path}/q_rotary", domain=MS_DOMAIN,
               num_heads=spec.num_heads, interleaved=0)  # fmt: skip
     k = g.op1("RotaryEmbedding", [k, *rotary_inputs], f"{path}/k_rotary", domain=MS_DOMAIN,
@@ -94,23 +129,19 @@ def _attention(
         q = _pad_heads(g, q, spec.num_heads, D, Dc, f"{path}/q_pad")
         k = _pad_heads(g, k, spec.num_kv_heads, D, Dc, f"{path}/k_pad")
         v = _pad_heads(g, v, spec.num_kv_heads, D, Dc, f"{path}/v_pad")
-    # both count the tokens before the query: a query sees itself and `sliding_window` earlier
-    # tokens (checked against transformers in tests/golden/mistral_sliding)
-    window = spec.sliding_window if spec.sliding_window else -1
-    gqa_inputs = [
-        q,
-        k,
-        v,
-        past_key_name(layer),
-        past_value_name(layer),
-        io.seqlens_k,
-        io.total_sequence_length,
-    ]
+    # a sliding layer's query sees `window` keys, itself included, as transformers' sliding mask
+    # (checked against it in tests/golden/mistral_sliding and the per-layer windows of qwen2_sliding)
+    window = spec.window(layer) or -1
+    lengths = [io.seqlens_k, io.total_sequence_length]
+    if window > 0 and io.seqlens_k_local and io.total_sequence_length_local:
+        lengths = [io.seqlens_k_local, io.total_sequence_length_local]
+    gqa_inputs = [q, k, v, past_key_name(layer), past_value_name(layer), *lengths]
+    softcap = {"softcap": float(spec.attn_softcap)} if spec.attn_softcap else {}
     attn, _, _ = g.op(
         "GroupQueryAttention", gqa_inputs, f"{path}/GroupQueryAttention",
         outputs=[f"{path}/GroupQueryAttention/output_0", present_key_name(layer), present_value_name(layer)],
         domain=MS_DOMAIN, num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads,
-        scale=1.0 / math.sqrt(D), local_window_size=window,
+        scale=spec.attention_scale or 1.0 / math.sqrt(D), local_window_size=window, **softcap,
     )  # fmt: skip
     if Dc != D:
         attn = _unpad_heads(g, attn, spec.num_heads, D, Dc, f"{path}/unpad")
@@ -119,57 +150,63 @@ def _attention(
     return linear(g, attn, o_weight, o_bias, f"{path}/o_proj", fmt)
 
 
-def _mlp(g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, layer: int, h: str) -> str:
-    hf = f"model.layers.{layer}.mlp"
+def _mlp(g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, layer: int, h: str, moe: str) -> str:
     path = f"/model/layers.{layer}/mlp"
-    H, inter = spec.hidden_size, spec.intermediate_size
-    gate = ckpt.take_linear(f"{hf}.gate_proj.weight", (inter, H))
-    up = ckpt.take_linear(f"{hf}.up_proj.weight", (inter, H))
-    gate_up = linear(g, h, [gate, up], None, f"{path}/gate_up_proj", fmt)  # (B, S, 2I)
-    split = g.constant(np.array([inter, inter], np.int64))
-    gate_out, up_out = g.op("Split", [gate_up, split], f"{path}/Split", outputs=2, axis=-1)
-    sigmoid = g.op1("Sigmoid", [gate_out], f"{path}/act/Sigmoid")
-    silu = g.op1("Mul", [gate_out, sigmoid], f"{path}/act/Mul")
-    hidden = g.op1("Mul", [silu, up_out], f"{path}/Mul")
-    down = ckpt.take_linear(f"{hf}.down_proj.weight", (H, inter))
-    return linear(g, hidden, down, None, f"{path}/down_proj", fmt)
+    if spec.is_moe_layer(layer):
+        return sparse_mlp(g, ckpt, spec, fmt, layer, h, path, moe)
+    return gated_mlp(g, ckpt, spec, fmt, f"model.layers.{layer}.mlp", h, path, spec.intermediate_size)
 
 
 def _decoder_layer(
-    g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, layer: int, x: str, io: _BlockInputs
+    g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, layer: int, x: str, io: _BlockInputs, moe: str
 ) -> str:
-    hf, path, eps = f"model.layers.{layer}", f"/model/layers.{layer}", spec.rms_norm_eps
-    H = spec.hidden_size
-    h = rms_norm(g, x, ckpt.take(f"{hf}.input_layernorm.weight", (H,)), eps, f"{path}/input_layernorm")
-    x = g.op1("Add", [x, _attention(g, ckpt, spec, fmt, layer, h, io)], f"{path}/attn_residual/Add")
-    h = rms_norm(
-        g,
-        x,
-        ckpt.take(f"{hf}.post_attention_layernorm.weight", (H,)),
-        eps,
-        f"{path}/post_attention_layernorm",
-    )
-    return g.op1("Add", [x, _mlp(g, ckpt, spec, fmt, layer, h)], f"{path}/mlp_residual/Add")
+    hf, path = f"model.layers.{layer}", f"/model/layers.{layer}"
+    sandwich = spec.family.sandwich_norms
+    h = _norm(g, ckpt, spec, x, f"{hf}.input_layernorm", f"{path}/input_layernorm")
+    a = _attention(g, ckpt, spec, fmt, layer, h, io)
+    if sandwich:  # Gemma: the attention output is normed before the residual, and so is the MLP's
+        a = _norm(g, ckpt, spec, a, f"{hf}.post_attention_layernorm", f"{path}/post_attention_layernorm")
+    x = g.op1("Add", [x, a], f"{path}/attn_residual/Add")
+    mlp_norm = "pre_feedforward_layernorm" if sandwich else "post_attention_layernorm"
+    h = _norm(g, ckpt, spec, x, f"{hf}.{mlp_norm}", f"{path}/{mlp_norm}")
+    m = _mlp(g, ckpt, spec, fmt, layer, h, moe)
+    if sandwich:
+        m = _norm(g, ckpt, spec, m, f"{hf}.post_feedforward_layernorm", f"{path}/post_feedforward_layernorm")
+    return g.op1("Add", [x, m], f"{path}/mlp_residual/Add")
+
+
+def _rotary_tables(g: Graph, spec: ModelSpec, layers: range, max_context: int) -> dict[bool, tuple[str, str]]:
+    """The cos/sin tables the layers use, once each: /model/rotary/ for full-attention layers,
+    /model/rotary/local/ for sliding layers with their own base (Gemma 3)."""
+    tables: dict[bool, tuple[str, str]] = {}
+    for layer in layers:
+        local = spec.local_rope_at(layer)
+        if local not in tables:
+            where = "/model/rotary/local" if local else "/model/rotary"
+            cos, sin = cos_sin_tables(spec.rope_of(layer), spec.head_dim, max_context)
+            tables[local] = (g.weight(f"{where}/cos_cache", cos), g.weight(f"{where}/sin_cache", sin))
+    return tables
 
 
 def build_block(
-    ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, start: int, end: int, max_context: int
+    ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, start: int, end: int, max_context: int, moe: str = "ort"
 ) -> Graph:
     g = Graph(f"block_{start}_{end}")
     H, K, Dc = spec.hidden_size, spec.num_kv_heads, spec.cache_head_dim
     x = g.input(HIDDEN_STATES, FLOAT, ["batch", "seq", H])
-    cos, sin = cos_sin_tables(spec.rope, spec.head_dim, max_context)
+    sliding = any(spec.window(layer) for layer in range(start, end))
     io = _BlockInputs(
         position_ids=g.input(POSITION_IDS, INT64, ["batch", "seq"]),
         seqlens_k=g.input(SEQLENS_K, INT32, ["batch"]),  # per row: tokens in cache after this step - 1
         total_sequence_length=g.input(TOTAL_SEQUENCE_LENGTH, INT32, []),
-        cos=g.weight("/model/rotary/cos_cache", cos),  # (max_context, D/2)
-        sin=g.weight("/model/rotary/sin_cache", sin),
+        tables=_rotary_tables(g, spec, range(start, end), max_context),  # (max_context, D/2) each
+        seqlens_k_local=g.input("seqlens_k_local", INT32, ["batch"]) if sliding else None,
+        total_sequence_length_local=g.input("total_sequence_length_local", INT32, []) if sliding else None,
     )
     for layer in range(start, end):
         for name in (past_key_name(layer), past_value_name(layer)):
             g.input(name, FLOAT, ["batch", K, "past", Dc])
-        x = _decoder_layer(g, ckpt, spec, fmt, layer, x, io)
+        x = _decoder_layer(g, ckpt, spec, fmt, layer, x, io, moe)
         for name in (present_key_name(layer), present_value_name(layer)):
             g.output(name, FLOAT, ["batch", K, "total", Dc])
     g.op("Identity", [x], "/model/output/Identity", outputs=[HIDDEN_STATES_OUT])
@@ -182,16 +219,26 @@ def build_embedding(ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat) -> G
     ids = g.input(INPUT_IDS, INT64, ["batch", "seq"])
     table = ckpt.take_linear("model.embed_tokens.weight", (spec.vocab_size, spec.hidden_size))
     x = embedding_gather(g, ids, table, "model.embed_tokens", "/model/embed_tokens", fmt)
+    if spec.family.embed_scale:  # Gemma: times sqrt(hidden), rounded to float32 first as transformers does
+        scale = g.constant(np.array(spec.hidden_size**0.5, np.float32))
+        x = g.op1("Mul", [x, scale], "/model/embed_tokens/scale/Mul")
     g.op("Identity", [x], "/model/embed_tokens/Identity", outputs=[HIDDEN_STATES])
     g.output(HIDDEN_STATES, FLOAT, ["batch", "seq", spec.hidden_size])
     return g
+
+
+def _softcap(g: Graph, x: str, cap: float, path: str) -> str:
+    """cap * tanh(x / cap)."""
+    c = g.constant(np.array(cap, np.float32))
+    t = g.op1("Tanh", [g.op1("Div", [x, c], f"{path}/Div")], f"{path}/Tanh")
+    return g.op1("Mul", [t, c], f"{path}/Mul")
 
 
 def build_head(ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat) -> Graph:
     g = Graph("head")
     V, H = spec.vocab_size, spec.hidden_size
     x = g.input(HIDDEN_STATES, FLOAT, ["batch", "seq", H])
-    h = rms_norm(g, x, ckpt.take("model.norm.weight", (H,)), spec.rms_norm_eps, "/model/norm")
+    h = _norm(g, ckpt, spec, x, "model.norm", "/model/norm")
     if spec.tie_word_embeddings:
         weight = ckpt.take_linear("model.embed_tokens.weight", (V, H))
         if ckpt.has("lm_head.weight"):
@@ -199,6 +246,8 @@ def build_head(ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat) -> Graph:
     else:
         weight = ckpt.take_linear("lm_head.weight", (V, H))
     logits = linear(g, h, weight, None, "/lm_head", fmt)
+    if spec.final_softcap:
+        logits = _softcap(g, logits, float(spec.final_softcap), "/lm_head/softcap")
     g.op("Identity", [logits], "/lm_head/Identity", outputs=[LOGITS])
     g.output(LOGITS, FLOAT, ["batch", "seq", V])
     return g

@@ -20,6 +20,7 @@ from export.decoder import build_block, build_embedding, build_head
 from export.errors import ExportError
 from export.graph import Graph
 from export.linear import WeightFormat
+from export.moe import MOE_FORMULATIONS
 from export.sources import Source, open_source
 from export.spec import ModelSpec
 from swarm.package import (
@@ -54,6 +55,7 @@ class ExportOptions:
     block_size: int | None = None  # quantization block, input features; None = DEFAULT_BLOCK_SIZE
     accuracy_level: int = 4  # MatMulNBits accuracy level (4 = int8 activations)
     max_context: int | None = None  # default: min(max_position_embeddings, DEFAULT_MAX_CONTEXT)
+    moe: str = "ort"  # a mixture of experts as onnxruntime's MoE op (ort) or plain ONNX top-k (topk)
     force: bool = False  # replace an existing OUT
 
     @property
@@ -77,6 +79,8 @@ def _check_options(options: ExportOptions, spec: ModelSpec) -> None:
         raise ExportError(f"--block-size must be a power of two >= 16, got {size}")
     if not options.layers_per_block >= 1:
         raise ExportError(f"--layers-per-block must be at least 1, got {options.layers_per_block}")
+    if options.moe not in MOE_FORMULATIONS:
+        raise ExportError(f"moe must be one of {', '.join(MOE_FORMULATIONS)}, got {options.moe!r}")
     if options.max_context is not None and options.max_context < 1:
         raise ExportError(f"--max-context must be positive, got {options.max_context}")
 
@@ -125,6 +129,7 @@ def _architecture(spec: ModelSpec) -> Architecture:
         rope_type=spec.rope.rope_type,
         tie_word_embeddings=spec.tie_word_embeddings,
         sliding_window=spec.sliding_window,
+        layer_windows=spec.layer_windows,
     )
 
 
@@ -145,7 +150,7 @@ def _write_stages(
     for index, (start, end) in enumerate(ranges):
         progress(f"layers {start}-{end - 1}", index + 1, total)
         name = f"block_{index:03d}.onnx"
-        _save(build_block(ckpt, spec, fmt, start, end, max_context), stage, name)
+        _save(build_block(ckpt, spec, fmt, start, end, max_context, options.moe), stage, name)
         entry = file_entry(stage, name)
         blocks.append(BlockEntry(index, start, end, name, entry.bytes, entry.sha256))
     progress("head", total - 1, total)

@@ -30,7 +30,13 @@ _ARCHITECTURES = {
     "llama": ("LlamaForCausalLM", "llama", True),
     "mistral": ("MistralForCausalLM", "mistral", True),
     "qwen2": ("Qwen2ForCausalLM", "qwen2", False),
+    "qwen3": ("Qwen3ForCausalLM", "qwen3", False),
+    "gemma2": ("Gemma2ForCausalLM", "gemma2", False),
+    "gemma3": ("Gemma3ForCausalLM", "gemma3_text", False),
 }
+# llama.cpp's converter stores Gemma's norm weights as 1 + w (its RMSNorm multiplies by the weight);
+# they are read back as w, as transformers' GGUF loader does, and the graph adds the 1 again
+_NORM_SHIFT = {"gemma2": 1.0, "gemma3": 1.0}
 _FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 # GGUF tensor name -> Hugging Face name, per layer
 _LAYER_NAMES = {
@@ -44,6 +50,16 @@ _LAYER_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# where an architecture's tensor names mean something else: Gemma's ffn_norm is the norm before the
+# MLP, with a norm after attention and one after the MLP beside it; q/k norms (Qwen3, Gemma 3)
+_QK_NORMS = {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+_GEMMA_NAMES = {
+    **_QK_NORMS,
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+_ARCH_LAYER_NAMES = {"qwen3": _QK_NORMS, "gemma2": _GEMMA_NAMES, "gemma3": _GEMMA_NAMES}
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _GLOBAL = re.compile(r"(\w+)\.(weight|bias)")
@@ -56,10 +72,15 @@ def is_gguf(path: Path) -> bool:
         return fh.read(4) == GGUF_MAGIC
 
 
-def _hf_name(name: str) -> str | None:
+def _layer_names(arch: str) -> dict[str, str]:
+    return {**_LAYER_NAMES, **_ARCH_LAYER_NAMES.get(arch, {})}
+
+
+def _hf_name(name: str, arch: str) -> str | None:
+    names = _layer_names(arch)
     if m := _LAYER.fullmatch(name):
         layer, part, kind = m.groups()
-        return f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}" if part in _LAYER_NAMES else None
+        return f"model.layers.{layer}.{names[part]}.{kind}" if part in names else None
     if (m := _GLOBAL.fullmatch(name)) and m.group(1) in _GLOBAL_NAMES:
         return f"{_GLOBAL_NAMES[m.group(1)]}.{m.group(2)}"
     return None
@@ -130,6 +151,7 @@ def _config(arch: str, fields: dict[str, Any], slots: dict[str, _Slot]) -> dict[
         "tie_word_embeddings": "lm_head.weight" not in slots,
         "hidden_act": "silu",
     }
+
     head_dim = get("attention.key_length") or (hidden // heads if hidden and heads else None)
     if head_dim:
         config["head_dim"] = head_dim
@@ -140,10 +162,31 @@ def _config(arch: str, fields: dict[str, Any], slots: dict[str, _Slot]) -> dict[
         config["sliding_window"] = window
         config["use_sliding_window"] = True
     config.update(_rope_scaling(get))
+    if arch in ("gemma2", "gemma3"):  # Gemma's window is its sliding layers'; no switch, no silu
+        del config["hidden_act"]
+        config.pop("use_sliding_window", None)
+        config.update(_gemma_config(arch, get))
     missing = [k for k, v in config.items() if v is None]
     if missing:
         raise ExportError(f"GGUF metadata lacks {', '.join(missing)} for architecture {arch!r}")
     return config
+
+
+def _gemma_config(arch: str, get: Any) -> dict[str, Any]:
+    """What llama.cpp knows about Gemma without metadata (llama-model.cpp), as transformers' config
+    keys: GeGLU, the attention scale, which layers slide and the local layers' rope base."""
+    heads, hidden, layers = get("attention.head_count"), get("embedding_length"), get("block_count")
+    head_dim = get("attention.key_length") or hidden // heads
+    config: dict[str, Any] = {
+        "hidden_activation": "gelu_pytorch_tanh",
+        # llama.cpp: 1/sqrt(hidden/heads) for the 27B models (62 layers), 1/sqrt(head_dim) otherwise
+        "query_pre_attn_scalar": hidden // heads if layers == 62 else head_dim,
+        "attn_logit_softcapping": get("attn_logit_softcapping"),
+        "final_logit_softcapping": get("final_logit_softcapping"),
+    }
+    if arch == "gemma3":  # every sixth layer global; local layers at base 10000 (not in the metadata)
+        config.update({"sliding_window_pattern": 6, "rope_local_base_freq": 10000.0})
+    return {k: v for k, v in config.items() if v is not None}
 
 
 def _rope_scaling(get: Any) -> dict[str, Any]:
@@ -169,6 +212,7 @@ class GgufCheckpoint:
     _slots: dict[str, _Slot]
     _taken: set[str] = field(default_factory=set)
     _ignored_gguf: tuple[str, ...] = ()
+    norm_shift: float = 0.0  # stored norm weights are w + norm_shift (Gemma's 1 + w)
 
     @property
     def tensor_names(self) -> list[str]:
@@ -183,7 +227,8 @@ class GgufCheckpoint:
     def _slot(self, name: str, shape: tuple[int, ...] | None) -> _Slot:
         slot = self._slots.get(name)
         if slot is None:
-            raise ExportError(f"{self.path.name} is missing tensor {name!r} (its GGUF name: {_gguf_name(name)})")
+            gguf_name = _gguf_name(name, self.fields.get("general.architecture", ""))
+            raise ExportError(f"{self.path.name} is missing tensor {name!r} (its GGUF name: {gguf_name})")
         if shape is not None and slot.shape != shape:
             raise ExportError(
                 f"tensor {slot.tensor.name} has shape {list(slot.shape)} but the metadata implies {list(shape)}"
@@ -202,6 +247,8 @@ class GgufCheckpoint:
         else:
             value = dequantize(np.asarray(tensor.data), tensor.tensor_type).astype(np.float32)
         value = value.reshape(shape)
+        if self.norm_shift and name.endswith("norm.weight"):
+            value = value - np.float32(self.norm_shift)
         return value[_head_order(shape[0], slot.permute_heads)] if slot.permute_heads else value
 
     def take_linear(self, name: str, shape: tuple[int, ...]) -> np.ndarray | BlockWeight:
@@ -242,12 +289,12 @@ class GgufCheckpoint:
         return counts
 
 
-def _gguf_name(hf_name: str) -> str:
+def _gguf_name(hf_name: str, arch: str) -> str:
     for gguf_part, hf_part in _GLOBAL_NAMES.items():
         if hf_name.startswith(hf_part + "."):
             return gguf_part + hf_name[len(hf_part) :]
     if m := re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", hf_name):
-        parts = {v: k for k, v in _LAYER_NAMES.items()}
+        parts = {v: k for k, v in _layer_names(arch).items()}
         return f"blk.{m.group(1)}.{parts.get(m.group(2), m.group(2))}.{m.group(3)}"
     return hf_name
 
@@ -273,7 +320,7 @@ def open_gguf(path: str | Path) -> GgufCheckpoint:
     slots: dict[str, _Slot] = {}
     ignored = []
     for tensor in reader.tensors:
-        hf = _hf_name(tensor.name)
+        hf = _hf_name(tensor.name, arch)
         if hf is None:
             ignored.append(tensor.name)
             continue
@@ -285,4 +332,5 @@ def open_gguf(path: str | Path) -> GgufCheckpoint:
             permute = kv_heads
         slots[hf] = _Slot(tensor, shape, permute)
     config = _config(arch, fields, slots)
-    return GgufCheckpoint(path, fields, config, slots, _ignored_gguf=tuple(ignored))
+    shift = _NORM_SHIFT.get(arch, 0.0)
+    return GgufCheckpoint(path, fields, config, slots, _ignored_gguf=tuple(ignored), norm_shift=shift)

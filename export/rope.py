@@ -14,7 +14,7 @@ import numpy as np
 
 from export.errors import ExportError
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,11 @@ def parse_rope(config: dict[str, Any]) -> RopeConfig:
     params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
     rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "su":  # Phi-3's first name for longrope
+        rope_type = "longrope"
+    if rope_type == "longrope" and "original_max_position_embeddings" not in params:
+        # Phi-3 keeps it beside the rope settings (transformers 4 configs)
+        params["original_max_position_embeddings"] = config.get("original_max_position_embeddings")
     if config.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0)) != 1.0:
         raise ExportError("partial rotary embeddings (partial_rotary_factor != 1) are not supported")
     if rope_type not in SUPPORTED_ROPE_TYPES:
@@ -51,7 +56,28 @@ def inverse_frequencies(rope: RopeConfig, head_dim: int) -> tuple[np.ndarray, fl
         return base / float(p["factor"]), 1.0
     if rope.rope_type == "llama3":
         return _llama3(base, p), 1.0
+    if rope.rope_type == "longrope":
+        return _longrope(rope, head_dim, long=False)
     return _yarn(rope, head_dim)
+
+
+def _longrope(rope: RopeConfig, head_dim: int, long: bool) -> tuple[np.ndarray, float]:
+    """Phi-3's LongRoPE: each frequency divided by its own factor, the short list up to the original
+    context and the long one past it, cos and sin scaled by sqrt(1 + ln(factor) / ln(original))."""
+    p = rope.params
+    original = int(p["original_max_position_embeddings"])
+    factor = float(p.get("factor") or rope.max_position_embeddings / original)
+    attention = p.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+    factors = np.asarray(p["long_factor" if long else "short_factor"], np.float32)
+    if factors.shape != (head_dim // 2,):
+        raise ExportError(f"rope {'long' if long else 'short'}_factor has {factors.size} values, "
+                          f"head_dim {head_dim} needs {head_dim // 2}")  # fmt: skip
+    # as transformers computes it, in float32: 1 / (factor * base ** (2i / dim))
+    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    powers = np.power(np.float32(rope.theta), exponents, dtype=np.float32)
+    return (np.float32(1.0) / (factors * powers)).astype(np.float64), float(attention)
 
 
 def _llama3(inv_freq: np.ndarray, p: dict[str, Any]) -> np.ndarray:
@@ -108,4 +134,14 @@ def cos_sin_tables(rope: RopeConfig, head_dim: int, max_context: int) -> tuple[n
     inv_freq, attention = inverse_frequencies(rope, head_dim)
     # transformers computes the angles in float32; doing the same keeps parity at long positions
     angles = np.arange(max_context, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]
-    return (np.cos(angles) * attention).astype(np.float32), (np.sin(angles) * attention).astype(np.float32)
+    if rope.rope_type == "longrope":
+        # transformers switches to the long factors once a forward pass reaches past the original
+        # context; per position here, which is what one-token decode steps see there too
+        original = int(rope.params["original_max_position_embeddings"])
+        long_freq, _ = _longrope(rope, head_dim, long=True)
+        positions = np.arange(original, max(original, max_context), dtype=np.float32)[:, None]
+        angles[original:] = positions * long_freq.astype(np.float32)[None, :]
+    # cos and sin as transformers rounds them: of float32 angles, then times the factor in float32
+    cos = np.cos(angles).astype(np.float32) * np.float32(attention)
+    sin = np.sin(angles).astype(np.float32) * np.float32(attention)
+    return cos.astype(np.float32), sin.astype(np.float32)

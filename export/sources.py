@@ -13,11 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.chat_templates import family_chat_template
 from export.checkpoint import WeightSource, open_checkpoint
 from export.errors import ExportError
+from export.families import read_spec
 from export.gguf_file import GgufCheckpoint, is_gguf, open_gguf
 from export.gguf_tokenizer import tokenizer_from_gguf
-from export.spec import ModelSpec, read_spec
+from export.spec import ModelSpec
 from export.tokenizer_info import TOKENIZER_FILE, read_tokenizer_info
 from swarm.package import TokenizerInfo, sha256_file
 
@@ -70,7 +72,8 @@ def _gguf_file(src: Path) -> Source:
             eos_token=tok.eos_token,
             bos_token_id=tok.bos_token_id,
             eos_token_ids=tuple(tok.eos_token_ids),
-            chat_template=tok.chat_template,
+            # a GGUF without a template gets its family's, as llama.cpp falls back to it
+            chat_template=tok.chat_template or family_chat_template(str(ckpt.fields.get("general.architecture"))),
         )
 
     types = ", ".join(f"{t} x{n}" for t, n in sorted(ckpt.type_counts().items()))

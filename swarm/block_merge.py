@@ -17,10 +17,14 @@ from pathlib import Path
 
 import onnx
 
-from swarm.package import BLOCK_SHARED_INPUTS as SHARED_INPUTS
+from swarm.kvcache import LOCAL_INPUTS
+from swarm.package import BLOCK_SHARED_INPUTS
 from swarm.package import HIDDEN_STATES as HIDDEN_IN
 from swarm.package import HIDDEN_STATES_OUT as HIDDEN_OUT
 from swarm.package import is_cache_name
+
+# the local ones too: cache lengths of sliding layers that keep only their window (swarm.kvcache)
+SHARED_INPUTS = (*BLOCK_SHARED_INPUTS, *LOCAL_INPUTS)
 
 
 def _kept(name: str) -> bool:
@@ -71,7 +75,8 @@ def merge_blocks(paths: Sequence[Path]) -> onnx.ModelProto:
             node.name = f"/block{index}{node.name}"
         graph.node.extend(g.node)
         graph.initializer.extend(t for t in g.initializer if t.name not in duplicates)
-        graph.input.extend(i for i in g.input if i.name != HIDDEN_IN and i.name not in SHARED_INPUTS)
+        present = {i.name for i in graph.input}  # a shared input the first block lacked joins here
+        graph.input.extend(i for i in g.input if i.name != HIDDEN_IN and i.name not in present)
         graph.output.extend(o for o in g.output if o.name != HIDDEN_OUT)
     outputs = [o for o in graph.output if o.name != f"/block0/{HIDDEN_OUT}" and o.name != HIDDEN_OUT]
     final = next(o for o in models[-1].graph.output if o.name == HIDDEN_OUT)

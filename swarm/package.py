@@ -82,7 +82,7 @@ class BlockEntry:
 class Architecture:
     """The facts about the network that a runtime needs without opening any ONNX file."""
 
-    family: str  # llama | mistral | qwen2
+    family: str  # llama | mistral | qwen2 | qwen3 | gemma2 | gemma3 | phi3 | mixtral | qwen2_moe | qwen3_moe
     hidden_size: int
     num_layers: int
     num_heads: int
@@ -96,6 +96,11 @@ class Architecture:
     rope_type: str  # default | linear | dynamic | llama3 | yarn
     tie_word_embeddings: bool
     sliding_window: int | None  # tokens a query may look back, None = unlimited
+    # per layer: its window (None = full attention); () = every layer has `sliding_window`
+    layer_windows: tuple[int | None, ...] = ()
+
+    def window(self, layer: int) -> int | None:
+        return self.layer_windows[layer] if self.layer_windows else self.sliding_window
 
 
 @dataclass(frozen=True)
@@ -132,11 +137,17 @@ class Manifest:
     def num_layers(self) -> int:
         return self.architecture.num_layers
 
+    def _as_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        if not self.architecture.layer_windows:  # as manifests without per-layer windows were: same package id
+            del raw["architecture"]["layer_windows"]
+        return raw
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self._as_dict(), indent=2, sort_keys=True) + "\n"
 
     def canonical_bytes(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(self._as_dict(), sort_keys=True, separators=(",", ":")).encode()
 
     @property
     def package_id(self) -> str:
@@ -166,9 +177,11 @@ class Manifest:
                 )
             tok = dict(raw["tokenizer"])
             tok["eos_token_ids"] = tuple(tok["eos_token_ids"])
+            arch = dict(raw["architecture"])
+            arch["layer_windows"] = tuple(arch.get("layer_windows", ()))
             manifest = cls(
                 name=raw["name"],
-                architecture=Architecture(**raw["architecture"]),
+                architecture=Architecture(**arch),
                 dtype=raw["dtype"],
                 activation_dtype=raw["activation_dtype"],
                 quantization=raw["quantization"],

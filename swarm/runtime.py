@@ -36,6 +36,9 @@ from swarm.package import (
     present_key_name,
     present_value_name,
 )
+from swarm.kvcache import LOCAL_INPUTS, KVCache, kv_cache_bytes
+
+__all__ = ["KVCache", "kv_cache_bytes"]  # where the KV cache lived before swarm.kvcache
 
 # A stage with less weight than this does too little work per token to split across threads:
 # waking a second thread costs more than it saves (stories260K decodes 0.49 vs 0.60 ms/token
@@ -105,36 +108,6 @@ def _session(path: Path | Sequence[Path], options: RuntimeOptions) -> ort.Infere
     return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def kv_cache_bytes(arch: Architecture, layers: int, tokens: int, batch: int = 1) -> int:
-    """Bytes of float32 KV cache for `layers` layers holding `tokens` positions."""
-    return 2 * layers * batch * arch.num_kv_heads * tokens * arch.cache_head_dim * 4
-
-
-class KVCache:
-    """Keys and values of one block for one session: (batch, n_kv, capacity, D_cache) per layer."""
-
-    def __init__(self, arch: Architecture, layers: range, capacity: int, batch: int = 1) -> None:
-        shape = (batch, arch.num_kv_heads, capacity, arch.cache_head_dim)
-        self.layers = layers
-        self.capacity = capacity
-        self.length = 0  # positions filled so far
-        self._arrays = {layer: (np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for layer in layers}
-        self._values = {
-            layer: (ort.OrtValue.ortvalue_from_numpy(k), ort.OrtValue.ortvalue_from_numpy(v))
-            for layer, (k, v) in self._arrays.items()
-        }
-
-    @property
-    def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in self._arrays.values())
-
-    def ortvalues(self, layer: int) -> tuple[ort.OrtValue, ort.OrtValue]:
-        return self._values[layer]
-
-    def arrays(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._arrays[layer]
-
-
 def _bind_cache(binding: ort.IOBinding, cache: KVCache) -> None:
     """Each layer's cache as both its past input and its present output: written in place."""
     for layer in cache.layers:
@@ -151,15 +124,20 @@ class _DecodeBinding:
     onnxruntime reads inputs from and writes the output into these arrays in place (an OrtValue
     made from a numpy array shares its memory), so a step only refills them."""
 
-    def __init__(self, session: ort.InferenceSession, cache: KVCache, hidden_size: int) -> None:
+    def __init__(self, session: ort.InferenceSession, cache: KVCache, hidden_size: int, windowed: bool) -> None:
         self.hidden = np.zeros((1, 1, hidden_size), np.float32)
         self.position = np.zeros((1, 1), np.int64)
         self.seqlens = np.zeros(1, np.int32)  # tokens before this step
         self.total = np.zeros((), np.int32)
+        self.seqlens_local = np.zeros(1, np.int32)  # the same, in the local layers' caches
+        self.total_local = np.zeros((), np.int32)
         self.out = np.zeros((1, 1, hidden_size), np.float32)
         self.binding = session.io_binding()
-        for name, array in ((HIDDEN_STATES, self.hidden), (POSITION_IDS, self.position),
-                            (SEQLENS_K, self.seqlens), (TOTAL_SEQUENCE_LENGTH, self.total)):  # fmt: skip
+        inputs = [(HIDDEN_STATES, self.hidden), (POSITION_IDS, self.position),
+                  (SEQLENS_K, self.seqlens), (TOTAL_SEQUENCE_LENGTH, self.total)]  # fmt: skip
+        if windowed:
+            inputs += list(zip(LOCAL_INPUTS, (self.seqlens_local, self.total_local), strict=True))
+        for name, array in inputs:
             self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
         self.binding.bind_ortvalue_output(HIDDEN_STATES_OUT, ort.OrtValue.ortvalue_from_numpy(self.out))
         _bind_cache(self.binding, cache)
@@ -176,10 +154,16 @@ class BlockRunner:
         self.arch = arch
         self.layers = range(entries[0].start, entries[-1].end)
         self._session = _session(list(paths), options)
+        # exported with local caches for sliding layers (swarm.kvcache); older packages keep full ones
+        self.windowed = LOCAL_INPUTS[0] in {i.name for i in self._session.get_inputs()}
         self._decode_bindings: weakref.WeakKeyDictionary[KVCache, _DecodeBinding] = weakref.WeakKeyDictionary()
 
     def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
-        return KVCache(self.arch, self.layers, capacity, batch)
+        return KVCache(self.arch, self.layers, capacity, batch, windowed=self.windowed)
+
+    def cache_bytes(self, tokens: int) -> int:
+        """What `new_cache(tokens)` allocates, before allocating it (admission control)."""
+        return kv_cache_bytes(self.arch, self.layers, tokens, windowed=self.windowed)
 
     def forward(self, hidden: np.ndarray, cache: KVCache) -> np.ndarray:
         """Run `hidden` (1, S, H) at positions [cache.length, cache.length + S); extends the cache."""
@@ -189,12 +173,21 @@ class BlockRunner:
             raise InvalidRequest(f"{total} tokens exceed this session's cache of {cache.capacity}")
         if steps == 1:
             return self._decode(hidden, cache)
+        limit = cache.step_limit
+        if steps > limit:  # local caches hold a window's worth of new tokens a run
+            parts = [self.forward(hidden[:, i : i + limit], cache) for i in range(0, steps, limit)]
+            return np.concatenate(parts, axis=1)
+        cache.make_room(steps)
         binding = self._session.io_binding()
         binding.bind_output(HIDDEN_STATES_OUT)  # first, so it is get_outputs()[0]
         binding.bind_cpu_input(HIDDEN_STATES, np.ascontiguousarray(hidden, dtype=np.float32))
         binding.bind_cpu_input(POSITION_IDS, np.arange(past, total, dtype=np.int64)[None, :])
         binding.bind_cpu_input(SEQLENS_K, np.array([total - 1], np.int32))
         binding.bind_cpu_input(TOTAL_SEQUENCE_LENGTH, np.array(total, np.int32))
+        if self.windowed:
+            local_total = cache.local_length + steps
+            binding.bind_cpu_input(LOCAL_INPUTS[0], np.array([local_total - 1], np.int32))
+            binding.bind_cpu_input(LOCAL_INPUTS[1], np.array(local_total, np.int32))
         _bind_cache(binding, cache)
         self._session.run_with_iobinding(binding)
         cache.length = total
@@ -210,10 +203,14 @@ class BlockRunner:
             raise InvalidRequest(f"hidden states of shape {hidden.shape}, expected (1, 1, {self.arch.hidden_size})")
         step = self._decode_bindings.get(cache)
         if step is None:
-            step = self._decode_bindings[cache] = _DecodeBinding(self._session, cache, self.arch.hidden_size)
+            step = _DecodeBinding(self._session, cache, self.arch.hidden_size, self.windowed)
+            self._decode_bindings[cache] = step
+        cache.make_room(1)
         np.copyto(step.hidden, hidden)
         step.position[0, 0] = step.seqlens[0] = cache.length
         step.total[()] = cache.length + 1
+        step.seqlens_local[0] = cache.local_length
+        step.total_local[()] = cache.local_length + 1
         self._session.run_with_iobinding(step.binding)
         cache.length += 1
         return step.out.copy()  # the buffer is refilled next step; the caller may keep this
@@ -227,9 +224,11 @@ class BlockRunner:
         new key and value are written back. Reading every weight once for B tokens is what makes
         batching pay on memory-bound devices.
         """
-        lengths = [c.length for c in caches]
         if any(c.length + 1 > c.capacity for c in caches):
             raise InvalidRequest("a session in the batch has no room for another token")
+        for cache in caches:
+            cache.make_room(1)
+        lengths = [c.length for c in caches]
         width = max(lengths) + 1
         rows = range(len(caches))
         binding = self._session.io_binding()
@@ -238,14 +237,19 @@ class BlockRunner:
         binding.bind_cpu_input(POSITION_IDS, np.array(lengths, np.int64)[:, None])
         binding.bind_cpu_input(SEQLENS_K, np.array(lengths, np.int32))  # per row: tokens before this step
         binding.bind_cpu_input(TOTAL_SEQUENCE_LENGTH, np.array(width, np.int32))
+        if self.windowed:  # the local layers' caches, each row's as long as its window holds
+            local = [c.local_length for c in caches]
+            binding.bind_cpu_input(LOCAL_INPUTS[0], np.array(local, np.int32))
+            binding.bind_cpu_input(LOCAL_INPUTS[1], np.array(max(local) + 1, np.int32))
         gathered = {}
-        shape = (len(caches), self.arch.num_kv_heads, width, self.arch.cache_head_dim)
         for layer in self.layers:
+            held = [c.cached(layer) for c in caches]
+            shape = (len(caches), self.arch.num_kv_heads, max(held) + 1, self.arch.cache_head_dim)
             keys, values = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
             for i in rows:
                 k, v = caches[i].arrays(layer)
-                keys[i, :, : lengths[i]] = k[0, :, : lengths[i]]
-                values[i, :, : lengths[i]] = v[0, :, : lengths[i]]
+                keys[i, :, : held[i]] = k[0, :, : held[i]]
+                values[i, :, : held[i]] = v[0, :, : held[i]]
             key, value = ort.OrtValue.ortvalue_from_numpy(keys), ort.OrtValue.ortvalue_from_numpy(values)
             binding.bind_ortvalue_input(past_key_name(layer), key)
             binding.bind_ortvalue_input(past_value_name(layer), value)
@@ -256,8 +260,9 @@ class BlockRunner:
         for layer, (keys, values) in gathered.items():
             for i in rows:
                 k, v = caches[i].arrays(layer)
-                k[0, :, lengths[i]] = keys[i, :, lengths[i]]
-                v[0, :, lengths[i]] = values[i, :, lengths[i]]
+                at = caches[i].cached(layer)
+                k[0, :, at] = keys[i, :, at]
+                v[0, :, at] = values[i, :, at]
         for cache in caches:
             cache.length += 1
         out: np.ndarray = binding.get_outputs()[0].numpy()

@@ -23,7 +23,6 @@ from swarm.runtime import (
     HeadRunner,
     KVCache,
     group_blocks,
-    kv_cache_bytes,
 )
 from swarm.sampling import SamplingParams, sample
 
@@ -75,7 +74,8 @@ class SpanRuntime:
         return self.end == self.arch.num_layers
 
     def cache_bytes(self, tokens: int) -> int:
-        return kv_cache_bytes(self.arch, self.end - self.start, tokens)
+        """What `new_caches(tokens)` will allocate: sliding layers hold only their window."""
+        return sum(block.cache_bytes(tokens) for block in self.blocks)
 
     def new_caches(self, tokens: int) -> list[KVCache]:
         return [block.new_cache(tokens) for block in self.blocks]

@@ -20,7 +20,11 @@ def step_alone(model: LocalModel, prompt: list[int], steps: int) -> tuple[list[i
     return tokens, np.stack(logits)
 
 
-@pytest.mark.parametrize("checkpoint", [STORIES, golden_checkpoint("mistral_sliding"), golden_checkpoint("qwen2")])
+@pytest.mark.parametrize(
+    "checkpoint",
+    [STORIES, golden_checkpoint("mistral_sliding"), golden_checkpoint("qwen2"), golden_checkpoint("gemma3"),
+     golden_checkpoint("qwen2_sliding")],
+)  # fmt: skip
 def test_batched_steps_equal_single_steps(export_package: ExportFn, checkpoint) -> None:  # type: ignore[no-untyped-def]
     model = close_after_test(LocalModel(export_package(checkpoint, layers_per_block=2)))
     vocab = model.manifest.architecture.vocab_size

@@ -52,3 +52,20 @@ def test_not_a_package(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_NAME).write_text('{"format": "something-else"}')
     with pytest.raises(InvalidPackage, match="not a swarm-model-package"):
         load_package(tmp_path)
+
+
+def test_per_layer_windows_leave_other_manifests_and_their_ids_as_they_were(
+    stories_package: ModelPackage, export_package, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """Nodes of an older release compute the same package id for a model without sliding layers: its
+    manifest has no layer_windows key. A model with them keeps its windows through the JSON."""
+    from tests.conftest import golden_checkpoint
+
+    raw = json.loads((stories_package.root / MANIFEST_NAME).read_text())
+    assert "layer_windows" not in raw["architecture"]
+    gemma3 = export_package(golden_checkpoint("gemma3"))
+    raw = json.loads((gemma3.root / MANIFEST_NAME).read_text())
+    assert raw["architecture"]["layer_windows"] == [5, None, 5]
+    loaded = load_package(gemma3.root)
+    assert loaded.package_id == gemma3.package_id
+    assert [loaded.manifest.architecture.window(i) for i in range(3)] == [5, None, 5]

@@ -4,11 +4,14 @@ Needs torch + transformers + accelerate + gguf (the golden extra); the tests tha
 results need none of them. Run with the GGUF file's path:
 
     python tests/golden/gguf/make_gguf_goldens.py smollm2 /path/to/SmolLM2-135M-Instruct.Q4_1.gguf
+    python tests/golden/gguf/make_gguf_goldens.py gemma3 /tmp/models/gemma-3-270m-q4_k_m.gguf
 
 Writes tests/golden/gguf/<name>.npz: per prompt its input ids (with BOS as the GGUF's add_bos
 says: llama.cpp's behaviour, which our tokenizer follows), transformers' logits at a fixed subset
 of the vocabulary (its own top 64 at each position and 192 drawn ones) for every prefill position
-and 8 cached greedy decode steps, and 64 greedy tokens. The whole logit rows would be 196 KB each.
+and 8 cached greedy decode steps, and 64 greedy tokens. The whole logit rows would be 196 KB each
+(1 MB for Gemma's 262,144 tokens). A GGUF without a chat template (Gemma 3 270M) is given the family
+template the exporter falls back to (export/chat_templates.py), so both render the same prompt.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from gguf import GGUFReader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))  # the repository: export.chat_templates needs no torch
+from export.chat_templates import family_chat_template  # noqa: E402
+
 DECODE_STEPS = 8
 GREEDY_TOKENS = 64
 TOP = 64
@@ -33,25 +39,33 @@ PLAIN_PROMPTS = {
     "story": "Once upon a time, in a small village by the sea,",
     "code": "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
 }
+# per model: Gemma 3 270M is a base model (its chat answer is no answer), asked to complete text instead
+EXTRA_PROMPTS = {
+    "gemma3": {"capital": "The capital of France is", "question": "Question: What is the capital of France?\nAnswer:"}
+}
 
 
-def _gguf_adds_bos(path: Path) -> tuple[bool, int | None]:
+def _gguf_facts(path: Path) -> tuple[bool, int | None, str | None]:
+    """(add BOS, BOS id, chat template: the file's, or its family's where it has none)."""
     fields = GGUFReader(path).fields
     add = fields.get("tokenizer.ggml.add_bos_token")
     bos = fields.get("tokenizer.ggml.bos_token_id")
-    return (bool(add.contents()) if add else False), (int(bos.contents()) if bos else None)
+    template = fields.get("tokenizer.chat_template")
+    arch = str(fields["general.architecture"].contents())
+    chat = str(template.contents()) if template else family_chat_template(arch)
+    return (bool(add.contents()) if add else False), (int(bos.contents()) if bos else None), chat
 
 
-def _prompts(tok: AutoTokenizer, path: Path) -> dict[str, list[int]]:
-    add_bos, bos = _gguf_adds_bos(path)
+def _prompts(tok: AutoTokenizer, path: Path, name: str) -> dict[str, list[int]]:
+    add_bos, bos, template = _gguf_facts(path)
     prompts = {}
     chat = tok.apply_chat_template([{"role": "user", "content": CHAT_QUESTION}], add_generation_prompt=True,
-                                   tokenize=False)  # fmt: skip
+                                   tokenize=False, chat_template=template)  # fmt: skip
     # the template writes its own first token; a BOS would only be added when it does not
     prompts["chat"] = tok(chat, add_special_tokens=False).input_ids
-    for name, text in PLAIN_PROMPTS.items():
+    for case, text in {**PLAIN_PROMPTS, **EXTRA_PROMPTS.get(name, {})}.items():
         ids = tok(text, add_special_tokens=False).input_ids
-        prompts[name] = ([bos] if add_bos and bos is not None else []) + ids
+        prompts[case] = ([bos] if add_bos and bos is not None else []) + ids
     return prompts
 
 
@@ -109,7 +123,7 @@ def main(name: str, gguf: str) -> None:
     rng = np.random.default_rng(0)
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, object] = {"gguf": path.name, "prompts": {}}
-    for case, ids in _prompts(tok, path).items():
+    for case, ids in _prompts(tok, path, name).items():
         result = _case(model, ids, rng)
         for key, value in result.items():
             arrays[f"{case}/{key}"] = value
