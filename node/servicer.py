@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import platform
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -141,6 +142,7 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             hidden_size=m.architecture.hidden_size,
             steps_per_s=self.steps_per_s,
             prefill_tokens_per_s=self.prefill_tokens_per_s,
+            machine=platform.machine(),  # the ISA whose kernels compute this span
         )
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:

@@ -9,10 +9,13 @@ it checks that the code, its wheels and its numbers hold on aarch64.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import queue
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -57,18 +60,43 @@ def source_files() -> list[str]:
 
 def install_project(root: Path) -> str:
     """Copy this checkout into the root and run the phone install script there, unmodified, as
-    a phone user does (`sh scripts/phone-install`); returns what it printed."""
-    dest = root / SOURCE.lstrip("/")
-    shutil.rmtree(dest, ignore_errors=True)
-    for name in source_files():
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, dest / name)
-    done = subprocess.run(command("env", f"SWARM_VENV={VENV}", "sh", f"{SOURCE}/scripts/phone-install"),
-                          capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)  # fmt: skip
-    output = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise RuntimeError(f"scripts/phone-install failed in the arm64 root ({done.returncode}):\n{_tail(output)}")
+    a phone user does (`sh scripts/phone-install`); returns what it printed.
+
+    One install at a time (a lock: scripts/test starts one in the background while the other
+    checks run); when the root's node was already installed from exactly these files, that
+    install's output is returned instead of installing again."""
+    files = source_files()
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + b"\0" + (REPO / name).read_bytes() + b"\0")
+    stamp, log = root / VENV.lstrip("/") / ".swarm-source", root / VENV.lstrip("/") / ".swarm-install.log"
+    with open(root / ".swarm-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.is_file() and stamp.read_text() == digest.hexdigest() and log.is_file():
+            return log.read_text()
+        stamp.unlink(missing_ok=True)
+        dest = root / SOURCE.lstrip("/")
+        shutil.rmtree(dest, ignore_errors=True)
+        for name in files:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+        done = subprocess.run(command("env", f"SWARM_VENV={VENV}", "sh", f"{SOURCE}/scripts/phone-install"),
+                              capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)  # fmt: skip
+        output = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/phone-install failed in the arm64 root ({done.returncode}):\n{_tail(output)}")
+        _add_multicast_if_stand_in(root)
+        log.write_text(output)
+        stamp.write_text(digest.hexdigest())
     return output
+
+
+def _add_multicast_if_stand_in(root: Path) -> None:
+    """qemu-user lacks IP_MULTICAST_IF, which zeroconf sets (tests/qemu_multicast_if.py says
+    how it is stood in for); a .pth file loads the stand-in in every Python of the node's venv."""
+    [site] = (root / VENV.lstrip("/") / "lib").glob("python3.*/site-packages")
+    shutil.copy(Path(__file__).with_name("qemu_multicast_if.py"), site / "_swarm_qemu_multicast_if.py")
+    (site / "_swarm_qemu_multicast_if.pth").write_text("import _swarm_qemu_multicast_if\n")
 
 
 def command(*args: str, binds: Iterable[str] = ()) -> list[str]:
@@ -105,17 +133,32 @@ class Lines:
             except queue.Empty:
                 break
             if line is None:
-                raise AssertionError(f"the process ended ({self.proc.wait()}) before {what}; it printed {self.seen}")
+                raise AssertionError(f"the process ended ({self.proc.wait()}) before {what}; it printed "
+                                     f"{self.seen}; its stderr ends:\n{stderr_tail(self.proc)}")
             self.seen.append(line)
             if wanted(line):
                 return line
-        raise AssertionError(f"no {what} within {timeout_s}s; it printed {self.seen}")
+        raise AssertionError(f"no {what} within {timeout_s}s; it printed {self.seen}; its stderr ends:\n"
+                             f"{stderr_tail(self.proc)}")
 
 
-def start(args: Sequence[str], binds: Iterable[str] = (), stderr: IO[str] | int | None = None) -> subprocess.Popen[str]:
-    """A process inside the root, its stdout piped (read it with `Lines`)."""
-    return subprocess.Popen(command(*args, binds=binds), stdout=subprocess.PIPE, stderr=stderr, text=True,
+def start(args: Sequence[str], binds: Iterable[str] = ()) -> subprocess.Popen[str]:
+    """A process inside the root, its stdout piped (read it with `Lines`), its stderr kept in a
+    temporary file that `Lines` shows when the process fails a wait."""
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115  # closed when collected
+    proc = subprocess.Popen(command(*args, binds=binds), stdout=subprocess.PIPE, stderr=log, text=True,
                             start_new_session=True)  # fmt: skip
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def stderr_tail(proc: subprocess.Popen[str], lines: int = 20) -> str:
+    log = getattr(proc, "log", None)
+    if log is None:
+        return ""
+    log.seek(0)
+    kept = [line for line in log.read().splitlines() if "cpuinfo" not in line]  # qemu-user without /sys
+    return "\n".join(kept[-lines:])
 
 
 def stop(proc: subprocess.Popen[str], timeout_s: float = 30) -> int:
@@ -127,3 +170,10 @@ def stop(proc: subprocess.Popen[str], timeout_s: float = 30) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     return proc.wait()
+
+
+if __name__ == "__main__":  # scripts/test: build the root and install into it ahead of the tests
+    reason = unavailable()
+    if reason:
+        raise SystemExit(f"tests/arm64.py: {reason}")
+    print(install_project(build_root())[-2000:])
