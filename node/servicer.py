@@ -9,6 +9,7 @@ channels to next hops. Every call is admitted before it is answered.
 from __future__ import annotations
 
 import asyncio
+import platform
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -98,6 +99,7 @@ class NodeServicer(pb_grpc.SwarmNodeServicer):
             hidden_size=m.architecture.hidden_size,
             steps_per_s=self.capacity.steps_per_s,
             prefill_tokens_per_s=self.capacity.prefill_tokens_per_s,
+            machine=platform.machine(),  # the ISA whose kernels compute this span
         )
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:

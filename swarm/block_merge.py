@@ -18,10 +18,9 @@ from pathlib import Path
 import onnx
 
 from swarm.kvcache import LOCAL_INPUTS
-from swarm.package import BLOCK_SHARED_INPUTS
+from swarm.package import BLOCK_SHARED_INPUTS, is_cache_name
 from swarm.package import HIDDEN_STATES as HIDDEN_IN
 from swarm.package import HIDDEN_STATES_OUT as HIDDEN_OUT
-from swarm.package import is_cache_name
 
 # the local ones too: cache lengths of sliding layers that keep only their window (swarm.kvcache)
 SHARED_INPUTS = (*BLOCK_SHARED_INPUTS, *LOCAL_INPUTS)

@@ -102,7 +102,8 @@ class AsyncSwarm:
         package_id = only_model((i.package_id for _, i in live), self.config.model_id)
         self.peers = [
             PeerView(i.node_id, address, i.start, i.end, i.sessions, i.max_sessions,
-                     step_ms=1000 / i.steps_per_s if i.steps_per_s > 0 else 0.0, latency_ms=latency[address])
+                     step_ms=1000 / i.steps_per_s if i.steps_per_s > 0 else 0.0, latency_ms=latency[address],
+                     machine=i.machine)
             for address, i in live
             if i.package_id == package_id
         ]  # fmt: skip
@@ -117,14 +118,15 @@ class AsyncSwarm:
         self.manifest, self.package_id = manifest, package_id
         self._text = TextGenerator(manifest, codec, self._open_stream)
 
-    def route(self) -> list[PeerView]:
-        """The best route now, around banned nodes, counting this client's sessions on each peer."""
+    def route(self, machines: Sequence[str] = ()) -> list[PeerView]:
+        """The best route now, around banned nodes, counting this client's sessions on each peer;
+        with `machines` (a replay), on the machines that computed each layer where it can be."""
         assert self.manifest is not None
         mine, banned = self._in_flight, self.bans.banned(time.monotonic())
         peers = [
             replace(p, sessions=p.sessions + mine.get(p.node_id, 0)) for p in self.peers if p.node_id not in banned
         ]
-        return plan_route(peers, self.manifest.num_layers)
+        return plan_route(peers, self.manifest.num_layers, machines)
 
     async def open_session(
         self,

@@ -5,7 +5,9 @@ stalls past its deadline, the node to blame is banned for a while, a new route i
 around it, and the new route's nodes rebuild their KV caches by replaying those steps in the
 original chunking. The same graphs see the same inputs in the same order, so with greedy
 sampling the generation continues exactly as a fault-free run, and seeded sampling draws the
-same numbers because each draw depends only on (seed, position).
+same numbers because each draw depends only on (seed, position). That holds on a replacement of
+the same machine (ISA): another ISA's kernels round differently, so the new route prefers
+replicas on the machines that computed each layer first (docs/ARCHITECTURE.md, Fault recovery).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from swarm.config import ClientConfig
 from swarm.errors import NoRouteError, PeerUnavailable, SessionExpired, StaleRoute, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.remote import RemoteSession, StepTimeout
-from swarm.routing import PeerView
+from swarm.routing import PeerView, layer_machines
 from swarm.sampling import SamplingParams
 
 log = logging.getLogger("swarm.recovery")
@@ -81,7 +83,7 @@ class Routes(Protocol):
 
     bans: Bans
 
-    def route(self) -> list[PeerView]: ...
+    def route(self, machines: Sequence[str] = ()) -> list[PeerView]: ...
 
     async def open_session(
         self, request: GenerationRequest, stats: GenerationStats, route: list[PeerView] | None = None,
@@ -101,10 +103,12 @@ class RecoveringSession:
         self._swarm, self._config, self._request, self._stats = swarm, config, request, stats
         self._history: list[list[int]] = []  # every step sent and answered, as sent
         self._session: RemoteSession | None = None
+        self._machines: list[str] = []  # the machine of each layer on the first route: replays go there
         self._deadlines = Deadlines(floor_s=config.min_step_deadline_s, first_s=config.step_timeout_s)
 
     async def open(self) -> None:
         self._session = await self._reopen(record_recovery=True)
+        self._machines = layer_machines(self._session.route)
 
     async def tokens(
         self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = ()
@@ -182,7 +186,7 @@ class RecoveringSession:
             try:
                 if failed_at is not None:
                     await self._swarm.refresh(rediscover=False)
-                route = self._swarm.route()
+                route = self._swarm.route(self._machines)
                 session = await self._swarm.open_session(
                     self._request, self._stats, route, self._config.open_deadline_s
                 )

@@ -23,6 +23,7 @@ class PeerView:
     max_sessions: int = 1
     step_ms: float = 0.0  # measured compute for one decode step through its span; 0 = unknown
     latency_ms: float = 0.0  # measured round trip from the client; 0 = unknown
+    machine: str = ""  # the CPU whose kernels compute its layers (x86_64, aarch64); "" = unknown
 
 
 HOP_MS = 1.0  # fixed cost of a hop (serialisation, a network message each way) when nothing is measured
@@ -45,26 +46,41 @@ def expected_ms(peer: PeerView) -> float:
     return step_ms + HOP_MS + neighbours + max(peer.latency_ms, 0.0)
 
 
-def plan_route(peers: Sequence[PeerView], num_layers: int) -> list[PeerView]:
+def layer_machines(route: Sequence[PeerView]) -> list[str]:
+    """The machine that computes each layer along `route`, by layer index."""
+    machines: list[str] = []
+    for peer in route:
+        machines += [peer.machine] * (peer.end - peer.start)
+    return machines
+
+
+def _foreign_layers(peer: PeerView, machines: Sequence[str]) -> int:
+    return sum(1 for layer in range(peer.start, min(peer.end, len(machines)))
+               if machines[layer] and peer.machine != machines[layer])  # fmt: skip
+
+
+def plan_route(peers: Sequence[PeerView], num_layers: int, machines: Sequence[str] = ()) -> list[PeerView]:
     """The chain from layer 0 to `num_layers` with the lowest expected step time.
 
     Ties go to fewer hops, then to the less loaded peers, so concurrent sessions spread over
-    equal replicas.
+    equal replicas. With `machines` (a replay: the machine that computed each layer before),
+    the fewest layers on another machine come first: another ISA's kernels round differently.
     """
-    # best[layer] = (expected ms, hops, load, chain) of the best chain covering [0, layer)
-    best: dict[int, tuple[float, int, float, list[PeerView]]] = {0: (0.0, 0, 0.0, [])}
+    # best[layer] = (foreign layers, expected ms, hops, load, chain) of the best chain covering [0, layer)
+    best: dict[int, tuple[int, float, int, float, list[PeerView]]] = {0: (0, 0.0, 0, 0.0, [])}
     for boundary in sorted({0} | {p.start for p in peers}):
         if boundary not in best:
             continue
-        cost, hops, load, chain = best[boundary]
+        foreign, cost, hops, load, chain = best[boundary]
         for peer in peers:
             if peer.start != boundary or peer.end > num_layers:
                 continue
-            candidate = (cost + expected_ms(peer), hops + 1, load + _load(peer), [*chain, peer])
-            if peer.end not in best or candidate[:3] < best[peer.end][:3]:
+            candidate = (foreign + _foreign_layers(peer, machines), cost + expected_ms(peer), hops + 1,
+                         load + _load(peer), [*chain, peer])  # fmt: skip
+            if peer.end not in best or candidate[:4] < best[peer.end][:4]:
                 best[peer.end] = candidate
     if num_layers in best:
-        return best[num_layers][3]
+        return best[num_layers][4]
     raise NoRouteError(_missing_message(peers, num_layers))
 
 

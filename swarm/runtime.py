@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from swarm.config import RuntimeOptions
 from swarm.errors import InvalidRequest
+from swarm.kvcache import LOCAL_INPUTS, KVCache, kv_cache_bytes
 from swarm.package import (
     HIDDEN_STATES,
     HIDDEN_STATES_OUT,
@@ -36,7 +37,6 @@ from swarm.package import (
     present_key_name,
     present_value_name,
 )
-from swarm.kvcache import LOCAL_INPUTS, KVCache, kv_cache_bytes
 
 __all__ = ["KVCache", "kv_cache_bytes"]  # where the KV cache lived before swarm.kvcache
 

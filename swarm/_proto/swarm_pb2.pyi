@@ -25,7 +25,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("protocol_version", "node_id", "package_id", "model_name", "start", "end", "num_layers", "max_context", "sessions", "max_sessions", "memory_budget", "memory_used", "kv_cache_bytes", "hidden_size", "steps_per_s", "prefill_tokens_per_s")
+    __slots__ = ("protocol_version", "node_id", "package_id", "model_name", "start", "end", "num_layers", "max_context", "sessions", "max_sessions", "memory_budget", "memory_used", "kv_cache_bytes", "hidden_size", "steps_per_s", "prefill_tokens_per_s", "machine")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class NodeInfo(_message.Message):
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     STEPS_PER_S_FIELD_NUMBER: _ClassVar[int]
     PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     node_id: str
     package_id: str
@@ -58,7 +59,8 @@ class NodeInfo(_message.Message):
     hidden_size: int
     steps_per_s: float
     prefill_tokens_per_s: float
-    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., package_id: _Optional[str] = ..., model_name: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_context: _Optional[int] = ..., sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ..., memory_budget: _Optional[int] = ..., memory_used: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., hidden_size: _Optional[int] = ..., steps_per_s: _Optional[float] = ..., prefill_tokens_per_s: _Optional[float] = ...) -> None: ...
+    machine: str
+    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., package_id: _Optional[str] = ..., model_name: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_context: _Optional[int] = ..., sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ..., memory_budget: _Optional[int] = ..., memory_used: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., hidden_size: _Optional[int] = ..., steps_per_s: _Optional[float] = ..., prefill_tokens_per_s: _Optional[float] = ..., machine: _Optional[str] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from node.span import SpanRuntime
+
 from swarm.client import Swarm
 from swarm.errors import CapacityExceeded
 from swarm.generation import GenerationRequest

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarm.errors import NoRouteError
-from swarm.routing import PeerView, plan_route
+from swarm.routing import PeerView, layer_machines, plan_route
 
 
 def peer(name: str, start: int, end: int, sessions: int = 0, max_sessions: int = 1) -> PeerView:
@@ -223,3 +223,22 @@ def test_busy_replica_is_avoided_when_speeds_are_equal() -> None:
     busy = PeerView("busy", "b:1", 0, 3, sessions=6, max_sessions=8, step_ms=10.0)
     idle = PeerView("idle", "i:1", 0, 3, sessions=1, max_sessions=8, step_ms=10.0)
     assert plan_route([busy, idle], 3) == [idle]
+
+
+def test_a_replay_stays_on_the_machines_that_computed_each_layer() -> None:
+    x86 = PeerView("x86", "x:1", 0, 2, step_ms=10.0, machine="x86_64")
+    arm_fast = PeerView("arm", "a:1", 2, 4, step_ms=10.0, machine="aarch64")
+    x86_slow = PeerView("x86-b", "b:1", 2, 4, step_ms=80.0, machine="x86_64")
+    arm_whole = PeerView("arm-whole", "w:1", 0, 4, step_ms=5.0, machine="aarch64")
+    peers = [x86, arm_fast, x86_slow, arm_whole]
+    assert plan_route(peers, 4) == [arm_whole]  # no replay: the fastest
+    before = layer_machines([x86, PeerView("gone", "g:1", 2, 4, machine="x86_64")])
+    assert before == ["x86_64"] * 4
+    assert plan_route(peers, 4, before) == [x86, x86_slow]  # the slower x86 replica: same rounding
+    mixed = layer_machines([x86, PeerView("gone", "g:1", 2, 4, machine="aarch64")])
+    assert plan_route(peers, 4, mixed) == [x86, arm_fast]
+    # no replica of the same machine: the fewest layers elsewhere, then speed as always
+    assert plan_route([x86, x86_slow, arm_whole], 4, ["aarch64"] * 4) == [arm_whole]
+    assert plan_route([x86, x86_slow], 4, ["aarch64"] * 4) == [x86, x86_slow]
+    # a machine nobody reported (an older node) constrains nothing
+    assert plan_route(peers, 4, ["", "", "", ""]) == [arm_whole]
