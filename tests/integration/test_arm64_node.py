@@ -38,8 +38,8 @@ from swarm.local import LocalModel
 from swarm.package import ModelPackage
 from swarm.transport import insecure_channel, unary
 from tests import arm64
-from tests.cluster import LocalCluster
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
+from tests.helpers import LocalCluster
 
 pytestmark = pytest.mark.timeout(arm64.BUILD_TIMEOUT_S + arm64.INSTALL_TIMEOUT_S + 300)
 

@@ -30,9 +30,9 @@ from swarm.local import LocalModel
 from swarm.package import ModelPackage
 from swarm.remote import RemoteSession
 from swarm.sampling import SamplingParams
-from tests.cluster import LocalCluster
 from tests.conftest import FRANCE_QUESTION, GOLDEN, ExportFn
 from tests.gguf_models import MissingModelError, gemma3_gguf
+from tests.helpers import LocalCluster
 
 GOLDEN_FILE = GOLDEN / "gguf" / "gemma3.npz"
 CASES = ["chat", "story", "code", "capital", "question"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from node.span import SpanRuntime
 
 from swarm.client import Swarm
 from swarm.errors import CapacityExceeded
@@ -17,8 +16,9 @@ from swarm.kvcache import kv_cache_bytes
 from swarm.local import LocalModel
 from swarm.package import Architecture, ModelPackage
 from swarm.runtime import RuntimeOptions
-from tests.cluster import LocalCluster
+from swarm.span import SpanRuntime
 from tests.conftest import ExportFn, golden_checkpoint
+from tests.helpers import LocalCluster
 
 PER_POSITION = 2 * 1 * 16 * 4  # K and V, one kv head, cache head dim 16, float32 (the gemma3 golden)
 
