@@ -24,8 +24,12 @@ from typing import IO
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT_SCRIPT = REPO / "scripts" / "arm64-root"
-VENV = "/opt/swarm-venv"  # inside the root: where the phone install script puts the node
-SOURCE = "/tmp/swarm-src"  # inside the root: the copy of this repository it installs from
+# Inside the root, one per checkout (the root is shared by every checkout on this machine, and
+# one checkout's install must not swap the code under another's running test): where the phone
+# install script puts the node, and the copy of this repository it installs from.
+_CHECKOUT = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
+VENV = f"/opt/swarm-venv-{_CHECKOUT}"
+SOURCE = f"/tmp/swarm-src-{_CHECKOUT}"
 BUILD_TIMEOUT_S = 900  # debootstrap of a minimal arm64 root: ~2.5 min on a quiet machine
 INSTALL_TIMEOUT_S = 900  # every dependency from aarch64 wheels, under emulation: ~1-2 min
 
