@@ -39,7 +39,7 @@ from swarm.package import ModelPackage
 from swarm.transport import insecure_channel, unary
 from tests import arm64
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
-from tests.helpers import LocalCluster
+from tests.helpers import LocalCluster, close_after_test
 
 pytestmark = pytest.mark.timeout(arm64.BUILD_TIMEOUT_S + arm64.INSTALL_TIMEOUT_S + 300)
 
@@ -97,7 +97,9 @@ def machine_of(address: str) -> str:
 def test_an_arm64_node_found_by_mdns_serves_an_x86_swarm_the_local_runners_tokens(
     cluster: LocalCluster, stories_package: ModelPackage, workdir: tuple[Path, str]
 ) -> None:
-    local = list(LocalModel(stories_package).generate_ids(GenerationRequest(tuple(STORIES_PROMPT_IDS), 40)))
+    local = list(
+        close_after_test(LocalModel(stories_package)).generate_ids(GenerationRequest(tuple(STORIES_PROMPT_IDS), 40))
+    )
     assert local == STORIES_REFERENCE_IDS  # the x86 local runner, the baseline
     seed = cluster.start(stories_package.root, (0, 2), **MDNS)
     _, inside = workdir

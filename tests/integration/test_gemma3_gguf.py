@@ -140,7 +140,7 @@ def test_a_3_node_swarm_reproduces_transformers(cluster: LocalCluster, package: 
         swarm = await AsyncSwarm.connect(cluster.addresses)
         try:
             session = RemoteSession(
-                swarm._channel(cluster.addresses[0]), swarm.route(), swarm.package_id, len(ids) + 16,
+                swarm.channels.get(cluster.addresses[0]), swarm.route(), swarm.package_id, len(ids) + 16,
                 SamplingParams(), GenerationStats(), return_logits=True, credentials=swarm.credentials,
             )  # fmt: skip
             await session.open()

@@ -17,6 +17,7 @@ from safetensors.numpy import load_file
 from export.exporter import ExportOptions, export_checkpoint
 from swarm.local import LocalModel
 from tests.conftest import ExportFn, golden_checkpoint
+from tests.helpers import close_after_test
 
 _LAYER = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
           "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate",
@@ -90,7 +91,9 @@ def test_a_gguf_exports_the_folders_model(tmp_path: Path, export_package: Export
     arch_facts = package.manifest.architecture
     assert arch_facts.family == ("gemma2" if arch == "gemma2" else "qwen3")
     ids = np.load(folder / "golden.npz")["input_ids"][0].tolist()
-    ours, reference = (LocalModel(p).session(32).logits(ids) for p in (package, export_package(folder)))
+    ours, reference = (
+        close_after_test(LocalModel(p)).session(32).logits(ids) for p in (package, export_package(folder))
+    )
     np.testing.assert_allclose(ours, reference, atol=1e-5)
     if not config:  # the folder is the golden itself: transformers' logits too
         np.testing.assert_allclose(ours, np.load(folder / "golden.npz")["prefill_logits"][0], atol=1e-4)

@@ -18,7 +18,7 @@ from swarm.package import Architecture, ModelPackage
 from swarm.runtime import RuntimeOptions
 from swarm.span import SpanRuntime
 from tests.conftest import ExportFn, golden_checkpoint
-from tests.helpers import LocalCluster
+from tests.helpers import LocalCluster, close_after_test
 
 PER_POSITION = 2 * 1 * 16 * 4  # K and V, one kv head, cache head dim 16, float32 (the gemma3 golden)
 
@@ -50,7 +50,7 @@ def test_gemma3_270m_at_4096_tokens_needs_a_third_of_the_cache() -> None:
 def test_long_sequences_do_not_depend_on_how_they_are_fed(export_package: ExportFn, name: str) -> None:
     """90 tokens (18 windows) at once, in uneven chunks, and one by one: the local caches roll over
     at different points, the logits do not change."""
-    model = LocalModel(export_package(golden_checkpoint(name), layers_per_block=2))
+    model = close_after_test(LocalModel(export_package(golden_checkpoint(name), layers_per_block=2)))
     ids = np.random.default_rng(1).integers(3, model.manifest.architecture.vocab_size, 90).tolist()
     whole = model.session(100).logits(ids)
     chunked_session = model.session(100)
