@@ -87,7 +87,7 @@ class Node:
         # mDNS on 127.0.0.1: a node started later is found through the others' gossip
         args = ["join", "--swarm-key", KEY.join_code, "--blocks", f"{span[0]}:{span[1]}", "--host", "127.0.0.1",
                 "--mdns-interface", "127.0.0.1", "--announce-interval", "1", "--no-rebalance", "--threads", "1"]
-        self.arm, self.span = arm, span
+        self.arm, self.span, self.killed = arm, span, False
         if arm:
             self.proc = arm64.start([arm64.venv("swarm-node"), *args, "--model", PACKAGE_INSIDE],
                                     binds=[f"{package}:{PACKAGE_INSIDE}:ro"])  # fmt: skip
@@ -100,6 +100,7 @@ class Node:
         self.address = words[words.index("at") + 1]
 
     def kill(self) -> None:
+        self.killed = True
         self.proc.kill()
         self.proc.wait()
 
@@ -224,7 +225,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     finally:
         for node in nodes:
-            if node.proc.poll() is not None and node.arm:  # it died by itself: say how
+            if node.proc.poll() is not None and node.arm and not node.killed:  # it died by itself: say how
                 print(f"arm64 node {node.address} exited {node.proc.returncode}:\n{arm64.stderr_tail(node.proc)}")
             node.kill()
 
