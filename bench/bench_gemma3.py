@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.baselines import DEFAULT_CACHE  # noqa: E402
-from bench.bench_gguf import PREFILL_LEN, one_pair  # noqa: E402
+from bench.bench_gguf import PREFILL_LEN, one_pair, requantized  # noqa: E402
 from bench.bench_local import export_with  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 from bench.turns import NEW_TOKENS, PROMPT  # noqa: E402
@@ -47,20 +47,7 @@ PAIRS = {  # our variant: (export arguments, llama.cpp type, llama_ftype to make
 def gguf_file(source: Path, variant: str, cache: Path) -> Path:
     """The Q4_K_M file itself, or llama.cpp's re-quantization of it (cached)."""
     _, gguf_type, ftype = PAIRS[variant]
-    if ftype is None:
-        return source
-    import llama_cpp
-
-    target = cache / "gguf" / f"{source.stem}-{gguf_type}.gguf"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype, params.nthread, params.allow_requantize = ftype, 2, True
-        partial = target.with_suffix(".partial")
-        if llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), params) != 0:
-            raise RuntimeError(f"llama_model_quantize to {gguf_type} failed")
-        partial.replace(target)
-    return target
+    return requantized(source, gguf_type, ftype, cache)
 
 
 def markdown(result: dict[str, Any], command: str) -> str:

@@ -60,8 +60,12 @@ TEXT = (
 
 def gguf_file(variant: str, cache: Path) -> Path:
     """The Q4_1 file itself, or llama.cpp's re-quantization of it to another type (cached)."""
-    source = locate("smollm2")
     _, gguf_type, ftype = PAIRS[variant]
+    return requantized(locate("smollm2"), gguf_type, ftype, cache)
+
+
+def requantized(source: Path, gguf_type: str, ftype: int | None, cache: Path) -> Path:
+    """`source`, or llama.cpp's re-quantization of it to `gguf_type` (llama_ftype `ftype`), cached."""
     if ftype is None:
         return source
     import llama_cpp
