@@ -32,6 +32,7 @@ from swarm.transport import request_bytes, status_for
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
 WIRE_HIDDEN_DTYPES = frozenset({"", "float32", "float16"})  # "" = float32
 MAX_STOP_IDS = 64  # end-of-sequence ids a following step may name
+MAX_ADDRESS_CHARS = 255  # host:port of a hop
 
 
 def peer_host(peer: str) -> str:
@@ -134,7 +135,23 @@ def check_open(request: pb.SessionRequest, span: SpanRuntime, node_id: str, keye
         for number, hop in enumerate(route[1:], start=2):
             if not is_node_id(hop.node_id):
                 raise InvalidRequest(f"route hop {number} must name its node id ({NODE_ID_HEX} hex digits)")
+    _check_ring(msg, span, node_id, keyed)
     return msg
+
+
+def _check_ring(msg: pb.OpenSession, span: SpanRuntime, node_id: str, keyed: bool) -> None:
+    """The ring's head is the route's first node (which names itself before passing the opening
+    on); chunked steps need the ring, where nodes pass chunks on without waiting."""
+    if msg.HasField("ring_head"):
+        head = msg.ring_head
+        if not 0 < len(head.address) <= MAX_ADDRESS_CHARS:
+            raise InvalidRequest(f"the ring head needs an address of 1 to {MAX_ADDRESS_CHARS} characters")
+        if span.is_first and head.node_id not in ("", node_id):
+            raise InvalidRequest("the ring's head must be the route's first node")
+        if keyed and not span.is_first and not is_node_id(head.node_id):
+            raise InvalidRequest(f"the ring head must name its node id ({NODE_ID_HEX} hex digits)")
+    elif msg.prefill_chunk and len(msg.route) > 1:
+        raise InvalidRequest("chunked steps (prefill_chunk) pass between nodes on a ring only: set ring_head")
 
 
 def check_follow(session: NodeSession, request: pb.SessionRequest) -> tuple[int, frozenset[int]]:
@@ -150,3 +167,20 @@ def check_follow(session: NodeSession, request: pb.SessionRequest) -> tuple[int,
     if len(step.stop_ids) > MAX_STOP_IDS:
         raise InvalidRequest(f"at most {MAX_STOP_IDS} stop ids, got {len(step.stop_ids)}")
     return step.follow, frozenset(step.stop_ids)
+
+
+def check_step(session: NodeSession, request: pb.SessionRequest, span: SpanRuntime) -> pb.Step:
+    """A step of an open session, in order and at the position the session is at; a chunk of a
+    step (`partial`) only between the nodes of a ring."""
+    step = request.step
+    if request.WhichOneof("kind") != "step":
+        raise InvalidRequest("session is already open; send steps")
+    if step.step != session.next_step:
+        raise InvalidRequest(f"step {step.step} out of order; expected {session.next_step}")
+    if step.position != session.length:
+        raise InvalidRequest(f"step starts at position {step.position} but the session holds {session.length}")
+    if step.partial and (span.is_first or not session.ring):
+        raise InvalidRequest("partial steps pass between the nodes of a ring only")
+    if len(step.timings) > span.arch.num_layers:
+        raise InvalidRequest(f"a step carries at most {span.arch.num_layers} hop timings")
+    return step

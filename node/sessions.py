@@ -24,6 +24,8 @@ class NodeSession:
     cache_bytes: int
     next_step: int = 0
     wire_dtype: str = "float32"  # how hidden states travel to and from this node (OpenSession.wire_dtype)
+    ring: bool = False  # results go round the token ring (OpenSession.ring_head), not back up the chain
+    prefill_chunk: int = 0  # the first node splits longer steps into chunks of this many tokens; 0 = never
 
     @property
     def length(self) -> int:

@@ -17,23 +17,18 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from node.admission import Admission, check_follow, check_open
+from node.admission import Admission, check_follow, check_open, check_step
 from node.batcher import ComputeExecutor, DecodeBatcher
+from node.hops import Downstream, HopFailed, ReturnLink, ReturnSlot, unless_failed
 from node.sessions import NodeSession, SessionTable
 from swarm._proto import swarm_pb2 as pb
 from swarm.auth import Credentials
 from swarm.errors import InvalidRequest, PeerUnavailable, SessionExpired, SwarmError
 from swarm.frames import Frames
 from swarm.sampling import SamplingParams
-from swarm.span import SpanRuntime
+from swarm.span import SpanRuntime, StepOutput, prefill_chunks
 from swarm.tensors import from_wire, to_wire
-from swarm.transport import FAILED_NODE_KEY, ChannelPool, failed_node, open_session_call, status_for
-
-_PASSED_THROUGH = (
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.NOT_FOUND,
-)
+from swarm.transport import FAILED_NODE_KEY, ChannelPool, open_session_call, status_for
 
 
 @dataclass(frozen=True)
@@ -44,42 +39,26 @@ class StreamSettings:
     credentials: Credentials | None = None  # None = an open swarm: no authentication, plain frames
 
 
-class HopFailed(SwarmError):
-    """The next hop failed; carries the gRPC status to relay and the node to blame."""
+@dataclass
+class SessionLinks:
+    """What one session holds besides its caches: the next hop and, on a ring, its return path."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, node_id: str) -> None:
-        super().__init__(message)
-        self.code, self.node_id = code, node_id
+    node_ids: list[str]  # the route as opened, from this node on
+    downstream: Downstream | None = None
+    slot: ReturnSlot | None = None  # the ring's head: where the last node's results arrive
+    back: ReturnLink | None = None  # the ring's last node: where its results go
 
+    @property
+    def failure(self) -> asyncio.Future[HopFailed] | None:
+        """Resolves when another node of a ring fails (None on a chain: there each step sees it)."""
+        return self.slot.failure if self.slot is not None else self.downstream.failure if self.downstream else None
 
-class Downstream:
-    """This node's stream to the next hop of a session."""
-
-    def __init__(self, hop: pb.Hop, call: grpc.aio.StreamStreamCall, frames: Frames, timeout_s: float) -> None:
-        self.hop, self._call, self._frames, self._timeout = hop, call, frames, timeout_s
-
-    async def exchange(self, request: pb.SessionRequest) -> pb.SessionReply:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._call.write(self._frames.seal(request))
-                reply = await self._call.read()
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code() if exc.code() in _PASSED_THROUGH else grpc.StatusCode.UNAVAILABLE
-            blamed = failed_node(exc) or self.hop.node_id
-            raise HopFailed(code, f"next hop {self.hop.address}: {exc.details()}", blamed) from exc
-        except (TimeoutError, asyncio.InvalidStateError) as exc:
-            message = f"next hop {self.hop.address} did not answer within {self._timeout:.0f}s"
-            raise HopFailed(grpc.StatusCode.UNAVAILABLE, message, self.hop.node_id) from exc
-        if reply is grpc.aio.EOF:
-            raise HopFailed(grpc.StatusCode.UNAVAILABLE, f"next hop {self.hop.address} closed", self.hop.node_id)
-        try:
-            return self._frames.open(reply)
-        except SwarmError as exc:
-            message = f"next hop {self.hop.address}: {exc}"
-            raise HopFailed(grpc.StatusCode.UNAVAILABLE, message, self.hop.node_id) from exc
-
-    def cancel(self) -> None:
-        self._call.cancel()
+    def close(self) -> None:
+        for link in (self.downstream, self.back):
+            if link is not None:
+                link.cancel()
+        if self.slot is not None:
+            self.slot.close()
 
 
 class SessionStream:
@@ -90,12 +69,13 @@ class SessionStream:
         self.span, self.table, self.admission, self.settings = span, table, admission, settings
         self._compute, self.batcher, self._channels = compute, batcher, channels
         self.draining = False  # refuse new sessions (the node is leaving)
+        self.rings: dict[str, ReturnSlot] = {}  # sessions this node heads a ring of, by id
 
     async def serve(
         self, requests: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SessionReply]:
         session: NodeSession | None = None
-        downstream: Downstream | None = None
+        links: SessionLinks | None = None
         origin: str | None = None  # the client this session counts against, once admitted
         try:
             caller, frames = await self.admission.handshake(context)
@@ -103,12 +83,16 @@ class SessionStream:
             first = await self._next_request(reader, frames)
             if first is None:
                 return
+            if first.WhichOneof("kind") == "attach":  # not a session: the return link of one we head
+                async for reply in self._return_link(first.attach, caller.node_id if caller else None, reader, frames):
+                    yield frames.seal(reply)
+                return
             opening = check_open(first, self.span, self.settings.node_id, self.settings.credentials is not None)
             origin = self.admission.open_session(opening, caller, context.peer())
-            session, downstream, node_ids = await self._open(opening)
-            yield frames.seal(pb.SessionReply(opened=pb.Opened(node_ids=node_ids)))
-            while (request := await self._next_request(reader, frames)) is not None:
-                async for reply in self._steps(session, request, downstream):
+            session, links = await self._open(opening)
+            yield frames.seal(pb.SessionReply(opened=pb.Opened(node_ids=links.node_ids)))
+            while (request := await unless_failed(self._next_request(reader, frames), links.failure)) is not None:
+                async for reply in self._steps(session, request, links):
                     yield frames.seal(reply)
         except HopFailed as exc:
             context.set_trailing_metadata(((FAILED_NODE_KEY, exc.node_id),))
@@ -116,10 +100,11 @@ class SessionStream:
         except SwarmError as exc:
             await context.abort(status_for(exc), str(exc))
         finally:
-            if downstream is not None:
-                downstream.cancel()
+            if links is not None:
+                links.close()
             if session is not None:
                 self.table.close(session.session_id)
+                self.rings.pop(session.session_id, None)
             if origin is not None:
                 self.admission.close_session(origin)
 
@@ -135,7 +120,7 @@ class SessionStream:
         # upstream node carries many clients' sessions, which a per-peer rate would throttle
         return frames.open(raw)
 
-    async def _open(self, msg: pb.OpenSession) -> tuple[NodeSession, Downstream | None, list[str]]:
+    async def _open(self, msg: pb.OpenSession) -> tuple[NodeSession, SessionLinks]:
         if self.draining:
             raise PeerUnavailable("node is shutting down and takes no new sessions")
         sampling = _sampling(msg.sampling)
@@ -144,16 +129,37 @@ class SessionStream:
             msg.session_id, msg.max_length, sampling, msg.return_logits, cache_bytes, self.span.new_caches
         )
         session.wire_dtype = msg.wire_dtype or "float32"
-        node_ids = [self.settings.node_id]
-        downstream = None
+        alone = self.span.is_first and self.span.is_last  # the whole route: no ring to close
+        session.ring, session.prefill_chunk = msg.HasField("ring_head") and not alone, msg.prefill_chunk
+        links = SessionLinks([self.settings.node_id])
         try:
+            if session.ring and self.span.is_first:  # before the opening goes on: the last node attaches
+                links.slot = self.rings[session.session_id] = ReturnSlot(msg.route[-1])
             if not self.span.is_last:
-                downstream, rest = await self._connect(msg)
-                node_ids += rest
+                links.downstream, rest = await self._connect(msg)
+                links.node_ids += rest
+                if session.ring:
+                    self._watch(links)
+            elif session.ring:
+                links.back = await ReturnLink.attach(self._channels, self.settings.credentials, msg.ring_head,
+                                                     session.session_id, self.settings.hop_timeout_s)  # fmt: skip
         except BaseException:
+            links.close()
+            self.rings.pop(session.session_id, None)
             self.table.close(session.session_id)
             raise
-        return session, downstream, node_ids
+        return session, links
+
+    def _watch(self, links: SessionLinks) -> None:
+        """On a ring, fail the session as soon as its next hop's stream ends."""
+        assert links.downstream is not None
+        failure = links.downstream.watch()
+        if links.slot is not None:
+            slot = links.slot
+            if not slot.attached:  # the last node answered the opening without its return link
+                last = slot.last_hop
+                raise HopFailed(grpc.StatusCode.UNAVAILABLE, f"{last.address} opened no return link", last.node_id)
+            failure.add_done_callback(lambda done: slot.fail(done.result()) if not done.cancelled() else None)
 
     async def _connect(self, msg: pb.OpenSession) -> tuple[Downstream, list[str]]:
         hop = msg.route[1]
@@ -168,6 +174,8 @@ class SessionStream:
         forwarded = pb.OpenSession()
         forwarded.CopyFrom(msg)
         del forwarded.route[0]
+        if self.span.is_first and msg.HasField("ring_head"):  # the ring's head names itself for the last node
+            forwarded.ring_head.node_id = self.settings.node_id
         try:
             reply = await downstream.exchange(pb.SessionRequest(open=forwarded))
         except BaseException:
@@ -178,85 +186,133 @@ class SessionStream:
             raise HopFailed(grpc.StatusCode.UNAVAILABLE, f"next hop {hop.address} did not open", hop.node_id)
         return downstream, list(reply.opened.node_ids)
 
-    async def _steps(
-        self, session: NodeSession, request: pb.SessionRequest, downstream: Downstream | None
-    ) -> AsyncIterator[pb.SessionReply]:
+    async def _return_link(self, msg: pb.ReturnLink, caller: str | None, reader: AsyncIterator[pb.SessionRequest],
+                           frames: Frames) -> AsyncIterator[pb.SessionReply]:  # fmt: skip
+        """The return link of a session this node heads: each result goes to the step awaiting it.
+        When it breaks, or sends what was not awaited, the session fails, blaming its last node."""
+        slot = self.rings.get(msg.session_id)
+        if slot is None:
+            raise InvalidRequest("no session here awaits a return link with that id")
+        slot.attach(caller)
+        yield pb.SessionReply(opened=pb.Opened(node_ids=[self.settings.node_id]))
+        last = slot.last_hop
+        try:
+            while (request := await unless_failed(self._next_request(reader, frames), slot.failure)) is not None:
+                if request.WhichOneof("kind") != "returned":
+                    raise InvalidRequest("a return link carries step results only")
+                slot.deliver(request.returned)
+        except HopFailed:
+            if slot.closed:  # the session ended here first: nothing left to return
+                return
+            raise
+        except SwarmError as exc:
+            slot.fail(HopFailed(grpc.StatusCode.UNAVAILABLE, f"return link from {last.address}: {exc}", last.node_id))
+            raise
+        slot.fail(HopFailed(grpc.StatusCode.UNAVAILABLE, f"{last.address} closed its return link", last.node_id))
+
+    async def _steps(self, session: NodeSession, request: pb.SessionRequest,
+                     links: SessionLinks) -> AsyncIterator[pb.SessionReply]:  # fmt: skip
         """The requested step, then (when it asks to `follow`) each sampled token fed back in as
         the next step: the loop closes here rather than at the client, a link fewer per token."""
         follow, stop_ids = check_follow(session, request)
-        step: Awaitable[pb.SessionReply] = self._step(session, request, downstream)
+        step: Awaitable[pb.SessionReply | None] = self._step(session, request, links)
         while True:
             reply = await step
+            if reply is None:  # a ring node past the head: its results go round the ring
+                return
             if follow == 0 or reply.result.token in stop_ids:
                 yield reply
                 return
             follow -= 1
             # the next step starts before this answer goes to the client, so writing it
             # overlaps the next step's compute instead of delaying it
-            step = asyncio.ensure_future(self._step(session, _fed_back(session, reply), downstream))
+            step = asyncio.ensure_future(self._step(session, _fed_back(session, reply), links))
             try:
                 yield reply
             except BaseException:
                 step.cancel()
                 raise
 
-    async def _step(
-        self, session: NodeSession, request: pb.SessionRequest, downstream: Downstream | None
-    ) -> pb.SessionReply:
-        step = check_step(session, request)
+    async def _step(self, session: NodeSession, request: pb.SessionRequest,
+                    links: SessionLinks) -> pb.SessionReply | None:  # fmt: skip
+        """One step through this span and on; the result, when it comes back through this node."""
+        step = check_step(session, request, self.span)
         started = time.perf_counter()
-        hidden = self._step_input(session, step)
+        if self.span.is_first:
+            chunks = self._token_chunks(session, step)
+            for chunk in chunks[:-1]:  # on a ring: sent on while the next chunk computes here
+                position = session.length
+                hidden = await self._compute.run(self.span.run_blocks, self.span.embed(chunk), session.caches)
+                if not self.span.is_last:
+                    await self._onward(session, step, position, StepOutput(hidden=hidden), links, partial=True)
+            hidden = self.span.embed(chunks[-1])
+        else:
+            hidden = self._hidden_input(session, step)
+        position = session.length
+        if step.partial:
+            output = StepOutput(hidden=await self._compute.run(self.span.run_blocks, hidden, session.caches))
+            if self.span.is_last:
+                return None
+            return await self._onward(session, step, position, output, links, partial=True)
         if hidden.shape[1] == 1:
             output = await self.batcher.step(session, hidden)
         else:
             sampling, logits = session.sampling, session.return_logits
             output = await self._compute.run(self.span.forward, hidden, session.caches, sampling, logits)
-        compute_ms = (time.perf_counter() - started) * 1000
         session.next_step += 1
-        timing = pb.HopTiming(node_id=self.settings.node_id, compute_ms=compute_ms)
+        timing = pb.HopTiming(node_id=self.settings.node_id, compute_ms=(time.perf_counter() - started) * 1000)
+        return await self._onward(session, step, position, output, links, timing=timing)
+
+    async def _onward(self, session: NodeSession, step: pb.Step, position: int, output: StepOutput,
+                      links: SessionLinks, partial: bool = False,
+                      timing: pb.HopTiming | None = None) -> pb.SessionReply | None:  # fmt: skip
+        """Hand `output` on: the result (the last node) up the chain or round the ring; hidden
+        states to the next hop, then, at the ring's head or on a chain, wait for the result."""
+        timings = [*step.timings, timing] if session.ring and timing is not None else []
         if output.hidden is None:
-            result = pb.StepResult(step=step.step, token=output.token, timings=[timing])
+            result = pb.StepResult(step=step.step, token=output.token, timings=timings or [timing])
             if output.logits is not None:
                 result.logits.CopyFrom(to_wire(output.logits))
-            return pb.SessionReply(result=result)
+            if links.back is None:
+                return pb.SessionReply(result=result)
+            await links.back.result(result)
+            return None
+        downstream = links.downstream
         assert downstream is not None
-        forwarded = pb.Step(step=step.step, position=step.position, hidden=to_wire(output.hidden, session.wire_dtype))
-        reply = await downstream.exchange(pb.SessionRequest(step=forwarded))
-        if reply.WhichOneof("kind") != "result" or reply.result.step != step.step:
-            raise HopFailed(grpc.StatusCode.UNAVAILABLE, "next hop answered out of turn", downstream.hop.node_id)
-        reply.result.timings.insert(0, timing)
-        return reply
+        hidden = to_wire(output.hidden, session.wire_dtype)
+        forwarded = pb.Step(step=step.step, position=position, hidden=hidden, partial=partial, timings=timings)
+        if not session.ring:
+            reply = await downstream.exchange(pb.SessionRequest(step=forwarded))
+            if reply.WhichOneof("kind") != "result" or reply.result.step != step.step:
+                raise HopFailed(grpc.StatusCode.UNAVAILABLE, "next hop answered out of turn", downstream.hop.node_id)
+            reply.result.timings.insert(0, timing)
+            return reply
+        if links.slot is None or partial:  # past the head, or more of this step is to come
+            await downstream.send(pb.SessionRequest(step=forwarded))
+            return None
+        links.slot.expect(step.step)  # before it goes: the result may come round before `send` returns
+        await downstream.send(pb.SessionRequest(step=forwarded))
+        return pb.SessionReply(result=await links.slot.result(self.settings.hop_timeout_s, downstream.hop))
 
-    def _step_input(self, session: NodeSession, step: pb.Step) -> np.ndarray:
-        """The step's hidden states (1, S, H), checked against the span and the session."""
+    def _token_chunks(self, session: NodeSession, step: pb.Step) -> list[list[int]]:
+        """The first node's input: the step's token ids, in the session's prefill chunks."""
+        if step.WhichOneof("input") != "tokens":
+            raise InvalidRequest("the first node of a route takes token ids")
+        ids = list(step.tokens.ids)
         room = session.max_length - session.length
-        which = step.WhichOneof("input")
-        if self.span.is_first:
-            if which != "tokens":
-                raise InvalidRequest("the first node of a route takes token ids")
-            ids = list(step.tokens.ids)
-            if not 1 <= len(ids) <= room:
-                raise InvalidRequest(f"step has {len(ids)} tokens; the session has room for {room}")
-            hidden = self.span.embed(ids)
-        else:
-            if which != "hidden":
-                raise InvalidRequest("this node takes hidden states, not token ids")
-            hidden = from_wire(step.hidden, (1, None, self.span.arch.hidden_size), (session.wire_dtype,))
-            if hidden.shape[1] > room:
-                raise InvalidRequest(f"step has {hidden.shape[1]} positions; the session has room for {room}")
+        if not 1 <= len(ids) <= room:
+            raise InvalidRequest(f"step has {len(ids)} tokens; the session has room for {room}")
+        return prefill_chunks(ids, session.prefill_chunk)
+
+    def _hidden_input(self, session: NodeSession, step: pb.Step) -> np.ndarray:
+        """The step's hidden states (1, S, H), checked against the span and the session."""
+        if step.WhichOneof("input") != "hidden":
+            raise InvalidRequest("this node takes hidden states, not token ids")
+        hidden = from_wire(step.hidden, (1, None, self.span.arch.hidden_size), (session.wire_dtype,))
+        room = session.max_length - session.length
+        if hidden.shape[1] > room or (step.partial and hidden.shape[1] == room):
+            raise InvalidRequest(f"step has {hidden.shape[1]} positions; the session has room for {room}")
         return np.ascontiguousarray(hidden)
-
-
-def check_step(session: NodeSession, request: pb.SessionRequest) -> pb.Step:
-    """A step of an open session, in order and at the position the session is at."""
-    step = request.step
-    if request.WhichOneof("kind") != "step":
-        raise InvalidRequest("session is already open; send steps")
-    if step.step != session.next_step:
-        raise InvalidRequest(f"step {step.step} out of order; expected {session.next_step}")
-    if step.position != session.length:
-        raise InvalidRequest(f"step starts at position {step.position} but the session holds {session.length}")
-    return step
 
 
 def _fed_back(session: NodeSession, reply: pb.SessionReply) -> pb.SessionRequest:

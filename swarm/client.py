@@ -139,7 +139,8 @@ class AsyncSwarm:
         route = route or self.route()
         session = RemoteSession(self.channels.get(route[0].address), route, self.package_id, request.total_tokens,
                                 request.sampling, stats, self.config.step_timeout_s,
-                                credentials=self.credentials, wire_dtype=self.config.wire_dtype)  # fmt: skip
+                                credentials=self.credentials, wire_dtype=self.config.wire_dtype,
+                                ring=self.config.token_ring, prefill_chunk=self.config.prefill_chunk)  # fmt: skip
         for peer in route:
             self._in_flight[peer.node_id] = self._in_flight.get(peer.node_id, 0) + 1
         session.on_close = self._release

@@ -14,6 +14,10 @@ from swarm.keys import SwarmKey
 # session run has a fixed cost that narrow layers pay many times a token, while a wide layer's
 # own work dwarfs it; the bound keeps the transient copy a merge makes small.
 MERGE_BYTES = 256 << 20
+# A prompt longer than this is computed in chunks of this many tokens, by the local runner as by a
+# swarm, where the chunks flow through the stages one behind the other (pipelined prefill) and
+# the first token comes after about the slowest stage's share instead of the sum of them all.
+PREFILL_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class ClientConfig:
     # hidden states between hops: "float32" keeps the local runner's exact numbers (and recovery's
     # bit-identical replay on any route); "float16" halves the bytes, rounding at each stage boundary
     wire_dtype: str = "float32"
+    # the last node sends each token straight to the first (a token crosses N links, not 2(N-1));
+    # off: results travel back up through every hop, and steps are never chunked
+    token_ring: bool = True
+    prefill_chunk: int = PREFILL_CHUNK  # with the ring: tokens per prefill chunk; 0 = one chunk
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from swarm._loop import BackgroundLoop
-from swarm.config import RuntimeOptions
+from swarm.config import PREFILL_CHUNK, RuntimeOptions
 from swarm.errors import InvalidRequest
 from swarm.generation import GenerationRequest, GenerationStats, stepped
 from swarm.package import ModelPackage, load_package
 from swarm.runtime import KVCache
 from swarm.sampling import SamplingParams
-from swarm.span import SpanRuntime
+from swarm.span import SpanRuntime, prefill_chunks
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
 
@@ -29,8 +29,10 @@ class LocalModel(SyncTextGenerator):
     """`generate`, `stream`, `chat`, `stream_chat` and `generate_ids` on a package in this process:
     the whole model as one span (swarm/span.py, the runtime a node runs its layers with)."""
 
-    def __init__(self, package: str | Path | ModelPackage, options: RuntimeOptions | None = None) -> None:
+    def __init__(self, package: str | Path | ModelPackage, options: RuntimeOptions | None = None,
+                 prefill_chunk: int = PREFILL_CHUNK) -> None:  # fmt: skip
         self.package = package if isinstance(package, ModelPackage) else load_package(package)
+        self.prefill_chunk = prefill_chunk  # as a swarm cuts a long step (swarm/config.py)
         m = self.package.manifest
         self.manifest = m
         self.span = SpanRuntime(self.package, 0, m.num_layers, options or RuntimeOptions())
@@ -60,7 +62,7 @@ class LocalSession:
     def __init__(self, model: LocalModel, capacity: int) -> None:
         if capacity > model.manifest.max_context:
             raise InvalidRequest(f"{capacity} tokens exceed the model's context of {model.manifest.max_context}")
-        self._span, self._compute = model.span, model.compute
+        self._span, self._compute, self._chunk = model.span, model.compute, model.prefill_chunk
         self._caches: list[KVCache] = self._span.new_caches(capacity)
 
     @property
@@ -77,7 +79,10 @@ class LocalSession:
         return self._span.head.forward(self.hidden(ids))[0]
 
     def next_token(self, ids: Sequence[int], params: SamplingParams) -> int:
-        output = self._span.forward(self._span.embed(ids), self._caches, params, False)
+        *ahead, last = prefill_chunks(ids, self._chunk)  # in a swarm's chunks: the same numbers
+        for chunk in ahead:
+            self._span.run_blocks(self._span.embed(chunk), self._caches)
+        output = self._span.forward(self._span.embed(last), self._caches, params, False)
         assert output.token is not None
         return output.token
 

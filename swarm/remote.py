@@ -48,6 +48,8 @@ class RemoteSession:
         return_logits: bool = False,
         credentials: Credentials | None = None,
         wire_dtype: str = "float32",
+        ring: bool = True,
+        prefill_chunk: int = 0,
     ) -> None:
         self.session_id = uuid.uuid4().hex
         self.route = list(route)
@@ -74,7 +76,12 @@ class RemoteSession:
             sampling=_sampling_message(sampling),
             return_logits=return_logits,
             wire_dtype=wire_dtype,
+            prefill_chunk=prefill_chunk if ring or len(route) == 1 else 0,
         )
+        if ring and len(route) > 1:  # results come back to the first node straight from the last
+            head = route[0]
+            self._open.ring_head.CopyFrom(pb.Hop(address=head.address, node_id=head.node_id, start=head.start,
+                                                 end=head.end))  # fmt: skip
         if credentials is not None:  # every hop counts this session against us, not against its relays
             sign_origin(credentials, self._open)
 

@@ -27,6 +27,17 @@ from swarm.runtime import (
 from swarm.sampling import SamplingParams, sample
 
 
+def prefill_chunks(ids: Sequence[int], chunk: int) -> list[list[int]]:
+    """`ids` in consecutive chunks of `chunk` tokens (the last may be shorter); 0 = one chunk.
+
+    A step's chunking is part of its floating-point path: the local runner and every node of a
+    session cut the same step at the same places, so their numbers agree exactly."""
+    ids = list(ids)
+    if chunk <= 0 or len(ids) <= chunk:
+        return [ids]
+    return [ids[i : i + chunk] for i in range(0, len(ids), chunk)]
+
+
 @dataclass
 class StepOutput:
     hidden: np.ndarray | None = None  # (1, S, H) for the next hop, when this is not the last span

@@ -111,7 +111,7 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("protocol_version", "session_id", "package_id", "route", "max_length", "sampling", "return_logits", "origin", "wire_dtype")
+    __slots__ = ("protocol_version", "session_id", "package_id", "route", "max_length", "sampling", "return_logits", "origin", "wire_dtype", "ring_head", "prefill_chunk")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,8 @@ class OpenSession(_message.Message):
     RETURN_LOGITS_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    RING_HEAD_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_CHUNK_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     session_id: str
     package_id: str
@@ -130,7 +132,15 @@ class OpenSession(_message.Message):
     return_logits: bool
     origin: Origin
     wire_dtype: str
-    def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., package_id: _Optional[str] = ..., route: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ..., max_length: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., return_logits: _Optional[bool] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
+    ring_head: Hop
+    prefill_chunk: int
+    def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., package_id: _Optional[str] = ..., route: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ..., max_length: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., return_logits: _Optional[bool] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., wire_dtype: _Optional[str] = ..., ring_head: _Optional[_Union[Hop, _Mapping]] = ..., prefill_chunk: _Optional[int] = ...) -> None: ...
+
+class ReturnLink(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class Origin(_message.Message):
     __slots__ = ("credential", "route")
@@ -147,20 +157,24 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("step", "position", "tokens", "hidden", "follow", "stop_ids")
+    __slots__ = ("step", "position", "tokens", "hidden", "follow", "stop_ids", "partial", "timings")
     STEP_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     STOP_IDS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
     step: int
     position: int
     tokens: TokenIds
     hidden: Tensor
     follow: int
     stop_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., follow: _Optional[int] = ..., stop_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    partial: bool
+    timings: _containers.RepeatedCompositeFieldContainer[HopTiming]
+    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., follow: _Optional[int] = ..., stop_ids: _Optional[_Iterable[int]] = ..., partial: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ...) -> None: ...
 
 class Sealed(_message.Message):
     __slots__ = ("seq", "box")
@@ -171,14 +185,18 @@ class Sealed(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., box: _Optional[bytes] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("open", "step", "sealed")
+    __slots__ = ("open", "step", "sealed", "attach", "returned")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     SEALED_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_FIELD_NUMBER: _ClassVar[int]
     open: OpenSession
     step: Step
     sealed: Sealed
-    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ...) -> None: ...
+    attach: ReturnLink
+    returned: StepResult
+    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ..., attach: _Optional[_Union[ReturnLink, _Mapping]] = ..., returned: _Optional[_Union[StepResult, _Mapping]] = ...) -> None: ...
 
 class Opened(_message.Message):
     __slots__ = ("node_ids",)
