@@ -52,14 +52,18 @@ def one_way_ms(peer: PeerView) -> float:
     return max(peer.latency_ms, 0.0) / 2
 
 
+def token_ms(route: Sequence[PeerView], path: ReturnPath = "ring") -> float:
+    """Expected decode time per token along `route` (`swarm/latency.py`): every stage, and the
+    links a token crosses on the return `path`, each half the client's round trip to its node."""
+    return token_time_ms([stage_ms(p) for p in route], [one_way_ms(p) for p in route], path)
+
+
 def route_ms(route: Sequence[PeerView], path: ReturnPath = "ring") -> float:
-    """What `plan_route` minimises: the per-token time of `route` (`swarm/latency.py`: every stage
-    plus the links a token crosses on `path`), plus the client's own round trip to the first
+    """What `plan_route` minimises: `token_ms`, plus the client's own round trip to the first
     node, which a generation waits for once (its prompt out, its first token back) unless the
     client is on every token's path anyway."""
-    per_token = token_time_ms([stage_ms(p) for p in route], [one_way_ms(p) for p in route], path)
     client = max(route[0].latency_ms, 0.0) if route and path != "client" else 0.0
-    return per_token + client
+    return token_ms(route, path) + client
 
 
 def _added_ms(peer: PeerView, first: bool, last: bool, path: ReturnPath) -> float:
