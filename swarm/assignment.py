@@ -12,7 +12,11 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from swarm.latency import link_wait_ms
+
 UNKNOWN_LAYER_MS = 1.0  # per-layer step time assumed for a node that has not measured itself
+# a longer span for slow links must save at least this share of a token's time (measured links are noisy)
+LINK_MIN_GAIN = 0.2
 
 
 @dataclass(frozen=True)
@@ -54,14 +58,73 @@ def capacity(num_layers: int, served: Sequence[Served]) -> list[float]:
 
 
 def choose_span(
-    block_edges: Sequence[int], served: Sequence[tuple[int, int] | Served], max_layers: int | None = None
-) -> tuple[int, int]:
+    block_edges: Sequence[int], served: Sequence[tuple[int, int] | Served], max_layers: int | None = None,
+    layer_ms: float = 0.0, link_ms: float = 0.0,
+) -> tuple[int, int]:  # fmt: skip
     """A span `[start, end)` on block edges for a node joining a swarm that serves `served`:
     the block with the least capacity (uncovered blocks have none), grown over neighbouring
-    blocks that are as poor, as far as `max_layers` allows (always at least one block)."""
+    blocks that are as poor, as far as `max_layers` allows (always at least one block).
+
+    With the node's `layer_ms` and the swarm's link round trip `link_ms` known, the span grows
+    further (still over the scarcest blocks, within `max_layers`) when that takes links off the
+    fastest route: the one-way link time a token saves, net of the compute and the capacity it
+    costs, must be a clear share of the token's time (`_longer_span`). With fast links that
+    saves little, and the span is the one above."""
     edges = list(block_edges)
     spans = [s if isinstance(s, Served) else Served(*s) for s in served]
-    return _scarcest_span(edges, capacity(edges[-1], spans), max_layers)
+    scarcest = _scarcest_span(edges, capacity(edges[-1], spans), max_layers)
+    if layer_ms <= 0 or link_ms <= 0:
+        return scarcest
+    return _longer_span(edges, spans, scarcest, max_layers, layer_ms, link_ms / 2)
+
+
+def route_time(block_edges: Sequence[int], served: Sequence[Served], one_way_ms: float) -> tuple[float, float]:
+    """(compute, links) in ms per token along the fastest chain of `served` (`swarm/latency.py`: a
+    ring of alike links, `one_way_ms` each); infinite compute when no chain covers every layer."""
+    num_layers = block_edges[-1]
+    best: dict[int, tuple[float, float, int]] = {0: (0.0, 0.0, 0)}  # layer -> (time, compute, stages) to it
+    for edge in sorted({0, *(s.start for s in served)}):
+        if edge not in best:
+            continue
+        time, compute, stages = best[edge]
+        for s in served:
+            if s.start != edge or not edge < s.end <= num_layers:
+                continue
+            step_ms = s.step_ms if s.step_ms > 0 else UNKNOWN_LAYER_MS * (s.end - s.start)
+            link = 0.0 if edge == 0 and s.end == num_layers else one_way_ms  # the ring enters each stage once
+            if s.end not in best or time + step_ms + link < best[s.end][0]:
+                best[s.end] = (time + step_ms + link, compute + step_ms, stages + 1)
+    if num_layers not in best:
+        return float("inf"), 0.0
+    _, compute, stages = best[num_layers]
+    return compute, link_wait_ms([one_way_ms] * stages)
+
+
+def _longer_span(edges: list[int], served: list[Served], scarcest: tuple[int, int], max_layers: int | None,
+                 layer_ms: float, one_way_ms: float) -> tuple[int, int]:  # fmt: skip
+    """The span around `scarcest` that saves a token the most link time on the fastest route, net
+    of what it adds to the token's compute and to the swarm's slowest stage (a longer span is a
+    longer step: less capacity for the blocks this node came to relieve). Savings in compute or
+    at the slowest stage do not count: they are the capacity rule's business. `scarcest` itself
+    when none saves at least `LINK_MIN_GAIN` of the token's time (compute + links) net."""
+    def joined(span: tuple[int, int]) -> tuple[float, float, float]:
+        spans = [*served, Served(*span, layer_ms * (span[1] - span[0]))]
+        return *route_time(edges, spans, one_way_ms), bottleneck_ms(edges[-1], spans)
+
+    base_compute, base_links, base_slowest = joined(scarcest)
+    if base_compute == float("inf"):
+        return scarcest  # layers stay uncovered whatever this node takes: covering comes first
+    best, best_gain = scarcest, LINK_MIN_GAIN * (base_compute + base_links)
+    wider = [(a, b) for a in edges if a <= scarcest[0] for b in edges if b >= scarcest[1]
+             if (a, b) != scarcest and (max_layers is None or b - a <= max_layers)]  # fmt: skip
+    for span in sorted(wider, key=lambda s: (s[1] - s[0], s)):
+        compute, links, slowest = joined(span)
+        if compute == float("inf"):
+            continue  # its ends meet no one else's: no route through it
+        gain = (base_links - links) - max(compute - base_compute, 0.0) - max(slowest - base_slowest, 0.0)
+        if gain > best_gain:
+            best, best_gain = span, gain
+    return best
 
 
 def _scarcest_span(edges: list[int], layer_capacity: list[float], max_layers: int | None) -> tuple[int, int]:

@@ -27,6 +27,7 @@ from swarm.environment import env_mdns_interfaces, load_swarm_key
 from swarm.errors import NoRouteError, PeerUnavailable, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.keys import Identity, SwarmKey
+from swarm.latency import ReturnPath
 from swarm.package import Manifest
 from swarm.peers import PeerProbe, checked_manifest, only_model
 from swarm.recovery import Bans, RecoveringSession
@@ -126,7 +127,9 @@ class AsyncSwarm:
         peers = [
             replace(p, sessions=p.sessions + mine.get(p.node_id, 0)) for p in self.peers if p.node_id not in banned
         ]
-        return plan_route(peers, self.manifest.num_layers, machines)
+        # with the node loop the token rings (last node -> first node); without it, via this client
+        path: ReturnPath = "ring" if self.config.node_loop else "client"
+        return plan_route(peers, self.manifest.num_layers, machines, path)
 
     async def open_session(
         self,
