@@ -147,10 +147,10 @@ class ReturnSlot:
 
     def attach(self, caller_node_id: str | None) -> None:
         """The return link of the last node arrived (`caller_node_id`: whom its credential proves)."""
-        if self.attached:
-            raise InvalidRequest("this session already has its return link")
         if caller_node_id is not None and caller_node_id != self.last_hop.node_id:
             raise InvalidRequest("only the last node of the session's route may return its results")
+        if self.attached:
+            raise InvalidRequest("this session already has its return link")
         self.attached = True
 
     def expect(self, step: int) -> None:

@@ -127,8 +127,9 @@ class AsyncSwarm:
         peers = [
             replace(p, sessions=p.sessions + mine.get(p.node_id, 0)) for p in self.peers if p.node_id not in banned
         ]
-        # with the node loop the token rings (last node -> first node); without it, via this client
-        path: ReturnPath = "ring" if self.config.node_loop else "client"
+        # with the node loop the token rings (last node -> first node) or, with the ring off, comes
+        # back up through the stages; without the loop, via this client
+        path: ReturnPath = "client" if not self.config.node_loop else "ring" if self.config.token_ring else "stages"
         return plan_route(peers, self.manifest.num_layers, machines, path)
 
     async def open_session(

@@ -5,9 +5,9 @@ The model's inputs are what a planner would measure: each node's own step time t
 Its prediction, Σ (step + HOP_MS) + links crossed x RTT/2, is held against the median time
 between decoded tokens at 0 and 10 ms round trips.
 
-RETURN_PATH is the path the swarm takes today: the node loop sends each sampled token back up
-through every stage (2(N-1) one-way links per token); when the direct return lands (N links),
-this becomes "ring" and the test below says so if it is not changed.
+RETURN_PATH is the path the swarm takes by default: the token ring (the last node sends each
+sampled token straight to the first, N one-way links per token); the test checks that the extra
+round trip adds the ring's links, not the 2(N-1) of the path back up through the stages.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
 from tests.helpers import LocalCluster
 from tests.unit.test_links import ping_pong_rtts
 
-RETURN_PATH: ReturnPath = "stages"
+RETURN_PATH: ReturnPath = "ring"
 SPANS = [(0, 2), (2, 3), (3, 5)]
 TOKENS = 40
 WARM_UP = 3  # the first decode steps after the prefill are slower (caches, thread wake-ups)

@@ -144,7 +144,24 @@ def bad_requests(
     second = open_message(package, nodes, 1)
     bad_length = to_wire(HIDDEN)
     bad_length.data = bad_length.data[:-4]
+    def ringed(first: int, head: pb.Hop, **fields: object) -> pb.SessionRequest:
+        request = open_message(package, nodes, first, **fields)
+        request.open.ring_head.CopyFrom(head)
+        return request
+
+    elsewhere = pb.Hop(address="127.0.0.1:1", node_id="f" * 24)
     return {
+        "chunks without the ring": (0, [open_message(package, nodes, 0, prefill_chunk=4)], "on a ring only"),
+        "ring headed by another node": (0, [ringed(0, elsewhere)], "must be the route's first node"),
+        "ring head without its id": (1, [ringed(1, pb.Hop(address=nodes[0].address))], "must name its node id"),
+        "ring head without an address": (0, [ringed(0, pb.Hop())], "needs an address"),
+        "partial step from a client": (0, [open_message(package, nodes, 0), token_step([5], partial=True)],
+                                       "between the nodes of a ring only"),
+        "partial step on a chain": (1, [second, hidden_step(to_wire(HIDDEN), partial=True)], "of a ring only"),
+        "too many hop timings": (1, [second, hidden_step(to_wire(HIDDEN), timings=[pb.HopTiming()] * 6)],
+                                 "at most 5 hop timings"),
+        "return link of no session": (0, [pb.SessionRequest(attach=pb.ReturnLink(session_id="nobody"))],
+                                      "no session here awaits a return link"),
         "step before open": (1, [hidden_step(to_wire(HIDDEN))], "must start with OpenSession"),
         "wrong package": (1, [open_message(package, nodes, 1, package_id="f" * 64)], "this node serves model"),
         "wrong protocol": (1, [open_message(package, nodes, 1, protocol_version=7)], "protocol version 7"),

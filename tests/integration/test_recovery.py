@@ -134,6 +134,29 @@ def test_kill_a_node_during_prefill(replicated: list[NodeProcess], expected: dic
     assert len(stats.recoveries) >= 1
 
 
+@pytest.mark.parametrize("hop", [1, 2], ids=["middle", "last"])
+def test_kill_a_node_during_a_chunked_prefill(replicated: list[NodeProcess], expected: dict[str, list[int]],
+                                              stories_package: ModelPackage, hop: int) -> None:  # fmt: skip
+    # the prompt flows on in chunks of 4; the victim, stopped, holds some of them when it dies, and
+    # the new route is replayed in the same chunks: the local runner's tokens, cut the same way
+    request = GenerationRequest(tuple(expected["prompt"]), 60, stop_on_eos=False)
+    with LocalModel(stories_package, prefill_chunk=4) as local:
+        want = list(local.generate_ids(request))
+    with Swarm(peers=[n.address for n in replicated], min_step_deadline_s=1.0, open_deadline_s=1.0,
+               prefill_chunk=4) as swarm:  # fmt: skip
+        stats = GenerationStats()
+        victim = next(n for n in replicated if n.address == swarm.swarm.route()[hop].address)
+        victim.signal(signal.SIGSTOP)
+        tokens = []
+        for token in swarm.generate_ids(request, stats):
+            if not tokens:
+                victim.signal(signal.SIGKILL)
+            tokens.append(token)
+    assert len(expected["prompt"]) > 3 * 4  # several chunks
+    assert tokens == want
+    assert len(stats.recoveries) >= 1
+
+
 def test_a_paused_node_is_routed_around(replicated: list[NodeProcess], expected: dict[str, list[int]]) -> None:
     stats = generate_with_fault(replicated, expected, hop=1, after=10, fault=signal.SIGSTOP)
     assert 1.0 <= stats.recoveries[0] < 4.0  # the step deadline, then the reroute
