@@ -58,6 +58,8 @@ class GenerationStats:
     ttft_s: float = 0.0  # prompt submitted -> first token back
     decode_s: float = 0.0  # first token -> last token
     step_s: list[float] = field(default_factory=list)  # each decode step's latency
+    # each step's compute on each hop of its route, ms, as the nodes timed it (StepResult.timings)
+    hop_ms: list[list[float]] = field(default_factory=list)
     route: list[str] = field(default_factory=list)  # who ran which layers (the last route, after recoveries)
     recoveries: list[float] = field(default_factory=list)  # seconds each reroute + replay took
     context_note: str = ""  # what a chat left out to fit the context (swarm.conversation)

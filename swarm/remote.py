@@ -153,6 +153,7 @@ class RemoteSession:
         self.length += tokens
         if reply.result.HasField("logits"):
             self.last_logits = from_wire(reply.result.logits, (None,))
+        self._stats.hop_ms.append([t.compute_ms for t in reply.result.timings[: len(self.route)]])
         token = int(reply.result.token)
         if token in self._stop_ids:
             self._following = 0  # the first node stopped there

@@ -60,7 +60,11 @@ def test_a_chunked_prefill_gives_the_local_runners_tokens_cut_the_same_way(
         expected = list(local.generate_ids(request))
     with emulated_links(cluster.addresses, LinkProfile()) as (addresses, links):
         with Swarm(peers=addresses, prefill_chunk=chunk) as swarm:
-            assert list(swarm.generate_ids(request)) == expected
+            stats = GenerationStats()
+            assert list(swarm.generate_ids(request, stats)) == expected
+        # every step's result came round the ring with each hop's own compute time, in route order
+        assert [len(hops) for hops in stats.hop_ms] == [3] * 30
+        assert all(ms > 0 for hops in stats.hop_ms for ms in hops)
         forwarded = links.stats()[1].forward.bytes
     # the chunks went on one by one: each a message of its own to the second node
     assert forwarded >= len(PROMPT) * 64 * 4
