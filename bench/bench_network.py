@@ -9,11 +9,11 @@ too). At each round trip: greedy generations (`--prompt-tokens`, `--new-tokens`)
 ring (the default) and on the chain it replaced (`token_ring=False`: the token comes back up
 through every stage), timed by the SDK's GenerationStats. The bound is the per-token time model
 (swarm/latency.py): the stages' compute (the median over decode steps of Σ the hops' own
-compute times, which every result carries) plus the ring's N one-way links. With `--llamacpp GGUF`, llama.cpp's RPC backend runs the same
-points in the same run (bench/llamacpp_rpc.py: N rpc-servers behind the same relays). With
-`--prefill`, the time to first token of a long prompt on 3 nodes, chunked and pipelined against
-one chunk, at 5 ms / 100 Mbit/s and at 50 Mbit/s. Writes the "network" section of
-docs/BENCHMARKS.md.
+compute times, which every result carries) plus the ring's N one-way links. With `--llamacpp
+GGUF`, llama.cpp's RPC backend runs the same points in the same run (bench/llamacpp_rpc.py: N
+rpc-servers behind the same relays). With `--prefill`, the time to first token of a long prompt
+on 3 nodes, chunked and pipelined against one chunk, at 5 ms / 100 Mbit/s and at 50 Mbit/s.
+Writes the "network" section of docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -164,8 +164,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
     lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}). Node processes on one shared 2-core machine, "
              f"{result['threads']} thread each, every link (the client's too) behind a bench/links.py relay holding "
              f"each chunk RTT/2 each way. Greedy, {result['prompt_tokens']}-token prompt, {result['new_tokens']} new "
-             f"tokens, {result['generations']} timed generations per point after one warm-up. Bound: Σ the hops' compute "
-             "(median over decode steps, as the nodes timed it) + N one-way links (the ring). `ring`: the token goes "
+             f"tokens, {result['generations']} timed generations per point after one warm-up. "
+             "Bound: Σ the hops' compute (median over decode steps, as the nodes timed it) + N one-way links "
+             "(the ring). `ring`: the token goes "
              "last node → first node; `chain`: back up through every stage (the path before the ring).", ""]
     for model in result["models"]:
         lines += [f"**{model['model']}**", "",
