@@ -35,7 +35,7 @@ from contextlib import contextmanager  # noqa: E402
 
 from bench.baselines import DEFAULT_CACHE  # noqa: E402
 from bench.bench_local import checkpoint, export, export_with  # noqa: E402
-from bench.links import LinkProfile, emulated_links  # noqa: E402
+from bench.links import LinkProfile, emulated_links, measured_one_way_s  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 from bench.soak import Node  # noqa: E402
 from swarm import Swarm  # noqa: E402
@@ -116,14 +116,16 @@ def sweep_swarm(package: Path, nodes: int, rtts: list[float], args: argparse.Nam
     with node_processes(package, spans) as targets:
         compute = stage_ms(targets)
         for rtt in rtts:
-            with emulated_links(targets, LinkProfile(delay_s=rtt / 2000)) as (addresses, _):
+            profile = LinkProfile(delay_s=rtt / 2000)
+            one_way_ms = measured_one_way_s(profile) * 1000  # the emulated link as a ping through it sees it
+            with emulated_links(targets, profile) as (addresses, _):
                 for mode, options in MODES.items():
                     if nodes == 1 and mode == "chain":
                         continue  # one node: no link to return the token over
                     row = generations(addresses, prompt, args.new_tokens, args.generations, **options)
-                    bound = row["compute_ms"] + links_crossed(nodes, "ring") * rtt / 2
+                    bound = row["compute_ms"] + links_crossed(nodes, "ring") * one_way_ms
                     rows.append({"engine": f"swarm {mode}", "nodes": nodes, "rtt_ms": rtt, "bound_ms": bound,
-                                 "stage_ms": compute, **row})  # fmt: skip
+                                 "one_way_ms": one_way_ms, "stage_ms": compute, **row})  # fmt: skip
                     print(json.dumps({k: v for k, v in rows[-1].items() if k != "tokens"}), file=sys.stderr)
     return rows
 
@@ -166,7 +168,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
              f"each chunk RTT/2 each way. Greedy, {result['prompt_tokens']}-token prompt, {result['new_tokens']} new "
              f"tokens, {result['generations']} timed generations per point after one warm-up. "
              "Bound: Σ the hops' compute (median over decode steps, as the nodes timed it) + N one-way links "
-             "(the ring). `ring`: the token goes "
+             "(the ring), each as a ping through the relay measures it (the nominal RTT/2 + 0.1–0.5 ms of relay). "
+             "`ring`: the token goes "
              "last node → first node; `chain`: back up through every stage (the path before the ring).", ""]
     for model in result["models"]:
         lines += [f"**{model['model']}**", "",

@@ -19,7 +19,11 @@ import asyncio
 import contextlib
 import random
 import signal
+import socket
+import socketserver
+import statistics
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -137,6 +141,8 @@ class Relay:
         ]
         try:
             await asyncio.wait(pumps)
+        except asyncio.CancelledError:
+            pass  # the emulator is closing; a cancelled handler would have start_server log a traceback
         finally:
             for task in pumps:
                 task.cancel()
@@ -196,6 +202,48 @@ def emulated_links(targets: list[str], profile: LinkProfile) -> Iterator[tuple[l
     """A relay in front of each target: the addresses to dial, and the emulator (for its counts)."""
     with LinkEmulator() as links:
         yield [links.relay(t, profile) for t in targets], links
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+def _ping_pongs(address: str, count: int) -> list[float]:
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rtts = []
+        for i in range(count):
+            started = time.perf_counter()
+            sock.sendall(bytes([i % 256]) * 16)
+            got = b""
+            while len(got) < 16:
+                got += sock.recv(16 - len(got))
+            rtts.append(time.perf_counter() - started)
+    return rtts
+
+
+def measured_one_way_s(profile: LinkProfile, pings: int = 30) -> float:
+    """What one crossing of a relay with `profile` takes on this machine beyond loopback: half the
+    median ping-pong through it less half the direct one. It includes the relay's own hop and its
+    timers' lateness (a sleep wakes up to a millisecond late), so it is the latency a token really
+    waits for on the emulated link, which a bound should use rather than the nominal delay."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        echo = f"127.0.0.1:{server.server_address[1]}"
+        with LinkEmulator() as links:
+            relayed = statistics.median(_ping_pongs(links.relay(echo, profile), pings))
+        direct = statistics.median(_ping_pongs(echo, pings))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    return max(relayed - direct, 0.0) / 2
 
 
 def main() -> None:
