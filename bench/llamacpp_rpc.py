@@ -153,11 +153,26 @@ def prompt_ids(vocab: int, length: int) -> list[int]:
     return [3 + (i * 7919) % (vocab - 3) for i in range(length)]
 
 
-def load(gguf: Path, threads: int, n_ctx: int, offload: bool, verbose: bool = False) -> Any:
+def load(gguf: Path, threads: int, n_ctx: int, n_gpu_layers: int, verbose: bool = False) -> Any:
     from llama_cpp import Llama
 
     return Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, n_threads_batch=threads,
-                 n_gpu_layers=-1 if offload else 0, verbose=verbose)  # fmt: skip
+                 n_gpu_layers=n_gpu_layers, verbose=verbose)  # fmt: skip
+
+
+def offloaded_layers(gguf: Path, host_share: int) -> int:
+    """n_gpu_layers: all (-1), or all but the first 1/host_share of the blocks, which stay on this host.
+
+    llama.cpp counts the output layer as one more offloadable layer and keeps the first
+    n_layer + 1 - n_gpu_layers blocks on the CPU.
+    """
+    if host_share <= 0:
+        return -1
+    from llama_cpp import Llama
+
+    meta = Llama(model_path=str(gguf), vocab_only=True, verbose=False).metadata
+    n_layer = int(meta[f"{meta['general.architecture']}.block_count"])
+    return n_layer + 1 - round(n_layer / host_share)
 
 
 def greedy(llm: Any, prompt: list[int], tokens: int, links: Any = None) -> tuple[list[int], float, list[float], Any]:
@@ -197,11 +212,11 @@ def perplexity(gguf: Path, llm_for_ids: Any) -> float:
 def client(args: argparse.Namespace) -> dict[str, Any]:
     from bench.links import LinkProfile, emulated_links
 
-    gguf, endpoints = Path(args.gguf), args.servers.split(",")
+    gguf, endpoints = Path(args.gguf), [e for e in args.servers.split(",") if e]
     n_ctx = max(256, args.prompt_tokens + args.new_tokens + 8)
     result: dict[str, Any] = {}
     if args.validate or args.perplexity:  # before any RPC device exists: plain local llama.cpp
-        local = load(gguf, args.threads, n_ctx, offload=False)
+        local = load(gguf, args.threads, n_ctx, n_gpu_layers=0)
         prompt = prompt_ids(local.n_vocab(), args.prompt_tokens)
         result["local_tokens"] = greedy(local, prompt, args.new_tokens)[0]
         if args.perplexity:
@@ -212,7 +227,7 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
         register_servers(addresses)
         print(LOAD_MARK, file=sys.stderr, flush=True)
         t = time.perf_counter()
-        llm = load(gguf, args.threads, n_ctx, offload=True, verbose=True)
+        llm = load(gguf, args.threads, n_ctx, offloaded_layers(gguf, args.host_share), verbose=True)
         result["load_s"] = round(time.perf_counter() - t, 3)
         result["load_bytes_to_servers"] = sum(s["fwd_bytes"] for s in snapshot(links))
         prompt = prompt_ids(llm.n_vocab(), args.prompt_tokens)
@@ -243,19 +258,24 @@ def measure_llamacpp_rpc(
     generations: int = 3,
     validate: bool = False,
     with_perplexity: bool = False,
+    host_share: bool = False,
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """llama.cpp RPC with `nodes` rpc-servers behind links of `rtt_ms` round trip each.
 
     Returns decode_tok_s, tpot_ms_p50/p95, ttft_ms_p50/p95, per-link counts per decode token
     ("links"), the layers each device got ("layers_per_device"), the greedy tokens, and with
-    `validate` whether they equal local llama.cpp's ("matches_local_greedy").
+    `validate` whether they equal local llama.cpp's ("matches_local_greedy"). With `host_share`
+    the client is one of the nodes: nodes - 1 rpc-servers, and the client keeps the first
+    1/nodes of the layers on its own CPU (mesh-llm's setup: the host runs a share itself).
     """
     gguf = Path(gguf_path).resolve()
-    with tempfile.TemporaryDirectory(prefix="llamacpp-rpc-") as tmp, rpc_servers(nodes, threads, Path(tmp)) as eps:
+    servers = nodes - 1 if host_share else nodes
+    with tempfile.TemporaryDirectory(prefix="llamacpp-rpc-") as tmp, rpc_servers(servers, threads, Path(tmp)) as eps:
         cmd = [sys.executable, str(Path(__file__).resolve()), "client", str(gguf), "--servers", ",".join(eps),
                "--rtt-ms", str(rtt_ms), "--prompt-tokens", str(prompt_tokens), "--new-tokens", str(new_tokens),
-               "--threads", str(threads), "--generations", str(generations)]  # fmt: skip
+               "--threads", str(threads), "--generations", str(generations),
+               "--host-share", str(nodes if host_share else 0)]  # fmt: skip
         cmd += ["--validate"] if validate else []
         cmd += ["--perplexity"] if with_perplexity else []
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -267,9 +287,11 @@ def measure_llamacpp_rpc(
         result: dict[str, Any] = json.loads(lines[-1][len(RESULT_MARK) :])
     log = done.stderr.split(LOAD_MARK, 1)[-1]
     result["layers_per_device"] = layer_devices(log)
-    if set(result["layers_per_device"]) != {f"RPC{i}" for i in range(nodes)}:
-        raise RuntimeError(f"layers did not land on the {nodes} RPC devices: {result['layers_per_device']}")
+    expected = {f"RPC{i}" for i in range(servers)} | ({"CPU"} if host_share else set())
+    if set(result["layers_per_device"]) != expected:
+        raise RuntimeError(f"layers did not land on {sorted(expected)}: {result['layers_per_device']}")
     return {"engine": "llama.cpp RPC", "gguf": str(gguf), "nodes": nodes, "rtt_ms": rtt_ms,
+            "setup": "host + rpc-servers" if host_share else "rpc-servers",
             "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "threads": threads,
             "generations": generations, **result}  # fmt: skip
 
@@ -305,10 +327,13 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("_", choices=["client"])
         p.add_argument("--servers", required=True, help="host:port,... of the rpc-servers")
         p.add_argument("--rtt-ms", type=float, default=0.0)
+        p.add_argument("--host-share", type=int, default=0, help="keep 1/N of the layers here (0: none)")
     else:
         p.add_argument("--nodes", default="1,2,3,4")
         p.add_argument("--rtt-ms", default="0,2,5,10,20,40")
         p.add_argument("--out", type=Path, help="write the rows as JSON here")
+        host = "the client is a node too: N-1 rpc-servers, the client runs the first 1/N of the layers"
+        p.add_argument("--host-share", action="store_true", help=host)
     p.add_argument("gguf", help="GGUF file")
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=32)
@@ -322,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = sweep(Path(a.gguf), parse_list(a.nodes, int), parse_list(a.rtt_ms, float),
                  prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, threads=a.threads,
-                 generations=a.generations, validate=a.validate, with_perplexity=a.perplexity)  # fmt: skip
+                 generations=a.generations, validate=a.validate, with_perplexity=a.perplexity,
+                 host_share=a.host_share)  # fmt: skip
     text = json.dumps({"command": "python bench/llamacpp_rpc.py " + " ".join(argv), "rows": rows}, indent=2)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
