@@ -43,7 +43,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.rpc_summary import decode_summary, layer_devices, link_counts  # noqa: E402
+from bench.rpc_summary import Replies, decode_summary, layer_devices, link_counts  # noqa: E402
 
 RESULT_MARK = "RPC-RESULT "
 LOAD_MARK = "RPC-LOAD-START"
@@ -197,8 +197,44 @@ def greedy(llm: Any, prompt: list[int], tokens: int, links: Any = None) -> tuple
 def snapshot(links: Any) -> list[dict[str, int]]:
     if links is None:
         return []
+    replies = getattr(links, "replies", None)
     return [{"fwd_chunks": s.forward.chunks, "fwd_bytes": s.forward.bytes, "back_chunks": s.backward.chunks,
-             "back_bytes": s.backward.bytes, "connections": s.connections} for s in links.stats()]  # fmt: skip
+             "back_bytes": s.backward.bytes, "connections": s.connections,
+             "replies": replies.replies[i] if replies else 0} for i, s in enumerate(links.stats())]  # fmt: skip
+
+
+class _NotingReader:
+    """A stream reader that tells `note` whenever a read brought data."""
+
+    def __init__(self, reader: Any, note: Any) -> None:
+        self.reader, self.note = reader, note
+
+    async def read(self, n: int) -> bytes:
+        data: bytes = await self.reader.read(n)
+        if data:
+            self.note()
+        return data
+
+
+def count_replies(links: Any) -> None:
+    """Make `links` count each link's replies (bench.rpc_summary.Replies): the round trips waited.
+
+    The rpc-server only ever answers, so every run of server -> client chunks after client ->
+    server ones is the reply to a command the client waits for.
+    """
+    import bench.links
+
+    links.replies = Replies()
+    plain = bench.links.pump
+
+    async def pump(reader: Any, writer: Any, schedule: Any, counts: Any) -> None:
+        for i, relay in enumerate(links.relays):
+            if counts is relay.stats.forward or counts is relay.stats.backward:
+                back = counts is relay.stats.backward
+                reader = _NotingReader(reader, lambda i=i, back=back: links.replies.saw(i, back))
+        await plain(reader, writer, schedule, counts)
+
+    bench.links.pump = pump
 
 
 def perplexity(gguf: Path, llm_for_ids: Any) -> float:
@@ -210,7 +246,7 @@ def perplexity(gguf: Path, llm_for_ids: Any) -> float:
 
 
 def client(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.links import LinkProfile, emulated_links
+    from bench.links import LinkEmulator, LinkProfile
 
     gguf, endpoints = Path(args.gguf), [e for e in args.servers.split(",") if e]
     n_ctx = max(256, args.prompt_tokens + args.new_tokens + 8)
@@ -223,7 +259,9 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
             result["perplexity_local"] = round(perplexity(gguf, local), 4)
         del local
     profile = LinkProfile(delay_s=args.rtt_ms / 2e3)
-    with emulated_links(endpoints, profile) as (addresses, links):
+    with LinkEmulator() as links:
+        count_replies(links)
+        addresses = [links.relay(e, profile) for e in endpoints]
         register_servers(addresses)
         print(LOAD_MARK, file=sys.stderr, flush=True)
         t = time.perf_counter()

@@ -44,10 +44,23 @@ def link_counts(windows: Sequence[tuple[Sequence[dict[str, int]], Sequence[dict[
     for i in range(links):
         total = Counter[str]()
         for before, after in windows:
-            for key in ("fwd_chunks", "fwd_bytes", "back_chunks", "back_bytes"):
-                total[key] += after[i][key] - before[i][key]
+            for key in ("fwd_chunks", "fwd_bytes", "back_chunks", "back_bytes", "replies"):
+                total[key] += after[i].get(key, 0) - before[i].get(key, 0)
         out.append({f"{k}_per_token": round(v / tokens, 2) for k, v in sorted(total.items())})
     return out
+
+
+class Replies:
+    """Per link, the runs of server -> client chunks that follow client -> server ones: the replies."""
+
+    def __init__(self) -> None:
+        self.replies: Counter[int] = Counter()
+        self.last_back: dict[int, bool] = {}
+
+    def saw(self, link: int, back: bool) -> None:
+        if back and self.last_back.get(link) is False:
+            self.replies[link] += 1
+        self.last_back[link] = back
 
 
 def layer_devices(log: str) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.rpc_summary import decode_summary, layer_devices, link_counts, rtt_slope
+from bench.rpc_summary import Replies, decode_summary, layer_devices, link_counts, rtt_slope
 
 
 def test_decode_rate_is_steps_over_their_time_and_the_median_run_wins() -> None:
@@ -23,20 +23,35 @@ def test_decode_summary_refuses_a_run_without_steps() -> None:
         decode_summary([0.1, 0.2], [[0.01], []])
 
 
-def snap(fwd_chunks: int, fwd_bytes: int, back_chunks: int, back_bytes: int) -> dict[str, int]:
+def snap(fwd_chunks: int, fwd_bytes: int, back_chunks: int, back_bytes: int, replies: int = 0) -> dict[str, int]:
     return {"fwd_chunks": fwd_chunks, "fwd_bytes": fwd_bytes, "back_chunks": back_chunks,
-            "back_bytes": back_bytes, "connections": 1}  # fmt: skip
+            "back_bytes": back_bytes, "connections": 1, "replies": replies}  # fmt: skip
 
 
 def test_link_counts_are_differences_within_the_windows_per_token() -> None:
     # two links; what crossed between runs (the prefill) is outside the windows and not counted
-    run1 = ([snap(10, 1000, 5, 500), snap(0, 0, 0, 0)], [snap(16, 1600, 8, 800), snap(4, 40, 2, 20)])
-    run2 = ([snap(100, 9000, 50, 5000), snap(9, 90, 9, 90)], [snap(106, 9600, 53, 5300), snap(13, 130, 11, 110)])
+    run1 = ([snap(10, 1000, 5, 500, 5), snap(0, 0, 0, 0)], [snap(16, 1600, 8, 800, 8), snap(4, 40, 2, 20)])
+    run2 = (
+        [snap(100, 9000, 50, 5000, 40), snap(9, 90, 9, 90)],
+        [snap(106, 9600, 53, 5300, 43), snap(13, 130, 11, 110)],
+    )
     per_link = link_counts([run1, run2], tokens=6)
     assert per_link[0] == {"back_bytes_per_token": 100.0, "back_chunks_per_token": 1.0,
-                           "fwd_bytes_per_token": 200.0, "fwd_chunks_per_token": 2.0}  # fmt: skip
+                           "fwd_bytes_per_token": 200.0, "fwd_chunks_per_token": 2.0,
+                           "replies_per_token": 1.0}  # fmt: skip
     assert per_link[1]["fwd_chunks_per_token"] == round(8 / 6, 2)
     assert per_link[1]["back_bytes_per_token"] == 6.67  # (20 + 20) / 6
+
+
+def test_replies_are_server_runs_after_client_chunks_per_link() -> None:
+    replies = Replies()
+    # link 0: command, reply in three chunks, two async commands, reply -> 2 replies
+    for back in (False, True, True, True, False, False, True):
+        replies.saw(0, back)
+    # link 1 interleaved: a reply seen before any command (cannot be one) is not counted
+    for back in (True, False, True):
+        replies.saw(1, back)
+    assert replies.replies == {0: 2, 1: 1}
 
 
 def test_layer_devices_reads_the_loaders_assignments() -> None:
