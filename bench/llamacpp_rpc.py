@@ -129,7 +129,8 @@ def rpc_servers(n: int, threads: int, log_dir: Path) -> Iterator[list[str]]:
         for i, port in enumerate(free_ports(n)):
             log = open(log_dir / f"rpc-server-{i}.log", "wb")  # noqa: SIM115 (the process owns it)
             cmd = [sys.executable, str(Path(__file__).resolve()), "serve", str(port), "--threads", str(threads)]
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env))
             log.close()
             wait_listening(port, procs[-1])
             endpoints.append(f"127.0.0.1:{port}")
