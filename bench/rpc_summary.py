@@ -79,3 +79,30 @@ def rtt_slope(rows: Sequence[dict[str, Any]], key: str = "tpot_ms_p50") -> dict[
         sxx = sum((x - mx) ** 2 for x, _ in pts)
         slopes[n] = round(sum((x - mx) * (y - my) for x, y in pts) / sxx, 3)
     return slopes
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per (nodes, RTT): the table's llama.cpp RPC columns, then the RTT slope per node count."""
+    lines = ["| nodes | RTT ms | decode tok/s | TPOT p50 / p95 ms | TTFT p50 ms | replies per token | greedy = local |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]  # fmt: skip
+    for r in rows:
+        replies = sum(link.get("replies_per_token", 0.0) for link in r.get("links", []))
+        matches = r.get("matches_local_greedy")
+        same = "-" if matches is None else "yes" if matches else "**no**"
+        lines.append(f"| {r['nodes']} | {r['rtt_ms']:g} | {r['decode_tok_s']:.1f} | {r['tpot_ms_p50']:.1f} / "
+                     f"{r['tpot_ms_p95']:.1f} | {r['ttft_ms_p50']:.0f} | {replies:g} | {same} |")  # fmt: skip
+    slopes = rtt_slope(rows)
+    if slopes:
+        lines += [
+            "",
+            "TPOT p50 slope (ms per ms of RTT): " + ", ".join(f"{n} nodes {s:.2f}" for n, s in slopes.items()),
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())["rows"]))

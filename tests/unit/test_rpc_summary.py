@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.rpc_summary import Replies, decode_summary, layer_devices, link_counts, rtt_slope
+from bench.rpc_summary import Replies, decode_summary, layer_devices, link_counts, markdown, rtt_slope
 
 
 def test_decode_rate_is_steps_over_their_time_and_the_median_run_wins() -> None:
@@ -70,3 +70,17 @@ def test_rtt_slope_counts_the_round_trips_a_token_waits_for() -> None:
     rows += [{"nodes": 1, "rtt_ms": r, "tpot_ms_p50": 5 + 1.5 * r} for r in (0, 20)]
     rows += [{"nodes": 2, "rtt_ms": 10, "tpot_ms_p50": 30}]
     assert rtt_slope(rows) == {1: 1.5, 3: 3.0}
+
+
+def test_the_markdown_table_sums_replies_over_links_and_flags_a_greedy_mismatch() -> None:
+    link = {"replies_per_token": 1.0}
+    rows = [
+        {"nodes": 2, "rtt_ms": 0.0, "decode_tok_s": 80.04, "tpot_ms_p50": 12.5, "tpot_ms_p95": 14.0,
+         "ttft_ms_p50": 300.4, "links": [link, link], "matches_local_greedy": True},
+        {"nodes": 2, "rtt_ms": 10.0, "decode_tok_s": 30.0, "tpot_ms_p50": 32.5, "tpot_ms_p95": 35.0,
+         "ttft_ms_p50": 410.0, "links": [link, link], "matches_local_greedy": False},
+    ]  # fmt: skip
+    lines = markdown(rows).splitlines()
+    assert lines[2] == "| 2 | 0 | 80.0 | 12.5 / 14.0 | 300 | 2 | yes |"
+    assert lines[3] == "| 2 | 10 | 30.0 | 32.5 / 35.0 | 410 | 2 | **no** |"
+    assert lines[-1] == "TPOT p50 slope (ms per ms of RTT): 2 nodes 2.00"
