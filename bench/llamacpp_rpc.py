@@ -259,7 +259,7 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
         if args.perplexity:
             result["perplexity_local"] = round(perplexity(gguf, local), 4)
         del local
-    profile = LinkProfile(delay_s=args.rtt_ms / 2e3)
+    profile = LinkProfile(delay_s=args.rtt_ms / 2e3, bandwidth_bps=args.mbit * 1e6 if args.mbit else None)
     with LinkEmulator() as links:
         count_replies(links)
         addresses = [links.relay(e, profile) for e in endpoints]
@@ -298,9 +298,11 @@ def measure_llamacpp_rpc(
     validate: bool = False,
     with_perplexity: bool = False,
     host_share: bool = False,
+    mbit: float | None = None,
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
-    """llama.cpp RPC with `nodes` rpc-servers behind links of `rtt_ms` round trip each.
+    """llama.cpp RPC with `nodes` rpc-servers behind links of `rtt_ms` round trip each (and `mbit`
+    Mbit/s each way, if given; the model's upload at load time crosses them too).
 
     Returns decode_tok_s, tpot_ms_p50/p95, ttft_ms_p50/p95, per-link counts per decode token
     ("links"), the layers each device got ("layers_per_device"), the greedy tokens, and with
@@ -317,6 +319,7 @@ def measure_llamacpp_rpc(
                "--host-share", str(nodes if host_share else 0)]  # fmt: skip
         cmd += ["--validate"] if validate else []
         cmd += ["--perplexity"] if with_perplexity else []
+        cmd += ["--mbit", str(mbit)] if mbit else []
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, env=env)
         lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_MARK)]
@@ -329,7 +332,7 @@ def measure_llamacpp_rpc(
     expected = {f"RPC{i}" for i in range(servers)} | ({"CPU"} if host_share else set())
     if set(result["layers_per_device"]) != expected:
         raise RuntimeError(f"layers did not land on {sorted(expected)}: {result['layers_per_device']}")
-    return {"engine": "llama.cpp RPC", "gguf": str(gguf), "nodes": nodes, "rtt_ms": rtt_ms,
+    return {"engine": "llama.cpp RPC", "gguf": str(gguf), "nodes": nodes, "rtt_ms": rtt_ms, "mbit": mbit,
             "setup": "host + rpc-servers" if host_share else "rpc-servers",
             "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "threads": threads,
             "generations": generations, **result}  # fmt: skip
@@ -374,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         host = "the client is a node too: N-1 rpc-servers, the client runs the first 1/N of the layers"
         p.add_argument("--host-share", action="store_true", help=host)
     p.add_argument("gguf", help="GGUF file")
+    p.add_argument("--mbit", type=float, default=None, help="bandwidth of every link, Mbit/s each way")
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="CPU threads of every process")
@@ -387,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = sweep(Path(a.gguf), parse_list(a.nodes, int), parse_list(a.rtt_ms, float),
                  prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, threads=a.threads,
                  generations=a.generations, validate=a.validate, with_perplexity=a.perplexity,
-                 host_share=a.host_share)  # fmt: skip
+                 host_share=a.host_share, mbit=a.mbit)  # fmt: skip
     text = json.dumps({"command": "python bench/llamacpp_rpc.py " + " ".join(argv), "rows": rows}, indent=2)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
