@@ -1,7 +1,7 @@
 """llama.cpp's RPC backend on emulated links: the llama.cpp baseline of issue 18's table.
 
     python bench/llamacpp_rpc.py GGUF --nodes 1,2,3,4 --rtt-ms 0,2,5,10,20,40 \
-        [--prompt-tokens 64 --new-tokens 32 --threads 1 --generations 3 --validate --perplexity]
+        [--prompt-tokens 64 --new-tokens 32 --threads 1 --generations 3 --validate --perplexity --host-share --mbit M]
 
 One point (N nodes, a per-hop round trip) is N `rpc-server` processes on 127.0.0.1, each behind a
 relay of bench/links.py that holds every chunk for RTT/2 each way, and one client process: the
