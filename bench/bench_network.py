@@ -13,7 +13,7 @@ compute times, which every result carries) plus the ring's N one-way links. With
 GGUF`, llama.cpp's RPC backend runs the same points in the same run (bench/llamacpp_rpc.py: N
 rpc-servers behind the same relays). With `--prefill`, the time to first token of a long prompt
 on 3 nodes, chunked and pipelined against one chunk, at 5 ms / 100 Mbit/s and at 50 Mbit/s.
-Writes the "network" section of docs/BENCHMARKS.md.
+Writes a "network-MODEL" section of docs/BENCHMARKS.md per model.
 """
 
 from __future__ import annotations
@@ -101,20 +101,12 @@ def generations(addresses: list[str], prompt: tuple[int, ...], new: int, count: 
     }
 
 
-def stage_ms(addresses: list[str]) -> list[float]:
-    """Each node's own decode step time through its span, as it measured and announces it."""
-    with Swarm(peers=addresses) as swarm:
-        route = swarm.swarm.route()
-    return [peer.step_ms for peer in route]
-
-
 def sweep_swarm(package: Path, nodes: int, rtts: list[float], args: argparse.Namespace) -> list[dict[str, Any]]:
     manifest = load_package(package).manifest
     prompt = prompt_of(manifest.architecture.vocab_size, args.prompt_tokens)
     spans = split_spans([0, *(b.end for b in manifest.blocks)], nodes)
     rows = []
     with node_processes(package, spans) as targets:
-        compute = stage_ms(targets)
         for rtt in rtts:
             profile = LinkProfile(delay_s=rtt / 2000)
             one_way_ms = measured_one_way_s(profile) * 1000  # the emulated link as a ping through it sees it
@@ -125,20 +117,26 @@ def sweep_swarm(package: Path, nodes: int, rtts: list[float], args: argparse.Nam
                     row = generations(addresses, prompt, args.new_tokens, args.generations, **options)
                     bound = row["compute_ms"] + links_crossed(nodes, "ring") * one_way_ms
                     rows.append({"engine": f"swarm {mode}", "nodes": nodes, "rtt_ms": rtt, "bound_ms": bound,
-                                 "one_way_ms": one_way_ms, "stage_ms": compute, **row})  # fmt: skip
+                                 "one_way_ms": one_way_ms, **row})  # fmt: skip
                     print(json.dumps({k: v for k, v in rows[-1].items() if k != "tokens"}), file=sys.stderr)
     return rows
 
 
 def sweep_llamacpp(gguf: Path, nodes: int, rtts: list[float], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """llama.cpp's RPC backend at the same points: N rpc-servers (the client only embeds and
+    samples, as ours does), and with `--host-share` also mesh-llm's setup (the client computes the
+    first 1/N of the layers itself, N-1 servers)."""
     from bench.llamacpp_rpc import measure_llamacpp_rpc
 
+    setups = {"llama.cpp RPC": False, **({"llama.cpp RPC, host + N-1": True} if args.host_share and nodes > 1 else {})}
     rows = []
     for rtt in rtts:
-        row = measure_llamacpp_rpc(gguf, nodes, rtt, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                                   threads=args.threads, generations=args.generations)  # fmt: skip
-        rows.append({"engine": "llama.cpp RPC", **row, "ttft_ms": row.get("ttft_ms_p50", 0.0)})
-        print(json.dumps({k: rows[-1][k] for k in ("engine", "nodes", "rtt_ms", "tpot_ms_p50")}), file=sys.stderr)
+        for engine, host_share in setups.items():
+            row = measure_llamacpp_rpc(gguf, nodes, rtt, prompt_tokens=args.prompt_tokens,
+                                       new_tokens=args.new_tokens, threads=args.threads,
+                                       generations=args.generations, host_share=host_share)  # fmt: skip
+            rows.append({**row, "engine": engine, "ttft_ms": row.get("ttft_ms_p50", 0.0)})
+            print(json.dumps({k: rows[-1][k] for k in ("engine", "nodes", "rtt_ms", "tpot_ms_p50")}), file=sys.stderr)
     return rows
 
 
@@ -207,7 +205,9 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--generations", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="per rpc-server (a node process runs one)")
-    p.add_argument("--llamacpp", type=Path, help="a GGUF for llama.cpp's RPC backend, the same model (first model)")
+    p.add_argument("--llamacpp", action="append", default=[], metavar="MODEL=GGUF",
+                   help="llama.cpp's RPC backend on this GGUF of MODEL, the same weights and bit width")
+    p.add_argument("--host-share", action="store_true", help="also llama.cpp with the client computing a share")
     p.add_argument("--prefill", action="store_true", help="also the long-prompt TTFT rows (first model)")
     p.add_argument("--long-prompt", type=int, default=1024)
     p.add_argument("--chunks", default="128,256")
@@ -219,20 +219,21 @@ def main() -> None:
     nodes, rtts = parse_list(args.nodes, int), parse_list(args.rtts, float)
     result: dict[str, Any] = {"threads": args.threads, "prompt_tokens": args.prompt_tokens,
                               "new_tokens": args.new_tokens, "generations": args.generations, "models": []}  # fmt: skip
+    ggufs = dict(pair.split("=", 1) for pair in args.llamacpp)
+    command = ("python bench/bench_network.py " + " ".join(sys.argv[1:])).strip()
     for index, name in enumerate(parse_list(args.models, str)):
         package = package_for(name, args.cache)
         rows: list[dict[str, Any]] = []
         for n in nodes:
             rows += sweep_swarm(package, n, rtts, args)
-            if args.llamacpp and index == 0:
-                rows += sweep_llamacpp(args.llamacpp, n, rtts, args)
-        result["models"].append({"model": name, "rows": rows})
+            if name in ggufs:
+                rows += sweep_llamacpp(Path(ggufs[name]), n, rtts, args)
+        one = {**result, "models": [{"model": name, "rows": rows}]}
         if args.prefill and index == 0:
-            result["prefill"] = prefill(package, args)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    command = ("python bench/bench_network.py " + " ".join(sys.argv[1:])).strip()
-    replace_section(REPO / "docs" / "BENCHMARKS.md", "network", markdown(result, command))
+            one["prefill"] = prefill(package, args)
+        if args.json:
+            args.json.with_suffix(f".{name}.json").write_text(json.dumps(one, indent=1))
+        replace_section(REPO / "docs" / "BENCHMARKS.md", f"network-{name}", markdown(one, command))
 
 
 if __name__ == "__main__":
