@@ -104,6 +104,12 @@ class LocalSession:
     def capacity(self) -> int:
         return self._caches[0].capacity
 
+    @property
+    def draft_limit(self) -> int:
+        """The most drafts a verify step may carry here: its k + 1 positions run as one step, so a
+        sliding-window cache can still roll any of them back (KVCache.truncate)."""
+        return min(c.step_limit for c in self._caches) - 1
+
     def truncate(self, length: int) -> None:
         """Forget every token from position `length` on, as if they never happened."""
         truncate_caches(self._caches, length)
@@ -172,7 +178,7 @@ class LocalSession:
                 context.append(token)
                 if token in stop_ids or produced == count:
                     return
-            k = min(window.k, count - produced - 1)  # no drafts past the last token asked for
+            k = min(window.k, count - produced - 1, self.draft_limit)  # none past the last token asked for
             drafts, accepted, token = await loop.run_in_executor(
                 self._compute, self._speculate, context, drafter, k, params
             )
