@@ -21,7 +21,15 @@ from swarm.package import Manifest, ModelPackage, load_package
 from swarm.runtime import KVCache
 from swarm.sampling import SamplingParams
 from swarm.span import SpanRuntime, prefill_chunks, truncate_caches
-from swarm.speculative import LOOKUP, AdaptiveWindow, Drafter, ModelDrafter, PromptLookup, check_same_tokenizer
+from swarm.speculative import (
+    LOOKUP,
+    AdaptiveWindow,
+    Drafter,
+    ModelDrafter,
+    PromptLookup,
+    check_same_tokenizer,
+    speculative_tokens,
+)
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
 
@@ -150,43 +158,23 @@ class LocalSession:
         self.truncate(before + 1 + output.accepted)
         return output.accepted, output.token
 
-    def _speculate(self, context: list[int], drafter: Drafter, k: int, params: SamplingParams
-                   ) -> tuple[list[int], int, int]:  # fmt: skip
-        drafts = drafter.propose(context, k)[:k] if k > 0 else []
-        accepted, token = self.verify(context[-1], drafts, params)
-        return drafts, accepted, token
-
-    async def speculative_tokens(
+    def speculative_tokens(
         self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = (),
         drafter: Drafter | None = None, window: AdaptiveWindow | None = None, stats: GenerationStats | None = None,
     ) -> AsyncGenerator[int, None]:  # fmt: skip
-        """The token stream with speculation: after the prompt's step, each pass sends [last token,
-        d1 .. dk] (k from `window`, drafts from `drafter`; prompt lookup by default) as one verify
-        step, rolls the caches back to the accepted length, and yields the accepted drafts and the
-        target's next token. k = 0 is a plain step. `stats` counts drafts and passes."""
-        drafter = drafter or PromptLookup()
-        window = window or AdaptiveWindow()
-        stats = stats or GenerationStats()
-        loop = asyncio.get_running_loop()
-        context = list(ids)
-        pending = [await self.step(ids, params)]
-        produced = 0
-        while True:
-            for token in pending:
-                yield token
-                produced += 1
-                context.append(token)
-                if token in stop_ids or produced == count:
-                    return
-            k = min(window.k, count - produced - 1, self.draft_limit)  # none past the last token asked for
-            drafts, accepted, token = await loop.run_in_executor(
-                self._compute, self._speculate, context, drafter, k, params
-            )
-            window.observe(len(drafts), accepted)
-            stats.draft_proposed += len(drafts)
-            stats.draft_accepted += accepted
-            stats.passes += 1
-            pending = [*drafts[:accepted], token]
+        """The token stream with speculation (swarm/speculative.py: speculative_tokens), in this
+        process: drafts from `drafter` (prompt lookup by default), each pass one verify step whose
+        rejected drafts are rolled back at once. `stats` counts drafts and passes."""
+        drafts_from = drafter or PromptLookup()
+
+        async def propose(context: list[int], k: int) -> list[int]:
+            return await asyncio.get_running_loop().run_in_executor(self._compute, drafts_from.propose, context, k)
+
+        async def verify(last: int, drafts: list[int], params: SamplingParams) -> tuple[int, int]:
+            return await asyncio.get_running_loop().run_in_executor(self._compute, self.verify, last, drafts, params)
+
+        return speculative_tokens(self.step, propose, verify, ids, count, params, stop_ids, window or AdaptiveWindow(),
+                                  stats or GenerationStats(), self.draft_limit)  # fmt: skip
 
 
 class _SpeculativeStream:

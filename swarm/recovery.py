@@ -26,6 +26,7 @@ from swarm.generation import GenerationRequest, GenerationStats
 from swarm.remote import RemoteSession, StepTimeout
 from swarm.routing import PeerView, layer_machines
 from swarm.sampling import SamplingParams
+from swarm.speculative import AdaptiveWindow, Drafter, speculative_tokens
 
 log = logging.getLogger("swarm.recovery")
 RECOVERABLE = (PeerUnavailable, SessionExpired, StepTimeout)
@@ -162,9 +163,26 @@ class RecoveringSession:
         sent = Sent(list(ids))
         return (await self._recovering(sent, lambda s: s.step(sent.ids, params, self._deadlines.for_step(len(ids)))))
 
+    def speculative_tokens(
+        self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int], drafter: Drafter,
+        stats: GenerationStats, draft_limit: int,
+    ) -> AsyncGenerator[int, None]:  # fmt: skip
+        """The token stream with speculation (swarm/speculative.py): the client proposes, each pass
+        is one verify step through the route (at most `draft_limit` drafts), and every step
+        recovers as the plain stream's do."""
+
+        async def propose(context: list[int], k: int) -> list[int]:
+            return await asyncio.to_thread(drafter.propose, context, k)  # a draft model computes: off the loop
+
+        return speculative_tokens(self.step, propose, self.verify, ids, count, params, stop_ids, AdaptiveWindow(),
+                                  stats, draft_limit)  # fmt: skip
+
     async def verify(self, last: int, drafts: Sequence[int], params: SamplingParams) -> tuple[int, int]:
         """One verify step of [last, *drafts] (speculative decoding), recovered like any step:
-        the replay repeats it as it was sent, drafts and all, and must accept as many."""
+        the replay repeats it as it was sent, drafts and all, and must accept as many. No drafts:
+        a plain step of `last`."""
+        if not drafts:
+            return 0, await self.step([last], params)
         sent = Sent([last, *drafts], list(drafts))
         timeout = self._deadlines.for_step(len(sent.ids))
         accepted, token = await self._recovering(sent, lambda s: s.verify(sent.ids, sent.drafts, params, timeout))

@@ -19,17 +19,19 @@ follows counts only, so every runner of a session makes the same choices.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from swarm.errors import InvalidRequest
+from swarm.generation import GenerationStats
 from swarm.package import Manifest
 from swarm.sampling import SamplingParams, sample
 
 LOOKUP = "lookup"  # the `speculative=` value that asks for PromptLookup
+MAX_DRAFTS = 32  # drafts one verify step may carry (a node refuses more)
 
 
 class Drafter(Protocol):
@@ -184,3 +186,37 @@ class ModelDrafter:
             drafts.append(self._session.next_token(drafts[-1:], self._greedy))
         self._fed = [*context, *drafts[:-1]]
         return drafts
+
+
+Step = Callable[[Sequence[int], SamplingParams], Awaitable[int]]  # append ids, return the next token
+Propose = Callable[[list[int], int], Awaitable[list[int]]]  # (context, k) -> at most k drafts
+Verify = Callable[[int, list[int], SamplingParams], Awaitable[tuple[int, int]]]  # -> (accepted, next token)
+
+
+async def speculative_tokens(
+    step: Step, propose: Propose, verify: Verify, ids: Sequence[int], count: int, params: SamplingParams,
+    stop_ids: Sequence[int], window: AdaptiveWindow, stats: GenerationStats, draft_limit: int,
+) -> AsyncGenerator[int, None]:  # fmt: skip
+    """The token stream with speculation, however the target runs (the local runner, a swarm):
+    after the prompt's step, each pass sends [last token, d1 .. dk] (k from `window`, at most
+    `draft_limit`, never past the last token asked for) as one verify step and yields the
+    accepted drafts and the target's next token; `verify` with no drafts is a plain step. After a
+    pass the target holds only the accepted tokens (the runner rolls the rest back)."""
+    context = list(ids)
+    pending = [await step(ids, params)]
+    produced = 0
+    while True:
+        for token in pending:
+            yield token
+            produced += 1
+            context.append(token)
+            if token in stop_ids or produced == count:
+                return
+        k = max(min(window.k, count - produced - 1, draft_limit), 0)
+        drafts = (await propose(context, k))[:k] if k > 0 else []
+        accepted, token = await verify(context[-1], drafts, params)
+        window.observe(len(drafts), accepted)
+        stats.draft_proposed += len(drafts)
+        stats.draft_accepted += accepted
+        stats.passes += 1
+        pending = [*drafts[:accepted], token]
