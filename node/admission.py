@@ -162,7 +162,7 @@ def check_follow(session: NodeSession, request: pb.SessionRequest) -> tuple[int,
         return 0, frozenset()
     if step.WhichOneof("input") != "tokens":
         raise InvalidRequest("only the first node of a route follows on: send token ids with `follow`")
-    room = session.max_length - session.length - len(step.tokens.ids)
+    room = session.max_length - step.position - len(step.tokens.ids)  # (from the position: after a rollback)
     if step.follow > room:
         raise InvalidRequest(f"follow of {step.follow} steps; the session has room for {max(room, 0)}")
     if len(step.stop_ids) > MAX_STOP_IDS:

@@ -173,8 +173,11 @@ class LocalSession:
         async def verify(last: int, drafts: list[int], params: SamplingParams) -> tuple[int, int]:
             return await asyncio.get_running_loop().run_in_executor(self._compute, self.verify, last, drafts, params)
 
-        return speculative_tokens(self.step, propose, verify, ids, count, params, stop_ids, window or AdaptiveWindow(),
-                                  stats or GenerationStats(), self.draft_limit)  # fmt: skip
+        def plain(last: int, n: int, params: SamplingParams, stop_ids: Sequence[int]) -> AsyncGenerator[int, None]:
+            return stepped(self.step, [last], n, params, stop_ids)
+
+        return speculative_tokens(self.step, propose, verify, plain, ids, count, params, stop_ids,
+                                  window or AdaptiveWindow(), stats or GenerationStats(), self.draft_limit)  # fmt: skip
 
 
 class _SpeculativeStream:

@@ -174,8 +174,11 @@ class RecoveringSession:
         async def propose(context: list[int], k: int) -> list[int]:
             return await asyncio.to_thread(drafter.propose, context, k)  # a draft model computes: off the loop
 
-        return speculative_tokens(self.step, propose, self.verify, ids, count, params, stop_ids, AdaptiveWindow(),
-                                  stats, draft_limit)  # fmt: skip
+        def plain(last: int, n: int, params: SamplingParams, stop_ids: Sequence[int]) -> AsyncGenerator[int, None]:
+            return self.tokens([last], n, params, stop_ids)  # the first node loops them, as plain decoding
+
+        return speculative_tokens(self.step, propose, self.verify, plain, ids, count, params, stop_ids,
+                                  AdaptiveWindow(), stats, draft_limit)  # fmt: skip
 
     async def verify(self, last: int, drafts: Sequence[int], params: SamplingParams) -> tuple[int, int]:
         """One verify step of [last, *drafts] (speculative decoding), recovered like any step:

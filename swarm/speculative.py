@@ -99,6 +99,11 @@ class AdaptiveWindow:
         """Drafts to propose for the next pass; 0 = a plain step."""
         return 0 if self._paused else self._k
 
+    @property
+    def paused_for(self) -> int:
+        """Plain passes left before speculation probes again (0: not paused)."""
+        return self._paused
+
     def observe(self, proposed: int, accepted: int) -> None:
         """What the last pass did: `proposed` drafts (at most `k`), `accepted` of them."""
         if not 0 <= accepted <= proposed <= self.k:
@@ -189,19 +194,26 @@ class ModelDrafter:
 
 
 Step = Callable[[Sequence[int], SamplingParams], Awaitable[int]]  # append ids, return the next token
+# (last token, n, stop ids) -> the next n tokens, each fed back in (a swarm's first node loops them)
+PlainRun = Callable[[int, int, SamplingParams, Sequence[int]], AsyncGenerator[int, None]]
+STREAK = 4  # plain tokens after a pass with nothing to propose, before the drafter is asked again
 Propose = Callable[[list[int], int], Awaitable[list[int]]]  # (context, k) -> at most k drafts
 Verify = Callable[[int, list[int], SamplingParams], Awaitable[tuple[int, int]]]  # -> (accepted, next token)
 
 
 async def speculative_tokens(
-    step: Step, propose: Propose, verify: Verify, ids: Sequence[int], count: int, params: SamplingParams,
-    stop_ids: Sequence[int], window: AdaptiveWindow, stats: GenerationStats, draft_limit: int,
+    step: Step, propose: Propose, verify: Verify, plain: PlainRun, ids: Sequence[int], count: int,
+    params: SamplingParams, stop_ids: Sequence[int], window: AdaptiveWindow, stats: GenerationStats,
+    draft_limit: int,
 ) -> AsyncGenerator[int, None]:  # fmt: skip
     """The token stream with speculation, however the target runs (the local runner, a swarm):
     after the prompt's step, each pass sends [last token, d1 .. dk] (k from `window`, at most
     `draft_limit`, never past the last token asked for) as one verify step and yields the
-    accepted drafts and the target's next token; `verify` with no drafts is a plain step. After a
-    pass the target holds only the accepted tokens (the runner rolls the rest back)."""
+    accepted drafts and the target's next token. After a pass the target holds only the accepted
+    tokens (the runner rolls the rest back). With nothing to propose (speculation paused, or no
+    draft) the next tokens come from a `plain` run, the pause's length or `STREAK`: on a swarm the
+    first node feeds those back itself, as plain decoding does, instead of one client trip each.
+    Every runner makes the same choices (counts and the context only), so the same passes."""
     context = list(ids)
     pending = [await step(ids, params)]
     produced = 0
@@ -214,6 +226,13 @@ async def speculative_tokens(
                 return
         k = max(min(window.k, count - produced - 1, draft_limit), 0)
         drafts = (await propose(context, k))[:k] if k > 0 else []
+        if not drafts:
+            n = min(window.paused_for or STREAK, count - produced)
+            pending = [token async for token in plain(context[-1], n, params, stop_ids)]
+            for _ in pending:
+                window.observe(0, 0)
+            stats.passes += len(pending)
+            continue
         accepted, token = await verify(context[-1], drafts, params)
         window.observe(len(drafts), accepted)
         stats.draft_proposed += len(drafts)
