@@ -27,6 +27,7 @@ from swarm.frames import Frames, PlainFrames, SealedFrames
 from swarm.keys import NODE_ID_HEX, is_node_id
 from swarm.origin import session_origin
 from swarm.span import SpanRuntime
+from swarm.speculative import MAX_DRAFTS
 from swarm.transport import request_bytes, status_for
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
@@ -161,7 +162,7 @@ def check_follow(session: NodeSession, request: pb.SessionRequest) -> tuple[int,
         return 0, frozenset()
     if step.WhichOneof("input") != "tokens":
         raise InvalidRequest("only the first node of a route follows on: send token ids with `follow`")
-    room = session.max_length - session.length - len(step.tokens.ids)
+    room = session.max_length - step.position - len(step.tokens.ids)  # (from the position: after a rollback)
     if step.follow > room:
         raise InvalidRequest(f"follow of {step.follow} steps; the session has room for {max(room, 0)}")
     if len(step.stop_ids) > MAX_STOP_IDS:
@@ -177,10 +178,24 @@ def check_step(session: NodeSession, request: pb.SessionRequest, span: SpanRunti
         raise InvalidRequest("session is already open; send steps")
     if step.step != session.next_step:
         raise InvalidRequest(f"step {step.step} out of order; expected {session.next_step}")
-    if step.position != session.length:
-        raise InvalidRequest(f"step starts at position {step.position} but the session holds {session.length}")
+    floor = session.rollback_floor if session.rollback_floor is not None else session.length
+    if not floor <= step.position <= session.length:
+        held = f"the session holds {session.length}" + (f" (of which {floor} are settled)" if floor < session.length
+                                                       else "")  # fmt: skip
+        raise InvalidRequest(f"step starts at position {step.position} but {held}")
     if step.partial and (span.is_first or not session.ring):
         raise InvalidRequest("partial steps pass between the nodes of a ring only")
     if len(step.timings) > span.arch.num_layers:
         raise InvalidRequest(f"a step carries at most {span.arch.num_layers} hop timings")
     return step
+
+
+def check_drafts(step: pb.Step, positions: int, position: int) -> int:
+    """A verify step's drafts: fewer than its positions, bounded, and never part of a chunked or
+    followed step; returns the least position the step after it may start at (every draft rejected)."""
+    if not 0 < len(step.drafts) < positions or len(step.drafts) > MAX_DRAFTS:
+        raise InvalidRequest(f"a verify step checks 1 to {min(MAX_DRAFTS, positions - 1)} drafts, "
+                             f"got {len(step.drafts)}")  # fmt: skip
+    if step.partial or step.follow:
+        raise InvalidRequest("a verify step is one pass: neither partial nor followed")
+    return position + positions - len(step.drafts)

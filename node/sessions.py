@@ -26,6 +26,7 @@ class NodeSession:
     wire_dtype: str = "float32"  # how hidden states travel to and from this node (OpenSession.wire_dtype)
     ring: bool = False  # results go round the token ring (OpenSession.ring_head), not back up the chain
     prefill_chunk: int = 0  # the first node splits longer steps into chunks of this many tokens; 0 = never
+    rollback_floor: int | None = None  # after a verify step: the least position the next step may start at
 
     @property
     def length(self) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from node.admission import Admission, check_follow, check_open, check_step
+from node.admission import Admission, check_drafts, check_follow, check_open, check_step
 from node.batcher import ComputeExecutor, DecodeBatcher
 from node.hops import Downstream, HopFailed, ReturnLink, ReturnSlot, unless_failed
 from node.sessions import NodeSession, SessionTable
@@ -26,7 +26,7 @@ from swarm.auth import Credentials
 from swarm.errors import InvalidRequest, PeerUnavailable, SessionExpired, SwarmError
 from swarm.frames import Frames
 from swarm.sampling import SamplingParams
-from swarm.span import SpanRuntime, StepOutput, prefill_chunks
+from swarm.span import SpanRuntime, StepOutput, prefill_chunks, truncate_caches
 from swarm.tensors import from_wire, to_wire
 from swarm.transport import FAILED_NODE_KEY, ChannelPool, open_session_call, status_for
 
@@ -238,6 +238,9 @@ class SessionStream:
         """One step through this span and on; the result, when it comes back through this node."""
         step = check_step(session, request, self.span)
         started = time.perf_counter()
+        if step.position < session.length:  # after a verify step: drop the drafts it rejected
+            truncate_caches(session.caches, step.position)
+        session.rollback_floor = None
         if self.span.is_first:
             chunks = self._token_chunks(session, step)
             for chunk in chunks[:-1]:  # on a ring: sent on while the next chunk computes here
@@ -254,7 +257,12 @@ class SessionStream:
             if self.span.is_last:
                 return None
             return await self._onward(session, step, position, output, links, partial=True)
-        if hidden.shape[1] == 1:
+        if step.drafts:
+            session.rollback_floor = check_drafts(step, hidden.shape[1], position)
+        if step.drafts and self.span.is_last:
+            output = await self._compute.run(self.span.verify, hidden, session.caches, list(step.drafts),
+                                             session.sampling)  # fmt: skip
+        elif hidden.shape[1] == 1:
             output = await self.batcher.step(session, hidden)
         else:
             sampling, logits = session.sampling, session.return_logits
@@ -270,7 +278,8 @@ class SessionStream:
         states to the next hop, then, at the ring's head or on a chain, wait for the result."""
         timings = [*step.timings, timing] if session.ring and timing is not None else []
         if output.hidden is None:
-            result = pb.StepResult(step=step.step, token=output.token, timings=timings or [timing])
+            result = pb.StepResult(step=step.step, token=output.token, timings=timings or [timing],
+                                   accepted=output.accepted or 0)  # fmt: skip
             if output.logits is not None:
                 result.logits.CopyFrom(to_wire(output.logits))
             if links.back is None:
@@ -280,7 +289,8 @@ class SessionStream:
         downstream = links.downstream
         assert downstream is not None
         hidden = to_wire(output.hidden, session.wire_dtype)
-        forwarded = pb.Step(step=step.step, position=position, hidden=hidden, partial=partial, timings=timings)
+        forwarded = pb.Step(step=step.step, position=position, hidden=hidden, partial=partial, timings=timings,
+                            drafts=step.drafts)  # fmt: skip
         if not session.ring:
             reply = await downstream.exchange(pb.SessionRequest(step=forwarded))
             if reply.WhichOneof("kind") != "result" or reply.result.step != step.step:
@@ -302,6 +312,10 @@ class SessionStream:
         room = session.max_length - session.length
         if not 1 <= len(ids) <= room:
             raise InvalidRequest(f"step has {len(ids)} tokens; the session has room for {room}")
+        if step.drafts:  # a verify step is one pass (as the local runner's): never chunked
+            if ids[len(ids) - len(step.drafts) :] != list(step.drafts):
+                raise InvalidRequest("a verify step's drafts must be the last of its tokens")
+            return [ids]
         return prefill_chunks(ids, session.prefill_chunk)
 
     def _hidden_input(self, session: NodeSession, step: pb.Step) -> np.ndarray:

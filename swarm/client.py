@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -25,14 +25,17 @@ from swarm.config import ClientConfig
 from swarm.discovery import discover
 from swarm.environment import env_mdns_interfaces, load_swarm_key
 from swarm.errors import NoRouteError, PeerUnavailable, SwarmError
-from swarm.generation import GenerationRequest, GenerationStats
+from swarm.generation import GenerationRequest, GenerationStats, TokenStream
 from swarm.keys import Identity, SwarmKey
 from swarm.latency import ReturnPath
+from swarm.local import LocalModel, model_drafter
 from swarm.package import Manifest
 from swarm.peers import PeerProbe, checked_manifest, only_model
 from swarm.recovery import Bans, RecoveringSession
 from swarm.remote import RemoteSession
 from swarm.routing import PeerView, plan_route
+from swarm.sampling import SamplingParams
+from swarm.speculative import LOOKUP, MAX_DRAFTS, Drafter, PromptLookup, check_same_tokenizer
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
 from swarm.transport import ChannelPool, unary
@@ -49,6 +52,7 @@ class AsyncSwarm:
         self.package_id = ""
         self._text: TextGenerator | None = None
         self._in_flight: dict[str, int] = {}  # node id -> this client's open sessions through it
+        self._draft_models: dict[str, LocalModel] = {}  # speculative=PKG: draft models this client runs
         self.bans = Bans()
         # a client's identity lives as long as the client: it is not an address anyone routes to
         self.credentials = Credentials(config.swarm_key, Identity.generate()) if config.swarm_key else None
@@ -176,13 +180,37 @@ class AsyncSwarm:
     @asynccontextmanager
     async def _open_stream(
         self, request: GenerationRequest, stats: GenerationStats
-    ) -> AsyncIterator[RecoveringSession]:
+    ) -> AsyncIterator[TokenStream]:
+        drafter = self._drafter(request.speculative, request.total_tokens) if request.speculative else None
         session = RecoveringSession(self, self.config, request, stats)
         try:
             await session.open()
-            yield session
+            yield session if drafter is None else _Speculating(session, drafter, stats, self._draft_limit())
         finally:
             await session.close()
+
+    def _drafter(self, source: str, tokens: int) -> Drafter:
+        """`speculative=`: prompt lookup ("lookup"), or a draft model this client runs (the path of a
+        package with the swarm's tokenizer; loaded once, kept until the client closes)."""
+        assert self.manifest is not None
+        if source == LOOKUP:
+            return PromptLookup()
+        if source not in self._draft_models:
+            draft = LocalModel(source)
+            try:
+                check_same_tokenizer(draft.manifest, self.manifest)
+            except BaseException:
+                draft.close()
+                raise
+            self._draft_models[source] = draft
+        return model_drafter(self._draft_models[source], self.manifest, tokens)
+
+    def _draft_limit(self) -> int:
+        """Nodes roll a verify step back within that step only, which a sliding-window cache cannot
+        promise at every size: such models decode without drafts through a swarm."""
+        assert self.manifest is not None
+        arch = self.manifest.architecture
+        return 0 if arch.sliding_window is not None or any(arch.layer_windows) else MAX_DRAFTS
 
     # the text API, forwarded to the core
     def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncIterator[str]:
@@ -201,6 +229,20 @@ class AsyncSwarm:
 
     async def close(self) -> None:
         await self.channels.close()
+        for draft in self._draft_models.values():
+            draft.close()
+
+
+class _Speculating:
+    """A recovering session's token stream with speculation (`speculative=`)."""
+
+    def __init__(self, session: RecoveringSession, drafter: Drafter, stats: GenerationStats, draft_limit: int) -> None:
+        self._session, self._drafter, self._stats, self._limit = session, drafter, stats, draft_limit
+
+    def tokens(
+        self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = ()
+    ) -> AsyncGenerator[int, None]:
+        return self._session.speculative_tokens(ids, count, params, stop_ids, self._drafter, self._stats, self._limit)
 
 
 class Swarm(SyncTextGenerator):

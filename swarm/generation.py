@@ -63,6 +63,20 @@ class GenerationStats:
     route: list[str] = field(default_factory=list)  # who ran which layers (the last route, after recoveries)
     recoveries: list[float] = field(default_factory=list)  # seconds each reroute + replay took
     context_note: str = ""  # what a chat left out to fit the context (swarm.conversation)
+    # speculative decoding (swarm/speculative.py): drafts offered and kept, and the decode passes
+    # (steps after the prompt's) that produced the tokens after the first
+    draft_proposed: int = 0
+    draft_accepted: int = 0
+    passes: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.draft_accepted / self.draft_proposed if self.draft_proposed else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        """New tokens after the first per decode pass: 1 for plain decoding, up to k + 1 speculating."""
+        return (self.generated_tokens - 1) / self.passes if self.passes else 0.0
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -75,6 +89,9 @@ class GenerationStats:
             f"time to first token {self.ttft_s * 1000:.0f} ms, decode {self.decode_tokens_per_s:.1f} tokens/s"
         )
         line += f"; route {' -> '.join(self.route)}" if self.route else ""
+        if self.passes:
+            line += (f"; drafts accepted {self.draft_accepted}/{self.draft_proposed}, "
+                     f"{self.tokens_per_pass:.2f} tokens per pass")  # fmt: skip
         return line + (f"; {self.context_note}" if self.context_note else "")
 
 
@@ -84,6 +101,7 @@ class GenerationRequest:
     max_tokens: int = 128
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop_on_eos: bool = True
+    speculative: str | None = None  # draft source: "lookup" (prompt lookup) or a draft package's path; None = off
 
     def check(self, max_context: int) -> None:
         if not self.prompt_ids:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from swarm.errors import InvalidRequest
 from swarm.package import Architecture
 
 LOCAL_INPUTS = ("seqlens_k_local", "total_sequence_length_local")
@@ -97,6 +98,22 @@ class KVCache:
             for array in self._arrays[layer]:
                 array[:, :, :keep] = array[:, :, start : start + keep].copy()
         self.local_base = self.length - keep
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on (a rejected draft's keys): a position reset, for
+        every layer. The next step overwrites them in place; attention never reads past `length`.
+
+        A local layer's ring keeps only the last window - 1 keys before its newest step, so it can
+        go back only as far as what its next query needs is still there: always within the last
+        step (a verify pass), not further once `make_room` has moved keys past the point."""
+        if not 0 <= length <= self.length:
+            raise InvalidRequest(f"cannot roll a cache of {self.length} positions back to {length}")
+        if self.local_base and length - self.local_base < (self.window or 0) - 1:
+            raise InvalidRequest(
+                f"cannot roll back to position {length}: the sliding-window cache has dropped the keys "
+                f"before position {self.local_base} that the next step would need"
+            )
+        self.length = length
 
     def ortvalues(self, layer: int) -> tuple[ort.OrtValue, ort.OrtValue]:
         return self._values[layer]

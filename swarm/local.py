@@ -16,11 +16,20 @@ import numpy as np
 from swarm._loop import BackgroundLoop
 from swarm.config import PREFILL_CHUNK, RuntimeOptions
 from swarm.errors import InvalidRequest
-from swarm.generation import GenerationRequest, GenerationStats, stepped
-from swarm.package import ModelPackage, load_package
+from swarm.generation import GenerationRequest, GenerationStats, TokenStream, stepped
+from swarm.package import Manifest, ModelPackage, load_package
 from swarm.runtime import KVCache
 from swarm.sampling import SamplingParams
-from swarm.span import SpanRuntime, prefill_chunks
+from swarm.span import SpanRuntime, prefill_chunks, truncate_caches
+from swarm.speculative import (
+    LOOKUP,
+    AdaptiveWindow,
+    Drafter,
+    ModelDrafter,
+    PromptLookup,
+    check_same_tokenizer,
+    speculative_tokens,
+)
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
 
@@ -41,19 +50,49 @@ class LocalModel(SyncTextGenerator):
         # steps compute on a thread of their own, so the loop they are awaited on stays free
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-local-compute")
         self.compute.submit(int).result()  # its thread starts with the model, not in the middle of a use
+        self._options = options
+        self._draft_models: dict[str, LocalModel] = {}  # speculative=PKG: loaded on first use, kept
         super().__init__(self.text, BackgroundLoop("swarm-local"))
 
     def close(self) -> None:
         super().close()
         self.compute.shutdown(wait=True)
+        for draft in self._draft_models.values():
+            draft.close()
 
     def session(self, capacity: int | None = None) -> LocalSession:
         return LocalSession(self, capacity or self.manifest.max_context)
 
     @asynccontextmanager
-    async def _open_stream(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[LocalSession]:
+    async def _open_stream(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[TokenStream]:
         stats.route = [f"local:0-{self.manifest.num_layers}"]
-        yield self.session(request.total_tokens)
+        session = self.session(request.total_tokens)
+        if request.speculative is None:
+            yield session
+        else:
+            yield _SpeculativeStream(session, self.drafter(request.speculative, request.total_tokens), stats)
+
+    def drafter(self, source: str, tokens: int) -> Drafter:
+        """The draft source `speculative=` names, for a sequence of up to `tokens` tokens: prompt
+        lookup ("lookup"), or a draft model (the path of a package with this model's tokenizer)."""
+        if source == LOOKUP:
+            return PromptLookup()
+        if source not in self._draft_models:
+            draft = LocalModel(source, self._options, self.prefill_chunk)
+            try:
+                check_same_tokenizer(draft.manifest, self.manifest)
+            except BaseException:
+                draft.close()
+                raise
+            self._draft_models[source] = draft
+        return model_drafter(self._draft_models[source], self.manifest, tokens)
+
+
+def model_drafter(draft: LocalModel, target: Manifest, tokens: int) -> ModelDrafter:
+    """Greedy drafts from `draft` for `target` (same tokenizer, or InvalidRequest), on caches of
+    its own for `tokens` positions (as many as its context allows; past them it proposes nothing)."""
+    check_same_tokenizer(draft.manifest, target)
+    return ModelDrafter(draft.session(min(tokens, draft.manifest.max_context)))
 
 
 class LocalSession:
@@ -68,6 +107,20 @@ class LocalSession:
     @property
     def length(self) -> int:
         return self._caches[0].length
+
+    @property
+    def capacity(self) -> int:
+        return self._caches[0].capacity
+
+    @property
+    def draft_limit(self) -> int:
+        """The most drafts a verify step may carry here: its k + 1 positions run as one step, so a
+        sliding-window cache can still roll any of them back (KVCache.truncate)."""
+        return min(c.step_limit for c in self._caches) - 1
+
+    def truncate(self, length: int) -> None:
+        """Forget every token from position `length` on, as if they never happened."""
+        truncate_caches(self._caches, length)
 
     def hidden(self, ids: Sequence[int]) -> np.ndarray:
         """Hidden states (1, S, H) after the last block for `ids` appended to the sequence."""
@@ -95,3 +148,46 @@ class LocalSession:
     ) -> AsyncGenerator[int, None]:
         """The token stream (swarm/generation.py): one step per token, in this process."""
         return stepped(self.step, ids, count, params, stop_ids)
+
+    def verify(self, last: int, drafts: Sequence[int], params: SamplingParams) -> tuple[int, int]:
+        """One verify pass of [last, *drafts]; the caches keep `last` and the accepted drafts.
+        Returns (accepted drafts, the target's next token)."""
+        before = self.length
+        output = self._span.verify(self._span.embed([last, *drafts]), self._caches, drafts, params)
+        assert output.token is not None and output.accepted is not None
+        self.truncate(before + 1 + output.accepted)
+        return output.accepted, output.token
+
+    def speculative_tokens(
+        self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = (),
+        drafter: Drafter | None = None, window: AdaptiveWindow | None = None, stats: GenerationStats | None = None,
+    ) -> AsyncGenerator[int, None]:  # fmt: skip
+        """The token stream with speculation (swarm/speculative.py: speculative_tokens), in this
+        process: drafts from `drafter` (prompt lookup by default), each pass one verify step whose
+        rejected drafts are rolled back at once. `stats` counts drafts and passes."""
+        drafts_from = drafter or PromptLookup()
+
+        async def propose(context: list[int], k: int) -> list[int]:
+            return await asyncio.get_running_loop().run_in_executor(self._compute, drafts_from.propose, context, k)
+
+        async def verify(last: int, drafts: list[int], params: SamplingParams) -> tuple[int, int]:
+            return await asyncio.get_running_loop().run_in_executor(self._compute, self.verify, last, drafts, params)
+
+        def plain(last: int, n: int, params: SamplingParams, stop_ids: Sequence[int]) -> AsyncGenerator[int, None]:
+            return stepped(self.step, [last], n, params, stop_ids)
+
+        return speculative_tokens(self.step, propose, verify, plain, ids, count, params, stop_ids,
+                                  window or AdaptiveWindow(), stats or GenerationStats(), self.draft_limit)  # fmt: skip
+
+
+class _SpeculativeStream:
+    """A session's token stream with speculation (LocalModel's `speculative=`)."""
+
+    def __init__(self, session: LocalSession, drafter: Drafter, stats: GenerationStats) -> None:
+        self._session, self._drafter, self._stats = session, drafter, stats
+
+    def tokens(
+        self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = ()
+    ) -> AsyncGenerator[int, None]:
+        return self._session.speculative_tokens(ids, count, params, stop_ids, self._drafter, AdaptiveWindow(),
+                                                self._stats)  # fmt: skip

@@ -16,9 +16,9 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from swarm.config import ClientConfig
 from swarm.errors import NoRouteError, PeerUnavailable, SessionExpired, StaleRoute, SwarmError
@@ -26,9 +26,11 @@ from swarm.generation import GenerationRequest, GenerationStats
 from swarm.remote import RemoteSession, StepTimeout
 from swarm.routing import PeerView, layer_machines
 from swarm.sampling import SamplingParams
+from swarm.speculative import AdaptiveWindow, Drafter, speculative_tokens
 
 log = logging.getLogger("swarm.recovery")
 RECOVERABLE = (PeerUnavailable, SessionExpired, StepTimeout)
+T = TypeVar("T")
 
 
 @dataclass
@@ -77,6 +79,19 @@ class Deadlines:
         return max(self.floor_s, self.multiple * typical)
 
 
+@dataclass
+class Sent:
+    """One step as it was sent: its ids and, for a verify step, its drafts and how many were kept."""
+
+    ids: list[int]
+    drafts: list[int] = field(default_factory=list)
+    accepted: int = 0
+
+
+class ReplayDiverged(SwarmError):
+    """A replay did not reproduce the original steps' answers: the generation cannot go on exactly."""
+
+
 class Routes(Protocol):
     """What recovery needs of a swarm (the SDK's `AsyncSwarm` is one): the best route around the
     banned nodes, a session along a route, a fresh look at the swarm, and a health check."""
@@ -101,7 +116,7 @@ class RecoveringSession:
     def __init__(self, swarm: Routes, config: ClientConfig, request: GenerationRequest,
                  stats: GenerationStats) -> None:  # fmt: skip
         self._swarm, self._config, self._request, self._stats = swarm, config, request, stats
-        self._history: list[list[int]] = []  # every step sent and answered, as sent
+        self._history: list[Sent] = []  # every step sent and answered, as sent
         self._session: RemoteSession | None = None
         self._machines: list[str] = []  # the machine of each layer on the first route: replays go there
         self._deadlines = Deadlines(floor_s=config.min_step_deadline_s, first_s=config.step_timeout_s)
@@ -135,7 +150,7 @@ class RecoveringSession:
                         await self._recover(exc)
                         break  # a new stream, on the new route, from `pending`
                     self._deadlines.observe(time.perf_counter() - started, len(pending))
-                    self._history.append(pending)
+                    self._history.append(Sent(pending))
                     pending, remaining, attempts = [token], remaining - 1, 0
                     yield token
                     if token in stop_ids:
@@ -143,10 +158,68 @@ class RecoveringSession:
             finally:
                 await stream.aclose()
 
-    async def _replay(self, session: RemoteSession, ids: list[int]) -> None:
+    async def step(self, ids: Sequence[int], params: SamplingParams) -> int:
+        """One plain step (the client feeds the token back), recovered like the stream's."""
+        sent = Sent(list(ids))
+        return (await self._recovering(sent, lambda s: s.step(sent.ids, params, self._deadlines.for_step(len(ids)))))
+
+    def speculative_tokens(
+        self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int], drafter: Drafter,
+        stats: GenerationStats, draft_limit: int,
+    ) -> AsyncGenerator[int, None]:  # fmt: skip
+        """The token stream with speculation (swarm/speculative.py): the client proposes, each pass
+        is one verify step through the route (at most `draft_limit` drafts), and every step
+        recovers as the plain stream's do."""
+
+        async def propose(context: list[int], k: int) -> list[int]:
+            return await asyncio.to_thread(drafter.propose, context, k)  # a draft model computes: off the loop
+
+        def plain(last: int, n: int, params: SamplingParams, stop_ids: Sequence[int]) -> AsyncGenerator[int, None]:
+            return self.tokens([last], n, params, stop_ids)  # the first node loops them, as plain decoding
+
+        return speculative_tokens(self.step, propose, self.verify, plain, ids, count, params, stop_ids,
+                                  AdaptiveWindow(), stats, draft_limit)  # fmt: skip
+
+    async def verify(self, last: int, drafts: Sequence[int], params: SamplingParams) -> tuple[int, int]:
+        """One verify step of [last, *drafts] (speculative decoding), recovered like any step:
+        the replay repeats it as it was sent, drafts and all, and must accept as many. No drafts:
+        a plain step of `last`."""
+        if not drafts:
+            return 0, await self.step([last], params)
+        sent = Sent([last, *drafts], list(drafts))
+        timeout = self._deadlines.for_step(len(sent.ids))
+        accepted, token = await self._recovering(sent, lambda s: s.verify(sent.ids, sent.drafts, params, timeout))
+        sent.accepted = accepted
+        return accepted, token
+
+    async def _recovering(self, sent: Sent, send: Callable[[RemoteSession], Awaitable[T]]) -> T:
+        attempts = 0
+        while True:
+            assert self._session is not None
+            started = time.perf_counter()
+            try:
+                result = await send(self._session)
+            except RECOVERABLE as exc:
+                attempts += 1
+                if attempts > self._config.max_recoveries:
+                    raise
+                await self._recover(exc)
+                continue
+            self._deadlines.observe(time.perf_counter() - started, len(sent.ids))
+            self._history.append(sent)
+            return result
+
+    async def _replay(self, session: RemoteSession, sent: Sent) -> None:
         started = time.perf_counter()
-        await session.step(ids, self._request.sampling, timeout=self._deadlines.for_step(len(ids)))
-        self._deadlines.observe(time.perf_counter() - started, len(ids))
+        timeout = self._deadlines.for_step(len(sent.ids))
+        if not sent.drafts:
+            await session.step(sent.ids, self._request.sampling, timeout=timeout)
+        else:
+            accepted, _ = await session.verify(sent.ids, sent.drafts, self._request.sampling, timeout)
+            if accepted != sent.accepted:  # another floating-point path (another ISA): not the same sequence
+                raise ReplayDiverged(f"the replayed verify step accepted {accepted} drafts, the original "
+                                     f"{sent.accepted}; the new route computes differently")  # fmt: skip
+        self._deadlines.observe(time.perf_counter() - started, len(sent.ids))
 
     async def _recover(self, error: SwarmError) -> None:
         started = time.perf_counter()
@@ -161,8 +234,8 @@ class RecoveringSession:
         await failed.close()
         self._session = None
         session = await self._reopen()
-        for chunk in self._history:  # replay in the original chunking: same graphs, same numbers
-            await self._replay(session, chunk)
+        for sent in self._history:  # replay in the original chunking: same graphs, same numbers
+            await self._replay(session, sent)
         self._session = session
         self._stats.recoveries.append(time.perf_counter() - started)
 

@@ -103,6 +103,25 @@ class RemoteSession:
         self._check(params)
         return await self._send(ids, 0, (), timeout)
 
+    async def verify(self, ids: Sequence[int], drafts: Sequence[int], params: SamplingParams,
+                     timeout: float | None = None) -> tuple[int, int]:  # fmt: skip
+        """Send a verify step: `ids` appended, the last `len(drafts)` of them proposed tokens.
+        Returns (drafts accepted, the token after them); the session then holds only the accepted
+        ones (the next step's position tells every node to drop the rest)."""
+        self._check(params)
+        if not drafts or list(ids[len(ids) - len(drafts) :]) != list(drafts):
+            raise InvalidRequest("a verify step's drafts must be the last of its ids")
+        start = self.length
+        step = pb.Step(step=self._step, position=start, tokens=pb.TokenIds(ids=list(ids)), drafts=list(drafts))
+        self._following, self._stop_ids = 0, frozenset()
+        reply = await self._exchange(pb.SessionRequest(step=step), timeout)
+        token = self._answer(reply, len(ids))
+        accepted = int(reply.result.accepted)
+        if accepted > len(drafts):
+            raise PeerUnavailable(f"{self.route[-1].address} accepted {accepted} of {len(drafts)} drafts")
+        self.length = start + len(ids) - len(drafts) + accepted
+        return accepted, token
+
     async def tokens(
         self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = (),
         follow: bool = True, timeout_for: Callable[[int], float] | None = None,

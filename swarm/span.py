@@ -25,6 +25,7 @@ from swarm.runtime import (
     group_blocks,
 )
 from swarm.sampling import SamplingParams, sample
+from swarm.speculative import accept
 
 
 def prefill_chunks(ids: Sequence[int], chunk: int) -> list[list[int]]:
@@ -43,6 +44,13 @@ class StepOutput:
     hidden: np.ndarray | None = None  # (1, S, H) for the next hop, when this is not the last span
     token: int | None = None  # sampled next token, when this is the last span
     logits: np.ndarray | None = None  # (V,) of the last position, when asked for
+    accepted: int | None = None  # of a verify step (last span): how many of its drafts the target kept
+
+
+def truncate_caches(caches: Sequence[KVCache], length: int) -> None:
+    """Roll a session's caches back to `length` positions (after a verify step: the accepted ones)."""
+    for cache in caches:
+        cache.truncate(length)
 
 
 class SpanRuntime:
@@ -116,6 +124,25 @@ class SpanRuntime:
         for index, block in enumerate(self.blocks):
             hidden = block.forward_batch(hidden, [session[index] for session in caches])
         return self._finish(hidden, caches, samplings, want_logits)
+
+    def verify(
+        self, hidden: np.ndarray, caches: list[KVCache], drafts: Sequence[int], sampling: SamplingParams,
+        want_logits: bool = False,
+    ) -> StepOutput:
+        """A verify step: `hidden` (1, k + 1, H) for [last token, d1 .. dk] through the blocks; on the
+        last span the head over every position and `accept` (swarm/speculative.py). The caches keep
+        all k + 1 positions: rolling them back to the accepted length is the caller's (every span's)
+        part, once it knows it (`truncate_caches`). `logits`, when asked for: the row the token came from."""
+        if hidden.shape[1] != len(drafts) + 1:
+            raise InvalidRequest(f"a verify step of {len(drafts)} drafts carries {len(drafts) + 1} positions, "
+                                 f"got {hidden.shape[1]}")  # fmt: skip
+        hidden = self.run_blocks(hidden, caches)
+        if self.head is None:
+            return StepOutput(hidden=hidden)
+        logits = self.head.forward(hidden)[0]  # (k + 1, V)
+        position = caches[0].length - len(drafts)  # of the token after the last one: as a plain step's
+        accepted, token = accept(logits, drafts, sampling, position)
+        return StepOutput(token=token, logits=logits[accepted] if want_logits else None, accepted=accepted)
 
     def _finish(
         self, hidden: np.ndarray, caches: list[list[KVCache]], samplings: list[SamplingParams], want_logits: list[bool]

@@ -2,7 +2,8 @@
 
 `TextGenerator` is the async core: it tokenizes, opens a token stream for the request, runs the
 token loop and detokenizes as tokens arrive. `SyncTextGenerator` is its thin sync facade.
-Sampling keywords are those of `SamplingParams`: temperature, top_k, top_p, seed.
+Sampling keywords are those of `SamplingParams`: temperature, top_k, top_p, seed; `speculative=`
+chooses a draft source (swarm/speculative.py).
 """
 
 from __future__ import annotations
@@ -46,10 +47,13 @@ class TextGenerator:
         *,
         stop_on_eos: bool = True,
         stats: GenerationStats | None = None,
+        speculative: str | None = None,
         **sampling: Any,
     ) -> AsyncIterator[str]:
-        """Text pieces as tokens arrive; end-of-sequence tokens are not shown."""
-        request = GenerationRequest(tuple(prompt_ids), max_tokens, SamplingParams(**sampling), stop_on_eos)
+        """Text pieces as tokens arrive; end-of-sequence tokens are not shown. `speculative`: draft
+        tokens with prompt lookup ("lookup") or a draft package (its path), checked by the model."""
+        request = GenerationRequest(tuple(prompt_ids), max_tokens, SamplingParams(**sampling), stop_on_eos,
+                                    speculative)  # fmt: skip
         decoder = StreamDecoder(self.codec, prompt_ids)
         eos = set(self.manifest.tokenizer.eos_token_ids)
         async for token in self.generate_ids(request, stats):

@@ -157,7 +157,7 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("step", "position", "tokens", "hidden", "follow", "stop_ids", "partial", "timings")
+    __slots__ = ("step", "position", "tokens", "hidden", "follow", "stop_ids", "partial", "timings", "drafts")
     STEP_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,7 @@ class Step(_message.Message):
     STOP_IDS_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    DRAFTS_FIELD_NUMBER: _ClassVar[int]
     step: int
     position: int
     tokens: TokenIds
@@ -174,7 +175,8 @@ class Step(_message.Message):
     stop_ids: _containers.RepeatedScalarFieldContainer[int]
     partial: bool
     timings: _containers.RepeatedCompositeFieldContainer[HopTiming]
-    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., follow: _Optional[int] = ..., stop_ids: _Optional[_Iterable[int]] = ..., partial: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ...) -> None: ...
+    drafts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., follow: _Optional[int] = ..., stop_ids: _Optional[_Iterable[int]] = ..., partial: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ..., drafts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Sealed(_message.Message):
     __slots__ = ("seq", "box")
@@ -213,16 +215,18 @@ class HopTiming(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., compute_ms: _Optional[float] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("step", "token", "logits", "timings")
+    __slots__ = ("step", "token", "logits", "timings", "accepted")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     step: int
     token: int
     logits: Tensor
     timings: _containers.RepeatedCompositeFieldContainer[HopTiming]
-    def __init__(self, step: _Optional[int] = ..., token: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ...) -> None: ...
+    accepted: int
+    def __init__(self, step: _Optional[int] = ..., token: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ..., accepted: _Optional[int] = ...) -> None: ...
 
 class SessionReply(_message.Message):
     __slots__ = ("opened", "result", "sealed")

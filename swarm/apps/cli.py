@@ -49,6 +49,14 @@ def _add_sampling_flags(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    _add_speculative_flag(p)
+
+
+def _add_speculative_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speculative", metavar="lookup|PKG",
+                   help="speculative decoding: 'lookup' proposes continuations of earlier text (no second model), "
+                        "PKG a draft model package with the same tokenizer, run here; each pass checks several "
+                        "tokens in one trip through the swarm (/stats shows tokens per pass)")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +94,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--api-key", default=os.environ.get("SWARM_API_KEY"),
                        help="require 'Authorization: Bearer KEY' (default: $SWARM_API_KEY; unset: no key)")  # fmt: skip
     serve.add_argument("--model-name", help="the model id clients ask for (default: the package's name)")
+    _add_speculative_flag(serve)
     _add_model_flags(serve)
 
 
@@ -96,7 +105,8 @@ def mdns_interfaces(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+            "speculative": args.speculative}  # fmt: skip
 
 
 def open_model(args: argparse.Namespace) -> SyncTextGenerator:
@@ -196,7 +206,7 @@ def _serve(args: argparse.Namespace, out: StreamedText) -> int:
 
     async def run() -> None:
         async with open_async_model(args) as model:
-            await serve(model, args.host, args.port, args.model_name, args.api_key, ready)
+            await serve(model, args.host, args.port, args.model_name, args.api_key, ready, args.speculative)
 
     asyncio.run(run())
     return 0

@@ -141,11 +141,12 @@ class Job:
     stops: tuple[str, ...]
 
 
-def make_job(model: TextGenerator, body: Body, prompt_ids: list[int], max_tokens: int | None) -> Job:
+def make_job(model: TextGenerator, body: Body, prompt_ids: list[int], max_tokens: int | None,
+             speculative: str | None = None) -> Job:  # fmt: skip
     check_unsupported(body)
     if max_tokens is None:
         max_tokens = max(1, model.manifest.max_context - len(prompt_ids))
-    request = GenerationRequest(tuple(prompt_ids), max_tokens, sampling_params(body))
+    request = GenerationRequest(tuple(prompt_ids), max_tokens, sampling_params(body), speculative=speculative)
     request.check(model.manifest.max_context)  # before a stream starts, so the error is a plain 400
     return Job(request, parse_stops(body.stop))
 

@@ -180,10 +180,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, api_error)
 
 
-def create_app(model: TextGenerator | HasText, model_name: str | None = None, api_key: str | None = None) -> FastAPI:
+def create_app(model: TextGenerator | HasText, model_name: str | None = None, api_key: str | None = None,
+               speculative: str | None = None) -> FastAPI:  # fmt: skip
     """The HTTP app over `model`'s async text API; it must be served on the loop the model runs on.
 
-    `model_name` is the id clients pass as `model` (default: the package's name)."""
+    `model_name` is the id clients pass as `model` (default: the package's name); `speculative`:
+    every request decodes speculatively from that draft source (swarm/speculative.py)."""
     text = model if isinstance(model, TextGenerator) else model.text
     name = model_name or text.manifest.name
     app = FastAPI(title="swarm", description="OpenAI-compatible API over a swarm",
@@ -212,7 +214,7 @@ def create_app(model: TextGenerator | HasText, model_name: str | None = None, ap
     async def completions(body: CompletionBody, request: Request) -> dict[str, Any] | StreamingResponse:
         check_model(body.model)
         max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
-        job = make_job(text, body, prompt_ids_of(text, body.prompt), max_tokens)
+        job = make_job(text, body, prompt_ids_of(text, body.prompt), max_tokens, speculative)
         env = Envelope("text_completion", name, new_id("cmpl"))
         outcome = request.state.outcome = Outcome(len(job.request.prompt_ids))  # for the request's log line
         if body.stream:
@@ -226,7 +228,7 @@ def create_app(model: TextGenerator | HasText, model_name: str | None = None, ap
         # a conversation longer than the context loses its oldest turns, not the request
         fitted = fit_conversation(text.codec, chat_messages(body.messages), text.manifest.max_context,
                                   body.max_completion_tokens or body.max_tokens)  # fmt: skip
-        job = make_job(text, body, fitted.prompt_ids, fitted.max_tokens)
+        job = make_job(text, body, fitted.prompt_ids, fitted.max_tokens, speculative)
         outcome = request.state.outcome = Outcome(len(job.request.prompt_ids))  # for the request's log line
         if body.stream:
             env = Envelope("chat.completion.chunk", name, new_id("chatcmpl"))
@@ -299,9 +301,10 @@ async def serve(
     model_name: str | None = None,
     api_key: str | None = None,
     on_ready: Callable[[RunningServer], None] | None = None,
+    speculative: str | None = None,
 ) -> None:
     """Serve `model` over HTTP until the server is stopped."""
-    async with run_server(create_app(model, model_name, api_key), host, port) as running:
+    async with run_server(create_app(model, model_name, api_key, speculative), host, port) as running:
         if on_ready is not None:
             on_ready(running)
         await running.wait()

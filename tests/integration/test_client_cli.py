@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from swarm.package import ModelPackage
-from tests.conftest import STORIES_PROMPT, STORIES_REFERENCE_TEXT
+from tests.conftest import STORIES_PROMPT, STORIES_REFERENCE_TEXT, TEST_SWARM_KEY
+from tests.helpers import LocalCluster
 
 
 def run_client(*args: object) -> subprocess.CompletedProcess[str]:
@@ -64,3 +65,13 @@ def test_local_runs_on_the_spinning_pool_unless_told_not_to() -> None:
 
     assert _parser().parse_args(["generate", "--local", "pkg", "hi"]).spin is True
     assert _parser().parse_args(["chat", "--local", "pkg", "--no-spin"]).spin is False
+
+
+def test_speculative_decoding_from_the_command_line(stories_package: ModelPackage, cluster: LocalCluster) -> None:
+    cluster.start_chain(stories_package.root, [(0, 2), (2, 5)])
+    peers = [arg for address in cluster.addresses for arg in ("--peer", address)]
+    result = run_client("generate", *peers, "--swarm-key", TEST_SWARM_KEY.join_code, "--max-tokens", 40,
+                        "--speculative", "lookup", STORIES_PROMPT)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert STORIES_PROMPT + result.stdout.rstrip("\n") == STORIES_REFERENCE_TEXT  # the plain greedy reference
+    assert "drafts accepted" in result.stderr and "tokens per pass" in result.stderr, result.stderr

@@ -46,6 +46,9 @@ class Hostile:
     payload: Any
 
 
+CURRENT = pb.PROTOCOL_VERSION_CURRENT
+
+
 def tensors() -> st.SearchStrategy[pb.Tensor]:
     good = st.builds(lambda n: to_wire(__import__("numpy").zeros((1, n, HIDDEN), "float32")), st.integers(1, 4))
     return st.one_of(
@@ -85,7 +88,7 @@ def hostile_opens(package_id: str) -> st.SearchStrategy[pb.OpenSession]:
                   session_id=st.text(min_size=1, max_size=64), package_id=st.text(max_size=80), route=st.lists(hops),
                   max_length=st.integers(0, 2**32 - 1), sampling=sampling),
         # the right model, from another protocol or with a broken route / length
-        st.builds(pb.OpenSession, protocol_version=st.integers(0, 2**32 - 1).filter(lambda v: v != 2),
+        st.builds(pb.OpenSession, protocol_version=st.integers(0, 2**32 - 1).filter(lambda v: v != CURRENT),
                   session_id=st.text(max_size=80), package_id=st.just(package_id), route=st.lists(hops, max_size=300)),
         st.builds(pb.OpenSession, protocol_version=st.just(pb.PROTOCOL_VERSION_CURRENT), session_id=st.just(""),
                   package_id=st.just(package_id), max_length=st.just(8)),

@@ -164,7 +164,7 @@ def bad_requests(
                                       "no session here awaits a return link"),
         "step before open": (1, [hidden_step(to_wire(HIDDEN))], "must start with OpenSession"),
         "wrong package": (1, [open_message(package, nodes, 1, package_id="f" * 64)], "this node serves model"),
-        "wrong protocol": (1, [open_message(package, nodes, 1, protocol_version=7)], "protocol version 7"),
+        "wrong protocol": (1, [open_message(package, nodes, 1, protocol_version=99)], "protocol version 99"),
         "route not for me": (0, [open_message(package, nodes, 1)], "route sends layers [2, 5)"),
         "session too long": (1, [open_message(package, nodes, 1, max_length=100_000)], "outside [1, 512]"),
         "wrong shape": (1, [second, hidden_step(to_wire(np.zeros((1, 1, 63), np.float32)))], "does not match"),

@@ -157,6 +157,26 @@ def test_kill_a_node_during_a_chunked_prefill(replicated: list[NodeProcess], exp
     assert len(stats.recoveries) >= 1
 
 
+@pytest.mark.parametrize("hop", [1, 2], ids=["middle", "last"])
+def test_kill_a_node_during_speculative_decoding(replicated: list[NodeProcess], expected: dict[str, list[int]],
+                                                 stories_package: ModelPackage, hop: int) -> None:  # fmt: skip
+    # the client drives each verify pass, so the kill lands between passes; the new route replays
+    # them as they were sent, drafts and all, and the generation goes on as the local runner's
+    request = GenerationRequest(tuple(expected["prompt"]), 60, stop_on_eos=False, speculative="lookup")
+    with LocalModel(stories_package) as local:
+        want = list(local.generate_ids(request))
+    stats = GenerationStats()
+    with Swarm(peers=[n.address for n in replicated], min_step_deadline_s=1.0, open_deadline_s=1.0) as swarm:
+        tokens = []
+        for token in swarm.generate_ids(request, stats):
+            tokens.append(token)
+            if len(tokens) == 20:
+                on_route(replicated, stats, hop).signal(signal.SIGKILL)
+    assert tokens == want
+    assert len(stats.recoveries) == 1
+    assert stats.draft_accepted > 0  # verify passes ran, and were replayed
+
+
 def test_a_paused_node_is_routed_around(replicated: list[NodeProcess], expected: dict[str, list[int]]) -> None:
     stats = generate_with_fault(replicated, expected, hop=1, after=10, fault=signal.SIGSTOP)
     assert 1.0 <= stats.recoveries[0] < 4.0  # the step deadline, then the reroute
