@@ -130,6 +130,8 @@ async def serve(config: NodeConfig, progress: Progress | None = None) -> AsyncIt
         stack.push_async_callback(servicer.close)  # its channels to next hops
         servicer.capacity = Capacity(speed, prefill_speed)
         metrics = NodeMetrics(servicer.table) if config.metrics_port is not None else None
+        if metrics is not None:
+            servicer.stream.on_step = metrics.observe_step
         server, port = await _grpc_server(stack, config, servicer, metrics, message_bytes)
         node = RunningNode(server, servicer, port, config, metrics=metrics)
         if metrics is not None and config.metrics_port is not None:

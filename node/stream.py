@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -70,6 +70,7 @@ class SessionStream:
         self._compute, self.batcher, self._channels = compute, batcher, channels
         self.draining = False  # refuse new sessions (the node is leaving)
         self.rings: dict[str, ReturnSlot] = {}  # sessions this node heads a ring of, by id
+        self.on_step: Callable[[float], None] = lambda seconds: None  # told each step's time here (metrics)
 
     async def serve(
         self, requests: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
@@ -269,7 +270,9 @@ class SessionStream:
             output = await self._compute.run(self.span.forward, hidden, session.caches, sampling, logits)
         session.next_step += 1
         timing = pb.HopTiming(node_id=self.settings.node_id, compute_ms=(time.perf_counter() - started) * 1000)
-        return await self._onward(session, step, position, output, links, timing=timing)
+        reply = await self._onward(session, step, position, output, links, timing=timing)
+        self.on_step(time.perf_counter() - started)
+        return reply
 
     async def _onward(self, session: NodeSession, step: pb.Step, position: int, output: StepOutput,
                       links: SessionLinks, partial: bool = False,

@@ -6,9 +6,11 @@ tests are skipped with a message saying what went untested.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -34,6 +36,18 @@ class Host:
         return ["ip", "netns", "exec", self.namespace, *args]
 
 
+_USES = itertools.count()
+
+
+def _wait_gone(prefix: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        if f" {prefix}" not in links:
+            return
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def lan() -> Iterator[list[Host]]:
     """Three hosts, 10.77.X.1 to 10.77.X.3, on a private bridge."""
@@ -42,7 +56,8 @@ def lan() -> Iterator[list[Host]]:
         if os.environ.get("CI"):
             pytest.fail(f"{message} (CI runs as root; this machine cannot)")
         pytest.skip(f"NOT TESTED: {message}; run as root to cover multi-host discovery")
-    tag = os.getpid() % 200 + 20
+    tag = (os.getpid() + 37 * next(_USES)) % 200 + 20  # another per use: a deleted namespace's veths
+    _wait_gone(f"sw{tag}")  # go away asynchronously, and one of an earlier test could still be there
     bridge = f"swbr{tag}"
     hosts = [Host(f"swarm-{tag}-{i}", SUBNET.format(tag=tag, host=i), f"sw{tag}b{i}") for i in (1, 2, 3)]
     sh("ip", "link", "add", bridge, "type", "bridge")
