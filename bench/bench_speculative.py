@@ -93,7 +93,8 @@ def measure(model: SyncTextGenerator, sets: dict[str, list[tuple[int, ...]]], ne
 
 def markdown(result: dict[str, Any], command: str) -> str:
     lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}). SmolLM2-135M-Instruct (default int4 export), "
-             f"greedy, up to {result['new_tokens']} new tokens per prompt (stopping at the end of the turn), {len(REPETITIVE)} repetitive prompts (repeat, "
+             f"greedy, up to {result['new_tokens']} new tokens per prompt (stopping at the end of the turn), "
+             f"{len(REPETITIVE)} repetitive prompts (repeat, "
              f"rewrite, rename in code, add a docstring) and {len(OPEN_ENDED)} open-ended ones (a story, questions); "
              f"decode rate over each set, mean of {result['rounds']} alternating rounds. Swarm: three node "
              "processes ([0, 10), [10, 20), [20, 30)) behind bench/links.py relays; the client proposes "

@@ -155,7 +155,7 @@ def _write_family_gguf(case: str, arch: gguf.MODEL_ARCH, path: Path) -> Path:
     w.add_layer_norm_rms_eps(c["rms_norm_eps"])
     w.add_rope_freq_base(rope.get("rope_theta", 10000.0))
     w.add_rope_dimension_count(head_dim)
-    if "head_dim" in c and c["head_dim"]:
+    if c.get("head_dim"):
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     if arch == gguf.MODEL_ARCH.PHI3:  # as the converter writes Phi-3: the window 0 = none
