@@ -113,10 +113,11 @@ class StatusProbe:
         self._seen: dict[str, PeerStatus] = {}  # node id -> its latest answer
         self._node_at: dict[str, str] = {}  # address -> the node id that answered there last
 
-    async def snapshot(self) -> StatusSnapshot:
+    async def snapshot(self, rediscover: bool = True) -> StatusSnapshot:
+        """`rediscover=False`: no mDNS wait, only the peers already known (and theirs) are asked."""
         problem = ""
         try:
-            await self.swarm.refresh()
+            await self.swarm.refresh(rediscover)
         except SwarmError as exc:
             problem = str(exc)
         # every address the client learned (given, discovered, gossiped) and every one met before
