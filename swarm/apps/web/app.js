@@ -12,6 +12,7 @@ const state = {
   model: "",
   conversation: [], // {role, content}: what the next request sends
   busy: null, // the AbortController of the reply being streamed
+  lastRoute: [], // the route the last reply took (after any recovery), drawn on the map
 };
 
 // ---- the API, with the key when there is one
@@ -149,7 +150,9 @@ function drawMap(data) {
 
   // routes: each live session's, and the one a new session would take
   for (const session of data.sessions) rows.push(routeRow(`session ${session.id.slice(-6)}`, `${session.tokens} tokens`, session.route, layers, "session"));
+  if (state.lastRoute.length) rows.push(routeRow("last reply", "", state.lastRoute, layers, "last"));
   if (data.route.length) rows.push(routeRow("next route", "", data.route, layers, "next"));
+  $("map").style.setProperty("--layers", layers);
   $("map").replaceChildren(...rows);
 }
 
@@ -217,6 +220,7 @@ async function send(question) {
     ending = controller.signal.aborted ? "stopped" : "error: " + error.message;
   }
   state.conversation.push({ role: "assistant", content: text.textContent });
+  if (stats) state.lastRoute = stats.route;
   reply.append(el("div", { class: "stats" + (ending.startsWith("error") ? " error" : "") }, statsLine(stats, ending)));
   reply.dataset.done = "true";
   setBusy(null);
