@@ -129,8 +129,10 @@ function drawMap(data) {
     const bar = known
       ? el("div", { class: "bar " + peer.state.replace(" ", "-"), style: span(layers, peer.start, peer.end) }, `[${peer.start}, ${peer.end})`)
       : null;
-    const facts = peer.state === "up"
-      ? `${peer.steps_per_s.toFixed(0)} steps/s · load ${peer.sessions}/${peer.max_sessions} · ` +
+    const answered = peer.state === "up" || peer.state === "draining";
+    const facts = answered
+      ? (peer.state === "draining" ? "draining · " : "") +
+        `${peer.steps_per_s.toFixed(0)} steps/s · load ${peer.sessions}/${peer.max_sessions} · ` +
         `${bytes(peer.free_memory)} free · ${peer.rtt_ms.toFixed(1)} ms`
       : peer.state + (peer.error ? ": " + peer.error : "");
     const busy = peer.addresses.some((a) => onRoute.has(a));
@@ -153,7 +155,13 @@ function drawMap(data) {
   if (state.lastRoute.length) rows.push(routeRow("last reply", "", state.lastRoute, layers, "last"));
   if (data.route.length) rows.push(routeRow("next route", "", data.route, layers, "next"));
   $("map").style.setProperty("--layers", layers);
-  $("map").replaceChildren(...rows);
+  $("map").replaceChildren(...rows, legend());
+}
+
+function legend() {
+  const keys = [["up", "up"], ["draining", "draining"], ["unreachable", "unreachable"], ["gap", "no node"],
+    ["session", "live session"], ["last", "last reply"], ["next", "next route"]];
+  return el("div", { class: "legend" }, ...keys.map(([kind, label]) => el("span", {}, el("i", { class: "swatch " + kind }), label)));
 }
 
 function row(name, detail, track, facts = "") {
