@@ -11,6 +11,7 @@ tests/browser.py) and saves the page once the reply is done. Everything it start
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,11 +34,12 @@ SPANS = ["0:2", "2:5", "2:5"]
 QUESTION = "Once upon a time"
 
 
-def start_node(package: Path, blocks: str, key: SwarmKey) -> tuple[subprocess.Popen[str], str]:
+def start_node(package: Path, blocks: str, key: SwarmKey, home: Path) -> tuple[subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "node.cli", "join", "--model", str(package), "--blocks", blocks, "--host",
            "127.0.0.1", "--port", "0", "--threads", "1", "--no-mdns", "--drain-timeout", "0",
            "--swarm-key", key.join_code]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(home)}  # identities of their own, not this user's
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # "serving MODEL layers A:B at ADDRESS as ID"
     if not line.startswith("serving "):
@@ -53,7 +55,7 @@ def screenshot(out: Path) -> None:
                                     ExportOptions())  # fmt: skip
         addresses = []
         for blocks in SPANS:
-            proc, address = start_node(package.root, blocks, key)
+            proc, address = start_node(package.root, blocks, key, Path(tmp) / "config")
             stack.callback(proc.wait, 10)
             stack.callback(proc.kill)
             addresses.append(address)
@@ -69,7 +71,7 @@ def screenshot(out: Path) -> None:
 
         port = loop.run(serve())
         stack.callback(lambda: loop.run(serving.aclose()))
-        driver = stack.enter_context(browser.chromium(width=1400, height=760))
+        driver = stack.enter_context(browser.chromium(width=1400, height=640))
         driver.get(f"http://127.0.0.1:{port}/")
         wait(lambda: len(driver.find_elements("css selector", "#map .node")) == len(SPANS))
         driver.find_element("id", "max-tokens").clear()
