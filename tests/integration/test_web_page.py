@@ -314,3 +314,39 @@ def test_the_page_chats_and_maps_a_live_swarm(chromium_ready: None, stories_pack
             assert [(int(s), int(e)) for _, s, e in hops] == [(0, 2), (2, 5)] and hops[1][0] != route[1][0], stats
             errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
             assert errors == [], errors
+
+
+def test_the_page_asks_for_the_key_and_its_stop_button_ends_the_generation(chromium_ready: None,
+                                                                           local: LocalModel) -> None:  # fmt: skip
+    from selenium.webdriver.common.by import By
+
+    gate = Gate(local, after=6)
+
+    async def text(stack: AsyncExitStack) -> TextGenerator:
+        return gate.text
+
+    with serving(text, api_key="s3cret") as base, browser.chromium() as driver:
+        driver.get(base.removesuffix("v1"))
+        key_form = driver.find_element(By.ID, "key-form")
+        assert wait_until(key_form.is_displayed, timeout_s=10)  # the API said 401: the page asks
+        driver.find_element(By.ID, "key-input").send_keys("wrong\n")
+        assert wait_until(lambda: "incorrect API key" in driver.find_element(By.ID, "key-error").text, timeout_s=10)
+        driver.find_element(By.ID, "key-input").clear()
+        driver.find_element(By.ID, "key-input").send_keys("s3cret\n")
+        assert wait_until(lambda: not key_form.is_displayed(), timeout_s=10)
+        summary = driver.find_element(By.ID, "map-summary")
+        assert wait_until(lambda: "run in this process" in summary.text, timeout_s=10), summary.text
+
+        driver.find_element(By.ID, "prompt").send_keys("Once upon a time\n")
+        stop = driver.find_element(By.ID, "stop")
+        assert wait_until(stop.is_displayed, timeout_s=10)
+        reply = driver.find_element(By.CSS_SELECTOR, ".msg.assistant .text")
+        assert wait_until(lambda: reply.text, timeout_s=10)  # the first tokens came; then the generation stalls
+        session = wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#map .route.session"), timeout_s=10)
+        assert session  # the live session is drawn on the map
+        assert gate.closed == 0
+        stop.click()
+        assert wait_until(lambda: gate.closed == 1, timeout_s=5), "the stop button left the generation running"
+        stats = driver.find_element(By.CSS_SELECTOR, ".msg.assistant .stats").text
+        assert stats.startswith("stopped") and not stop.is_displayed()
+        assert driver.find_element(By.CSS_SELECTOR, ".msg.assistant").get_attribute("data-done") == "true"

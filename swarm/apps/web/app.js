@@ -65,8 +65,11 @@ $("model-picker").addEventListener("change", (event) => { state.model = event.ta
 // ---- the swarm map
 
 let pollTimer = null;
+let polling = false; // one poll at a time, however often it is asked for
 
 async function pollMap() {
+  if (polling) return;
+  polling = true;
   clearTimeout(pollTimer);
   try {
     drawMap(await (await api("/v1/swarm")).json());
@@ -74,6 +77,8 @@ async function pollMap() {
   } catch (error) {
     if (error instanceof NeedKey) return; // polling starts again with the key
     setHealth("server unreachable", "bad");
+  } finally {
+    polling = false;
   }
   pollTimer = setTimeout(pollMap, POLL_MS);
 }
