@@ -291,6 +291,7 @@ def test_the_page_chats_and_maps_a_live_swarm(chromium_ready: None, stories_pack
 
             text, stats, lengths = ask(driver, "Once upon a time")
             assert len(text) > 100 and "error" not in stats
+            print(f"the reply grew in {len(set(lengths))} steps to {len(text)} characters")
             assert lengths == sorted(lengths) and lengths[-1] == len(text), lengths  # it only grew, to the end
             assert len(set(lengths) - {0}) >= 10, lengths  # in many pieces: streamed, not all at once
             route = re.findall(r"(127\.0\.0\.1:\d+) \[(\d+), (\d+)\)", stats)

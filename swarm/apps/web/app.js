@@ -189,8 +189,14 @@ function addMessage(role, text) {
   const body = el("div", { class: "text" }, text);
   const message = el("div", { class: "msg " + role }, el("div", { class: "role" }, role), body);
   $("messages").append(message);
-  message.scrollIntoView({ block: "end" });
+  scrollChat();
   return message;
+}
+
+function scrollChat() {
+  // the chat's own box follows the reply; the page stays where the reader put it
+  const box = $("messages");
+  box.scrollTop = box.scrollHeight;
 }
 
 function setBusy(controller) {
@@ -225,7 +231,7 @@ async function send(question) {
       const choice = event.choices && event.choices[0];
       if (choice && choice.delta && choice.delta.content) {
         text.textContent += choice.delta.content;
-        reply.scrollIntoView({ block: "end" });
+        scrollChat();
       }
       if (event.swarm) stats = event.swarm;
     }
