@@ -49,6 +49,7 @@ from swarm.apps.openai_api import (
 )
 from swarm.apps.status import StatusProbe
 from swarm.apps.swarm_view import LiveSessions, SwarmView, route_hops
+from swarm.apps.web_page import FILES as PAGE_FILES
 from swarm.apps.web_page import add_page
 from swarm.client import AsyncSwarm
 from swarm.conversation import fit_conversation
@@ -59,6 +60,7 @@ SHUTDOWN_GRACE_S = 5  # open streams get this long to finish when the server sto
 log = logging.getLogger("swarm.openai")
 
 Chunks = AsyncGenerator[dict[str, Any], None]  # response objects, one per server-sent event
+QUIET_PATHS = {"/v1/swarm", *PAGE_FILES}  # logged at debug when they succeed: the web page polls the first
 
 
 class HasText(Protocol):
@@ -146,7 +148,8 @@ def _include_usage(body: Body) -> bool:
 class RequestLog:
     """One info line per request once its response is sent (a stream's last event too): method,
     path, status, model, prompt and completion tokens, seconds, and the generation's time to first
-    token and decode rate, as `GenerationStats` defines them for every front end."""
+    token and decode rate, as `GenerationStats` defines them for every front end. The web page's
+    files and map polls are logged at debug, unless refused."""
 
     def __init__(self, app: ASGIApp, model_name: str) -> None:
         self.app, self.model_name = app, model_name
@@ -177,7 +180,10 @@ class RequestLog:
                            "ttft_ms": round(stats.ttft_s * 1000, 1),
                            "decode_tokens_per_s": round(stats.decode_tokens_per_s, 1)}  # fmt: skip
             ended = "" if finished else " (the client went away)"
-            log.info("%s %s%s", scope["method"], scope["path"], ended, extra=fields)
+            # what an open page fetches every few seconds would bury the requests: debug, unless refused
+            quiet = scope["path"] in QUIET_PATHS and status < 400
+            log.log(logging.DEBUG if quiet else logging.INFO, "%s %s%s", scope["method"], scope["path"], ended,
+                    extra=fields)  # fmt: skip
 
 
 def _key_check(api_key: str | None) -> Callable[[Request], Awaitable[None]]:

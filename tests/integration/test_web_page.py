@@ -91,8 +91,12 @@ def test_cli_serve_shows_the_page_on_127_0_0_1_and_the_api_keeps_its_key(stories
     finally:
         process.terminate()
         process.wait(timeout=20)
+        logged = process.stderr.read().splitlines() if process.stderr is not None else []
         if process.stderr is not None:
             process.stderr.close()
+    requests = [line for line in logged if "logger=swarm.openai" in line]  # info lines only (serve's default)
+    assert not any("status=200" in line for line in requests), requests  # an open page's polls do not flood the log
+    assert sum('msg="GET /v1/swarm" status=401' in line for line in requests) == 2, requests  # refusals do show
 
 
 def status_json(addresses: Sequence[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
