@@ -137,6 +137,14 @@ def test_swarm_endpoint_is_the_status_json_and_replies_carry_their_route(
         reply = client(base).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=30, temperature=0)
         assert reply.choices[0].message.content == expected and (reply.model_extra or {})["swarm"]["route"] == hops
 
+        nodes[1].servicer.draining = True  # leaving: the map says so at a later poll
+
+        def state() -> str:
+            return next(p["state"] for p in swarm_json(base)["peers"] if p["node_id"] == nodes[1].node_id)
+
+        assert wait_until(lambda: state() == "draining", timeout_s=5), state()
+        assert swarm_json(base)["gaps"] == [[2, 5]]  # it takes no new sessions: nobody else serves [2, 5)
+
 
 class Gate:
     """The local runner, stalled after a few tokens until the generation is closed: a request
