@@ -34,12 +34,14 @@ class Hop:
 
 
 def route_hops(route: list[str]) -> list[Hop]:
-    """`GenerationStats.route` ("ADDRESS:START-END" per hop) as hops."""
+    """`GenerationStats.route` ("ADDRESS:START-END" per hop) as hops; a hop in another form is
+    left out (the map and a reply's stats are a view: they never fail a request)."""
     hops = []
     for hop in route:
         address, _, layers = hop.rpartition(":")
         start, _, end = layers.partition("-")
-        hops.append(Hop(address, int(start), int(end)))
+        if address and start.isdigit() and end.isdigit():
+            hops.append(Hop(address, int(start), int(end)))
     return hops
 
 
