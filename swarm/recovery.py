@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from swarm._proto import swarm_pb2 as pb
 from swarm.config import ClientConfig
 from swarm.errors import NoRouteError, PeerUnavailable, SessionExpired, StaleRoute, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
@@ -86,6 +87,11 @@ class Sent:
     ids: list[int]
     drafts: list[int] = field(default_factory=list)
     accepted: int = 0
+    hidden: pb.Tensor | None = None  # a private session's step: the hidden states sent, byte for byte
+
+    @property
+    def positions(self) -> int:
+        return int(self.hidden.shape[1]) if self.hidden is not None else len(self.ids)
 
 
 class ReplayDiverged(SwarmError):
@@ -192,6 +198,13 @@ class RecoveringSession:
         sent.accepted = accepted
         return accepted, token
 
+    async def hidden_step(self, hidden: pb.Tensor, positions: int) -> pb.Tensor:
+        """One step of a private session (swarm/private.py), recovered like any step: a replay
+        sends the very bytes the original sent."""
+        sent = Sent([], hidden=hidden)
+        timeout = self._deadlines.for_step(positions)
+        return await self._recovering(sent, lambda s: s.hidden_step(hidden, positions, timeout))
+
     async def _recovering(self, sent: Sent, send: Callable[[RemoteSession], Awaitable[T]]) -> T:
         attempts = 0
         while True:
@@ -205,21 +218,23 @@ class RecoveringSession:
                     raise
                 await self._recover(exc)
                 continue
-            self._deadlines.observe(time.perf_counter() - started, len(sent.ids))
+            self._deadlines.observe(time.perf_counter() - started, sent.positions)
             self._history.append(sent)
             return result
 
     async def _replay(self, session: RemoteSession, sent: Sent) -> None:
         started = time.perf_counter()
-        timeout = self._deadlines.for_step(len(sent.ids))
-        if not sent.drafts:
+        timeout = self._deadlines.for_step(sent.positions)
+        if sent.hidden is not None:
+            await session.hidden_step(sent.hidden, sent.positions, timeout)
+        elif not sent.drafts:
             await session.step(sent.ids, self._request.sampling, timeout=timeout)
         else:
             accepted, _ = await session.verify(sent.ids, sent.drafts, self._request.sampling, timeout)
             if accepted != sent.accepted:  # another floating-point path (another ISA): not the same sequence
                 raise ReplayDiverged(f"the replayed verify step accepted {accepted} drafts, the original "
                                      f"{sent.accepted}; the new route computes differently")  # fmt: skip
-        self._deadlines.observe(time.perf_counter() - started, len(sent.ids))
+        self._deadlines.observe(time.perf_counter() - started, sent.positions)
 
     async def _recover(self, error: SwarmError) -> None:
         started = time.perf_counter()

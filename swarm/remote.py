@@ -50,6 +50,7 @@ class RemoteSession:
         wire_dtype: str = "float32",
         ring: bool = True,
         prefill_chunk: int = 0,
+        private_layers: int | None = None,
     ) -> None:
         self.session_id = uuid.uuid4().hex
         self.route = list(route)
@@ -73,11 +74,15 @@ class RemoteSession:
             package_id=package_id,
             route=[pb.Hop(address=p.address, node_id=p.node_id, start=p.start, end=p.end) for p in route],
             max_length=max_length,
-            sampling=_sampling_message(sampling),
             return_logits=return_logits,
             wire_dtype=wire_dtype,
             prefill_chunk=prefill_chunk if ring or len(route) == 1 else 0,
         )
+        self.private = private_layers is not None  # the client runs the ends: no sampling leaves it
+        if self.private:
+            self._open.private, self._open.client_layers = True, private_layers or 0
+        else:
+            self._open.sampling.CopyFrom(_sampling_message(sampling))
         if ring and len(route) > 1:  # results come back to the first node straight from the last
             head = route[0]
             self._open.ring_head.CopyFrom(pb.Hop(address=head.address, node_id=head.node_id, start=head.start,
@@ -147,7 +152,21 @@ class RemoteSession:
                 return
             ids = [token]
 
+    async def hidden_step(self, hidden: pb.Tensor, positions: int, timeout: float | None = None) -> pb.Tensor:
+        """A private session's step: `hidden` (1, positions, H) in, the last node's hidden states
+        out (unchecked here: the caller knows what shape it expects)."""
+        if not self.private:
+            raise InvalidRequest("hidden-state steps belong to private sessions")
+        step = pb.Step(step=self._step, position=self.length, hidden=hidden)
+        reply = await self._exchange(pb.SessionRequest(step=step), timeout)
+        if not reply.result.HasField("hidden"):
+            raise PeerUnavailable(f"{self.route[-1].address} answered a private step without hidden states")
+        self._answer(reply, positions)
+        return reply.result.hidden
+
     def _check(self, params: SamplingParams) -> None:
+        if self.private:
+            raise InvalidRequest("a private session's client samples: it sends hidden states only")
         if params != self.sampling:
             raise InvalidRequest("sampling parameters are fixed when a session opens")
         if self._following:
