@@ -35,12 +35,34 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                         "$SWARM_MDNS_INTERFACES, else all IPv4)")  # fmt: skip
     p.add_argument("--discovery-timeout", type=float, default=5.0, help="seconds to look for the swarm")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --local (0 = one per core)")
+    _add_trust_flags(p)
     # On by default because a local run usually has the device to itself, as llama.cpp assumes:
     # spinning decodes the 1.1B shape ~10-25 % faster (docs/BENCHMARKS.md).
     p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=True,
                    help="with --local: one onnxruntime pool whose threads spin between ops (default: on). "
                         "--no-spin: a pool per stage, asleep between ops, for when other busy processes share "
                         "the cores (a spinning core stays busy ~40 ms after each step)")  # fmt: skip
+
+
+def _add_trust_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--private", action="store_true",
+                   help="a private session: this device runs the embedding, the head and sampling, so no node "
+                        "sees a token, only hidden states (which can still be inverted: docs/SECURITY.md); "
+                        "each token is one round trip through the swarm")  # fmt: skip
+    p.add_argument("--private-layers", type=int, default=0, metavar="K",
+                   help="with --private: also run K layers at each end here (needs nodes whose spans start "
+                        "at layer K and end K layers before the last)")  # fmt: skip
+    p.add_argument("--private-package", metavar="PKG",
+                   help="with --private: a package folder of the model to run this device's part from "
+                        "(default: fetch those files from the swarm)")  # fmt: skip
+    p.add_argument("--verify-fraction", type=float, default=0.0, metavar="F",
+                   help="with --private: re-check this fraction of steps on another replica and ban a node "
+                        "that computes differently from the others (docs/SECURITY.md)")  # fmt: skip
+
+
+def _trust(args: argparse.Namespace) -> dict[str, Any]:
+    return {"private": args.private, "private_layers": args.private_layers,
+            "private_package": args.private_package, "verify_fraction": args.verify_fraction}  # fmt: skip
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -123,6 +145,7 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
         model_id=args.model_id,
         mdns_interfaces=mdns_interfaces(args),
         discovery_timeout_s=args.discovery_timeout,
+        **_trust(args),
     )
 
 
@@ -143,7 +166,7 @@ async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenera
 
     swarm = await AsyncSwarm.connect(args.peer or (), swarm_key=args.swarm_key,
                                      model_id=args.model_id, mdns_interfaces=mdns_interfaces(args),
-                                     discovery_timeout_s=args.discovery_timeout)  # fmt: skip
+                                     discovery_timeout_s=args.discovery_timeout, **_trust(args))  # fmt: skip
     try:
         yield swarm.text
     finally:

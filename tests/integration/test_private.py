@@ -10,7 +10,10 @@ recovers with identical output.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from swarm.generation import GenerationRequest, GenerationStats
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
 from swarm.tensors import to_wire
-from tests.conftest import STORIES_PROMPT, STORIES_PROMPT_IDS
+from tests.conftest import STORIES_PROMPT, STORIES_PROMPT_IDS, STORIES_REFERENCE_TEXT
 from tests.helpers import LocalCluster, open_message, token_step
 from tests.integration.test_capture import capture, tcpdump  # noqa: F401  (tcpdump: a fixture)
 from tests.integration.test_node_sessions import exchange, hidden_step
@@ -284,3 +287,15 @@ def test_an_open_swarm_wire_shows_no_token_of_a_private_session(
     for secret in [STORIES_PROMPT.encode(), pb.TokenIds(ids=STORIES_PROMPT_IDS).SerializeToString()[2:],
                    pb.TokenIds(ids=generated[:8]).SerializeToString()[2:]]:  # fmt: skip
         assert secret not in data
+
+
+def test_swarm_client_generate_private(cluster: LocalCluster, stories_package: ModelPackage, tmp_path: Path) -> None:
+    cluster.start_chain(stories_package.root, [(0, 1), (1, 4), (4, 5)])
+    peers = [arg for address in cluster.addresses for arg in ("--peer", address)]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}  # the client's part is fetched there
+    result = subprocess.run([sys.executable, "-m", "swarm.apps.cli", "generate", *peers, "--private",
+                             "--private-layers", "1", "--max-tokens", "40", STORIES_PROMPT],
+                            capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert STORIES_PROMPT + result.stdout.rstrip("\n") == STORIES_REFERENCE_TEXT
+    assert "route " in result.stderr and ":1-4" in result.stderr  # the swarm ran layers [1, 4) only
