@@ -42,6 +42,7 @@ from swarm.speculative import LOOKUP, MAX_DRAFTS, Drafter, PromptLookup, check_s
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
 from swarm.transport import ChannelPool, unary
+from swarm.verification import Verifier, check_verification
 
 
 class AsyncSwarm:
@@ -189,6 +190,7 @@ class AsyncSwarm:
     async def _open_stream(
         self, request: GenerationRequest, stats: GenerationStats
     ) -> AsyncIterator[TokenStream]:
+        check_verification(self.config)
         if self.config.private:
             async with self._private_stream(request, stats) as private:
                 yield private
@@ -210,11 +212,15 @@ class AsyncSwarm:
         chunk = self.config.prefill_chunk if self.config.token_ring else 0
         part = ends.session(request.total_tokens, chunk, self.config.wire_dtype)
         session = RecoveringSession(self, self.config, request, stats)
+        verifier = Verifier(self, self.config, request, stats) if self.config.verify_fraction else None
+        session.audit = verifier.check if verifier is not None else None
         try:
             await session.open()
             yield PrivateStream(session, part)
         finally:
             await session.close()
+            if verifier is not None:
+                await verifier.close()
 
     async def _client_ends(self) -> ClientEnds:
         """The client's part of the model for private sessions: loaded once, kept until close."""

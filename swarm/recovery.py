@@ -43,11 +43,13 @@ class Bans:
     until: dict[str, float] = field(default_factory=dict)
     strikes: dict[str, int] = field(default_factory=dict)
 
-    def ban(self, node_id: str, now: float) -> float:
+    def ban(self, node_id: str, now: float, length_s: float | None = None) -> float:
+        """Ban `node_id` for the next strike's time, or `length_s` (a verification's long ban); a
+        shorter ban never cuts a longer one short. Returns how long it is banned from `now`."""
         self.strikes[node_id] = self.strikes.get(node_id, 0) + 1
-        length = min(self.base_s * 2 ** (self.strikes[node_id] - 1), self.max_s)
-        self.until[node_id] = now + length
-        return length
+        length = length_s if length_s is not None else min(self.base_s * 2 ** (self.strikes[node_id] - 1), self.max_s)
+        self.until[node_id] = max(self.until.get(node_id, now), now + length)
+        return self.until[node_id] - now
 
     def banned(self, now: float) -> set[str]:
         return {node for node, until in self.until.items() if until > now}
@@ -88,6 +90,7 @@ class Sent:
     drafts: list[int] = field(default_factory=list)
     accepted: int = 0
     hidden: pb.Tensor | None = None  # a private session's step: the hidden states sent, byte for byte
+    answer: pb.Tensor | None = None  # and what the route answered (after a recovery: the new route's replay)
 
     @property
     def positions(self) -> int:
@@ -126,6 +129,9 @@ class RecoveringSession:
         self._session: RemoteSession | None = None
         self._machines: list[str] = []  # the machine of each layer on the first route: replays go there
         self._deadlines = Deadlines(floor_s=config.min_step_deadline_s, first_s=config.step_timeout_s)
+        # a private session's verification (swarm/verification.py): told the history and the route
+        # after each step, it returns the node of the route it caught computing differently, if any
+        self.audit: Callable[[Sequence[Sent], list[PeerView]], Awaitable[str | None]] | None = None
 
     async def open(self) -> None:
         self._session = await self._reopen(record_recovery=True)
@@ -203,7 +209,14 @@ class RecoveringSession:
         sends the very bytes the original sent."""
         sent = Sent([], hidden=hidden)
         timeout = self._deadlines.for_step(positions)
-        return await self._recovering(sent, lambda s: s.hidden_step(hidden, positions, timeout))
+        sent.answer = await self._recovering(sent, lambda s: s.hidden_step(hidden, positions, timeout))
+        if self.audit is not None and self._session is not None:
+            liar = await self.audit(self._history, self._session.route)
+            if liar is not None:  # reroute around it: the replay's answers replace the ones it spoiled
+                error = PeerUnavailable(f"{liar} computed differently from the other replicas of its layers")
+                error.node_id = liar  # type: ignore[attr-defined]
+                await self._recover(error)
+        return sent.answer
 
     async def _recovering(self, sent: Sent, send: Callable[[RemoteSession], Awaitable[T]]) -> T:
         attempts = 0
@@ -226,7 +239,7 @@ class RecoveringSession:
         started = time.perf_counter()
         timeout = self._deadlines.for_step(sent.positions)
         if sent.hidden is not None:
-            await session.hidden_step(sent.hidden, sent.positions, timeout)
+            sent.answer = await session.hidden_step(sent.hidden, sent.positions, timeout)
         elif not sent.drafts:
             await session.step(sent.ids, self._request.sampling, timeout=timeout)
         else:
