@@ -164,6 +164,31 @@ class RemoteSession:
         self._answer(reply, positions)
         return reply.result.hidden
 
+    async def hidden_steps(self, steps: Sequence[tuple[pb.Tensor, int]], timeout: float | None = None,
+                           window: int = 4) -> list[pb.Tensor]:  # fmt: skip
+        """Several private steps, (hidden, positions) each, pipelined: up to `window` in flight, so
+        a replay (verification's catch-up) pays the route's time per step, not a client round trip."""
+        if not self.private:
+            raise InvalidRequest("hidden-state steps belong to private sessions")
+        assert self._call is not None and self._frames is not None, "open the session first"
+        answers: list[pb.Tensor] = []
+        position, written = self.length, 0
+        while len(answers) < len(steps):
+            while written < len(steps) and written - len(answers) < window:
+                hidden, positions = steps[written]
+                step = pb.Step(step=self._step + written - len(answers), position=position, hidden=hidden)
+                try:
+                    await self._call.write(self._frames.seal(pb.SessionRequest(step=step)))
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    break  # the node ended the stream: the read below says why
+                position, written = position + positions, written + 1
+            reply = await self._exchange(None, timeout)
+            if not reply.result.HasField("hidden"):
+                raise PeerUnavailable(f"{self.route[-1].address} answered a private step without hidden states")
+            self._answer(reply, steps[len(answers)][1])
+            answers.append(reply.result.hidden)
+        return answers
+
     def _check(self, params: SamplingParams) -> None:
         if self.private:
             raise InvalidRequest("a private session's client samples: it sends hidden states only")

@@ -1,14 +1,14 @@
 """Verification of remote computation: a private session's steps, re-checked on other replicas.
 
 After a step is answered, the client draws (a seeded RNG of its own, never the sampling seed)
-whether to check; a check picks one span of the route that has another live replica and compares
-the route's answers with a shadow route: the same route with that span's node swapped for the
-replica. A step's answer depends on the whole sequence before it (every node's KV cache), so the
-shadow session replays each step the client sent, as it was sent, and a check first catches it up
-on the steps since its last one: every step is compared, a check's cost is the steps it catches up
-(one extra pass of the route per token in all, paid in bursts), and `verify_fraction` sets how
-often that happens, and so how long a lie goes unseen. Shadows stay open for the generation, one
-per span checked, and start over when the route changes.
+whether to check. A generation audits one span of its route, drawn among those with another live
+replica, against a shadow route: the same route with that span's node swapped for the replica. A
+step's answer depends on the whole sequence before it (every node's KV cache), so the shadow
+session replays each step the client sent, as it was sent, and a check first catches it up on the
+steps since the last check, pipelined: every step is compared, a check costs the steps it catches
+up (in all at most one extra pass of the route per token, paid in bursts), and `verify_fraction`
+sets how often that happens, and so how long a lie goes unseen. A recovery (a new route) draws the
+audited span again and starts a new shadow.
 
 Outputs are compared bit for bit when both replicas report the same machine (the same kernels;
 recovery's exact replay rests on the same fact), else within `RTOL`/`ATOL` (docs/SECURITY.md).
@@ -44,6 +44,7 @@ VERIFY_BAN_S = 24 * 3600.0  # a node caught computing differently stays off this
 # across machines (another ISA's kernels round differently): float32 hidden states agree within
 # this (docs/SECURITY.md says how it was measured)
 RTOL, ATOL = 1e-3, 1e-4
+CATCH_UP = 64  # steps a check replays at once (compared, then the next lot)
 
 
 class VerificationFailed(SwarmError):
@@ -104,21 +105,28 @@ class Verifier:
         if [p.node_id for p in route] != [p.node_id for p in self._route]:  # recovered: start over
             await self.close()
             self._route = list(route)
-        hops = [hop for hop in range(len(route)) if self._replicas(hop)]
-        if not hops:
-            log.debug("no span of the route has another replica: nothing to check against")
-            return None
-        hop = self._rng.choice(hops)
+        if not self._shadows:
+            hops = [hop for hop in range(len(route)) if self._replicas(hop)]
+            if not hops:
+                log.debug("no span of the route has another replica: nothing to check against")
+                return None
+            hop = self._rng.choice(hops)
+        else:
+            hop = next(iter(self._shadows))
         try:
             shadow = self._shadows.get(hop) or await self._shadow(hop)
             while shadow.synced < len(history):
-                index, sent = shadow.synced, history[shadow.synced]
-                assert sent.hidden is not None and sent.answer is not None, "verification checks private steps"
-                answer = await shadow.session.hidden_step(sent.hidden, sent.positions, self._timeout)
-                shadow.synced += 1
-                self._stats.verified += 1
-                if not agree(sent.answer, answer, self._exact(route[hop], shadow.replica)):
-                    return await self._dispute(history, hop, index, answer)
+                batch = history[shadow.synced : shadow.synced + CATCH_UP]
+                steps = [(sent.hidden, sent.positions) for sent in batch if sent.hidden is not None]
+                assert len(steps) == len(batch), "verification checks private steps"
+                answers = await shadow.session.hidden_steps(steps, self._timeout)
+                for sent, answer in zip(batch, answers, strict=True):
+                    index = shadow.synced
+                    shadow.synced += 1
+                    self._stats.verified += 1
+                    assert sent.answer is not None
+                    if not agree(sent.answer, answer, self._exact(route[hop], shadow.replica)):
+                        return await self._dispute(history, hop, index, answer)
         except RECOVERABLE as exc:  # the shadow's route failed: not the generation's problem
             log.warning("the shadow session checking hop %d failed (%s); dropped", hop, exc)
             await self._drop(hop)
@@ -174,9 +182,8 @@ class Verifier:
         try:
             session = await self._open(hop, referee)
             try:
-                for sent in history[: index + 1]:
-                    assert sent.hidden is not None
-                    decided = await session.hidden_step(sent.hidden, sent.positions, self._timeout)
+                replay = [(sent.hidden, sent.positions) for sent in history[: index + 1] if sent.hidden is not None]
+                decided = (await session.hidden_steps(replay, self._timeout))[-1]
             finally:
                 await session.close()
         except RECOVERABLE as exc:

@@ -38,10 +38,13 @@ class FakeSession:
     sent: list[int] = field(default_factory=list)
     closed: bool = False
 
-    async def hidden_step(self, hidden: pb.Tensor, positions: int, timeout: float | None = None) -> pb.Tensor:
-        step = len(self.sent)
-        self.sent.append(step)
-        return lied(step, self.lie) if self.lie and step >= LIAR_AT else honest(step)
+    async def hidden_steps(self, steps: list[tuple[pb.Tensor, int]], timeout: float | None = None) -> list[pb.Tensor]:
+        answers = []
+        for _ in steps:
+            step = len(self.sent)
+            self.sent.append(step)
+            answers.append(lied(step, self.lie) if self.lie and step >= LIAR_AT else honest(step))
+        return answers
 
     async def close(self) -> None:
         self.closed = True
