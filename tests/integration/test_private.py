@@ -299,3 +299,24 @@ def test_swarm_client_generate_private(cluster: LocalCluster, stories_package: M
     assert result.returncode == 0, result.stderr
     assert STORIES_PROMPT + result.stdout.rstrip("\n") == STORIES_REFERENCE_TEXT
     assert "route " in result.stderr and ":1-4" in result.stderr  # the swarm ran layers [1, 4) only
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_what_the_first_node_could_read_back(cluster: LocalCluster, stories_package: ModelPackage, local: LocalModel,
+                                             monkeypatch: pytest.MonkeyPatch, layers: int) -> None:  # fmt: skip
+    # the limit SECURITY.md states, measured: the first node looks each received position up in
+    # the model's (public) embedding matrix, the crudest inversion there is
+    recorder = Recorder(monkeypatch)
+    cluster.start_chain(stories_package.root, [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)])
+    with private_swarm(cluster, stories_package, layers) as swarm:
+        swarm.generate(STORIES_PROMPT, 5)
+    first = next(r.step.hidden for r in recorder.requests if r.WhichOneof("kind") == "step")
+    received = np.frombuffer(first.data, "<f4").reshape(tuple(first.shape))[0]  # (S, H)
+    table = local.span.embed(list(range(stories_package.manifest.architecture.vocab_size)))[0]  # (V, H)
+    nearest = [int(np.argmin(((table - row) ** 2).sum(axis=1))) for row in received]
+    read = sum(a == b for a, b in zip(nearest, STORIES_PROMPT_IDS, strict=True))
+    print(f"private_layers={layers}: {read} of {len(STORIES_PROMPT_IDS)} prompt tokens read back")
+    assert read == READ_BACK[layers]
+
+
+READ_BACK = {0: 5, 1: 5, 2: 4}  # of the prompt's 5 tokens, stories260K: the residual stream keeps the embedding
