@@ -320,7 +320,8 @@ class SessionStream:
         token ids, or (a private session) the client's hidden states cut at the same places."""
         if session.private:
             hidden = self._hidden_input(session, step)
-            return [hidden[:, i : i + len(ids)] for i, ids in _chunk_starts(hidden.shape[1], session.prefill_chunk)]
+            cuts = prefill_chunks(range(hidden.shape[1]), session.prefill_chunk)
+            return [hidden[:, cut[0] : cut[-1] + 1] for cut in cuts]
         return [self.span.embed(ids) for ids in self._token_chunks(session, step)]
 
     def _token_chunks(self, session: NodeSession, step: pb.Step) -> list[list[int]]:
@@ -346,15 +347,6 @@ class SessionStream:
         if hidden.shape[1] > room or (step.partial and hidden.shape[1] == room):
             raise InvalidRequest(f"step has {hidden.shape[1]} positions; the session has room for {room}")
         return np.ascontiguousarray(hidden)
-
-
-def _chunk_starts(positions: int, chunk: int) -> list[tuple[int, list[int]]]:
-    """Where `prefill_chunks` cuts a step of `positions`: (start, the chunk's positions) each."""
-    starts, cut = 0, []
-    for piece in prefill_chunks(range(positions), chunk):
-        cut.append((starts, piece))
-        starts += len(piece)
-    return cut
 
 
 def _returned(session: NodeSession, output: StepOutput) -> np.ndarray:

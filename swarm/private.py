@@ -98,12 +98,9 @@ class EndsSession:
             hidden = from_wire(returned, (1, want, self.ends.hidden_size), (self.wire_dtype,))
         except InvalidRequest as exc:
             raise PeerUnavailable(f"the route returned bad hidden states: {exc}") from exc
-        if back.blocks:
-            cut = [len(c) for c in prefill_chunks(range(positions), self.prefill_chunk)]
-            start = 0
-            for size in cut:
-                out = back.run_blocks(np.ascontiguousarray(hidden[:, start : start + size]), self.back)
-                start += size
+        if back.blocks:  # the client's last layers, cut as the route cut the step
+            for cut in prefill_chunks(range(positions), self.prefill_chunk):
+                out = back.run_blocks(np.ascontiguousarray(hidden[:, cut[0] : cut[-1] + 1]), self.back)
             hidden = out
         self.length += positions
         assert back.head is not None

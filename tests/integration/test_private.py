@@ -25,6 +25,7 @@ from node.hops import Downstream
 from node.stream import SessionStream
 from swarm import Swarm
 from swarm._proto import swarm_pb2 as pb
+from swarm.client import AsyncSwarm
 from swarm.environment import SWARM_KEY_ENV
 from swarm.errors import InvalidRequest, NoRouteError
 from swarm.frames import Frames
@@ -320,3 +321,28 @@ def test_what_the_first_node_could_read_back(cluster: LocalCluster, stories_pack
 
 
 READ_BACK = {0: 5, 1: 5, 2: 4}  # of the prompt's 5 tokens, stories260K: the residual stream keeps the embedding
+
+
+def test_private_and_normal_sessions_share_a_batch(cluster: LocalCluster, stories_package: ModelPackage,
+                                                   local: LocalModel) -> None:  # fmt: skip
+    # a batched decode pass on the last node may hold rows of both kinds: the private rows keep
+    # their hidden states, the others are sampled there
+    nodes = cluster.start_chain(stories_package.root, ROUTES["two nodes"])
+    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 40, stop_on_eos=False)
+    want = list(local.generate_ids(request))
+
+    async def run_all() -> list[list[int]]:
+        private = await AsyncSwarm.connect(cluster.addresses, private=True, private_package=str(stories_package.root))
+        normal = await AsyncSwarm.connect(cluster.addresses, node_loop=False)
+        try:
+            async def one(swarm: AsyncSwarm) -> list[int]:
+                return [t async for t in swarm.text.generate_ids(request)]
+
+            return await asyncio.gather(*(one(s) for s in (private, normal, private, normal)))
+        finally:
+            await private.close()
+            await normal.close()
+
+    assert asyncio.run(run_all()) == [want] * 4
+    last = nodes[-1].servicer.batcher
+    assert last.rows > last.batches  # some passes held several sessions
