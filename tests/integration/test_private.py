@@ -74,6 +74,15 @@ def test_private_generation_equals_the_local_runner(cluster: LocalCluster, stori
     assert inner[0].startswith(f"{layers}-") and inner[-1].endswith(f"-{5 - layers}")  # the client ran the rest
 
 
+def test_half_precision_hidden_states(cluster: LocalCluster, stories_package: ModelPackage, local: LocalModel) -> None:
+    # float16 on the wire rounds at every boundary, the client's too: close to the local runner, not exact
+    cluster.start_chain(stories_package.root, ROUTES["three nodes"])
+    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 30, stop_on_eos=False)
+    with private_swarm(cluster, stories_package, wire_dtype="float16") as swarm:
+        tokens = list(swarm.generate_ids(request))
+    assert len(tokens) == 30 and tokens[:10] == list(local.generate_ids(request))[:10]
+
+
 def test_private_sampling_and_eos_stay_on_the_client(cluster: LocalCluster, stories_package: ModelPackage,
                                                      local: LocalModel) -> None:  # fmt: skip
     cluster.start_chain(stories_package.root, ROUTES["two nodes"])
@@ -237,10 +246,14 @@ def test_the_client_part_is_fetched_from_peers(cluster: LocalCluster, stories_pa
     assert fetched == sorted(wanted)  # the client's part only
 
 
+KILL_SPANS = {0: [(0, 2), (2, 3), (3, 5)], 1: [(1, 2), (2, 3), (3, 4)]}  # by private_layers
+
+
 @pytest.fixture
-def replicated(stories_package: ModelPackage) -> Iterator[list[NodeProcess]]:
-    """Two node processes for each of three spans."""
-    nodes = [NodeProcess(span, stories_package).start() for span in [(0, 2), (2, 3), (3, 5)] for _ in range(2)]
+def replicated(stories_package: ModelPackage, request: pytest.FixtureRequest) -> Iterator[list[NodeProcess]]:
+    """Two node processes for each of three spans (the swarm's part for `layers`)."""
+    spans = KILL_SPANS[request.node.callspec.params["layers"]]
+    nodes = [NodeProcess(span, stories_package).start() for span in spans for _ in range(2)]
     try:
         yield nodes
     finally:
@@ -248,16 +261,17 @@ def replicated(stories_package: ModelPackage) -> Iterator[list[NodeProcess]]:
             node.stop()
 
 
-@pytest.mark.parametrize("hop", [0, 1, 2], ids=["first", "middle", "last"])
+@pytest.mark.parametrize("layers, hop", [(0, 0), (0, 1), (0, 2), (1, 1)],
+                         ids=["first", "middle", "last", "middle, 1 private layer"])  # fmt: skip
 def test_kill_a_node_mid_private_generation(replicated: list[NodeProcess], stories_package: ModelPackage,
-                                            hop: int) -> None:  # fmt: skip
-    with LocalModel(stories_package) as local:
+                                            layers: int, hop: int) -> None:  # fmt: skip
+    with LocalModel(stories_package, prefill_chunk=4) as local:
         request = GenerationRequest(tuple(local.codec.encode(PROMPT_TEXT)), 60, stop_on_eos=False)
         want = list(local.generate_ids(request))
     stats = GenerationStats()
     tokens = []
-    with Swarm(peers=[n.address for n in replicated], private=True, private_package=str(stories_package.root),
-               min_step_deadline_s=1.0, open_deadline_s=1.0) as swarm:  # fmt: skip
+    with Swarm(peers=[n.address for n in replicated], private=True, private_layers=layers, prefill_chunk=4,
+               private_package=str(stories_package.root), min_step_deadline_s=1.0, open_deadline_s=1.0) as swarm:
         for token in swarm.generate_ids(request, stats):
             tokens.append(token)
             if len(tokens) == 20:
