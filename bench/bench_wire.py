@@ -1,4 +1,5 @@
-"""Hidden states on the wire as float16 against float32: bytes per token, prefill on a slow link, agreement.
+"""Hidden states on the wire as float16, bfloat16 and int8 against float32: bytes per token, prefill on a slow
+link, agreement.
 
     python bench/bench_wire.py [--mbit 50] [--prompt-tokens 1024]
 
@@ -37,7 +38,7 @@ from swarm.known_models import locate  # noqa: E402
 SPANS = [(0, 10), (10, 20), (20, 30)]
 QUESTIONS = ["What is the capital of France?", "Name three colours of the rainbow.", "How many legs has a spider?"]
 NEW_TOKENS = 64
-DTYPES = ("float32", "float16")
+DTYPES = ("float32", "float16", "bfloat16", "int8")
 
 
 def greedy(swarm: Swarm, prompt: tuple[int, ...], tokens: int, stats: GenerationStats | None = None) -> list[int]:

@@ -21,48 +21,13 @@ from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor
 from gguf.quants import dequantize
 
 from export.errors import ExportError
+from export.gguf_arch import ARCHITECTURES, ROPE_FACTOR_TENSORS, GgufArch, HfName, architecture, hf_config, hf_names
+from export.gguf_arch import gguf_name as _gguf_name
 from export.gguf_blocks import block_weight, maps_exactly, native_bits
 from export.quantize import BlockWeight, quantize_blocks
 
 GGUF_MAGIC = b"GGUF"
-# GGUF architecture -> (Hugging Face architecture, model_type, q/k rows permuted by the converter)
-_ARCHITECTURES = {
-    "llama": ("LlamaForCausalLM", "llama", True),
-    "mistral": ("MistralForCausalLM", "mistral", True),
-    "qwen2": ("Qwen2ForCausalLM", "qwen2", False),
-    "qwen3": ("Qwen3ForCausalLM", "qwen3", False),
-    "gemma2": ("Gemma2ForCausalLM", "gemma2", False),
-    "gemma3": ("Gemma3ForCausalLM", "gemma3_text", False),
-}
-# llama.cpp's converter stores Gemma's norm weights as 1 + w (its RMSNorm multiplies by the weight);
-# they are read back as w, as transformers' GGUF loader does, and the graph adds the 1 again
-_NORM_SHIFT = {"gemma2": 1.0, "gemma3": 1.0}
 _FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
-# GGUF tensor name -> Hugging Face name, per layer
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-# where an architecture's tensor names mean something else: Gemma's ffn_norm is the norm before the
-# MLP, with a norm after attention and one after the MLP beside it; q/k norms (Qwen3, Gemma 3)
-_QK_NORMS = {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
-_GEMMA_NAMES = {
-    **_QK_NORMS,
-    "ffn_norm": "pre_feedforward_layernorm",
-    "post_attention_norm": "post_attention_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
-_ARCH_LAYER_NAMES = {"qwen3": _QK_NORMS, "gemma2": _GEMMA_NAMES, "gemma3": _GEMMA_NAMES}
-_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-_GLOBAL = re.compile(r"(\w+)\.(weight|bias)")
 
 
 def is_gguf(path: Path) -> bool:
@@ -70,20 +35,6 @@ def is_gguf(path: Path) -> bool:
         return False
     with path.open("rb") as fh:
         return fh.read(4) == GGUF_MAGIC
-
-
-def _layer_names(arch: str) -> dict[str, str]:
-    return {**_LAYER_NAMES, **_ARCH_LAYER_NAMES.get(arch, {})}
-
-
-def _hf_name(name: str, arch: str) -> str | None:
-    names = _layer_names(arch)
-    if m := _LAYER.fullmatch(name):
-        layer, part, kind = m.groups()
-        return f"model.layers.{layer}.{names[part]}.{kind}" if part in names else None
-    if (m := _GLOBAL.fullmatch(name)) and m.group(1) in _GLOBAL_NAMES:
-        return f"{_GLOBAL_NAMES[m.group(1)]}.{m.group(2)}"
-    return None
 
 
 def _open_reader(path: Path) -> GGUFReader:
@@ -124,82 +75,12 @@ class _Slot:
     tensor: ReaderTensor
     shape: tuple[int, ...]  # Hugging Face order: (out, in) for a matrix
     permute_heads: int  # > 0: q/k rows to un-permute, in this many heads
+    expert: int | None = None  # the expert's slice of a stacked experts tensor
 
-
-def _config(arch: str, fields: dict[str, Any], slots: dict[str, _Slot]) -> dict[str, Any]:
-    """A Hugging Face config.json for the GGUF's architecture metadata."""
-    hf_arch, model_type, _ = _ARCHITECTURES[arch]
-
-    def get(key: str, default: Any = None) -> Any:
-        return fields.get(f"{arch}.{key}", default)
-
-    heads = get("attention.head_count")
-    hidden = get("embedding_length")
-    embed = slots.get("model.embed_tokens.weight")
-    config: dict[str, Any] = {
-        "architectures": [hf_arch],
-        "model_type": model_type,
-        "hidden_size": hidden,
-        "num_hidden_layers": get("block_count"),
-        "num_attention_heads": heads,
-        "num_key_value_heads": get("attention.head_count_kv", heads),
-        "intermediate_size": get("feed_forward_length"),
-        "vocab_size": get("vocab_size") or (embed.shape[0] if embed else None),
-        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6),
-        "rope_theta": get("rope.freq_base", 10000.0),
-        "max_position_embeddings": get("context_length", 2048),
-        "tie_word_embeddings": "lm_head.weight" not in slots,
-        "hidden_act": "silu",
-    }
-
-    head_dim = get("attention.key_length") or (hidden // heads if hidden and heads else None)
-    if head_dim:
-        config["head_dim"] = head_dim
-        rotary = get("rope.dimension_count", head_dim)
-        if rotary != head_dim:
-            config["partial_rotary_factor"] = rotary / head_dim
-    if window := get("attention.sliding_window"):
-        config["sliding_window"] = window
-        config["use_sliding_window"] = True
-    config.update(_rope_scaling(get))
-    if arch in ("gemma2", "gemma3"):  # Gemma's window is its sliding layers'; no switch, no silu
-        del config["hidden_act"]
-        config.pop("use_sliding_window", None)
-        config.update(_gemma_config(arch, get))
-    missing = [k for k, v in config.items() if v is None]
-    if missing:
-        raise ExportError(f"GGUF metadata lacks {', '.join(missing)} for architecture {arch!r}")
-    return config
-
-
-def _gemma_config(arch: str, get: Any) -> dict[str, Any]:
-    """What llama.cpp knows about Gemma without metadata (llama-model.cpp), as transformers' config
-    keys: GeGLU, the attention scale, which layers slide and the local layers' rope base."""
-    heads, hidden, layers = get("attention.head_count"), get("embedding_length"), get("block_count")
-    head_dim = get("attention.key_length") or hidden // heads
-    config: dict[str, Any] = {
-        "hidden_activation": "gelu_pytorch_tanh",
-        # llama.cpp: 1/sqrt(hidden/heads) for the 27B models (62 layers), 1/sqrt(head_dim) otherwise
-        "query_pre_attn_scalar": hidden // heads if layers == 62 else head_dim,
-        "attn_logit_softcapping": get("attn_logit_softcapping"),
-        "final_logit_softcapping": get("final_logit_softcapping"),
-    }
-    if arch == "gemma3":  # every sixth layer global; local layers at base 10000 (not in the metadata)
-        config.update({"sliding_window_pattern": 6, "rope_local_base_freq": 10000.0})
-    return {k: v for k, v in config.items() if v is not None}
-
-
-def _rope_scaling(get: Any) -> dict[str, Any]:
-    kind = get("rope.scaling.type", "none")
-    if kind in ("none", None):
-        return {}
-    factor = get("rope.scaling.factor")
-    if kind == "linear":
-        return {"rope_scaling": {"rope_type": "linear", "factor": factor}}
-    if kind == "yarn":
-        original = get("rope.scaling.original_context_length")
-        return {"rope_scaling": {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original}}
-    raise ExportError(f"GGUF rope scaling {kind!r} is not supported (supported: none, linear, yarn)")
+    def raw(self) -> np.ndarray:
+        """The file's data for this tensor (one expert's slice of a stacked one)."""
+        data = np.asarray(self.tensor.data)
+        return data[self.expert] if self.expert is not None else data
 
 
 @dataclass
@@ -227,7 +108,8 @@ class GgufCheckpoint:
     def _slot(self, name: str, shape: tuple[int, ...] | None) -> _Slot:
         slot = self._slots.get(name)
         if slot is None:
-            gguf_name = _gguf_name(name, self.fields.get("general.architecture", ""))
+            arch = ARCHITECTURES.get(self.fields.get("general.architecture", ""))
+            gguf_name = _gguf_name(name, arch) if arch else name
             raise ExportError(f"{self.path.name} is missing tensor {name!r} (its GGUF name: {gguf_name})")
         if shape is not None and slot.shape != shape:
             raise ExportError(
@@ -239,13 +121,11 @@ class GgufCheckpoint:
     def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """The weight `name` as float32 in the Hugging Face layout."""
         slot = self._slot(name, shape)
-        tensor = slot.tensor
-        if tensor.tensor_type == GGMLQuantizationType.F32:
-            value = np.asarray(tensor.data, np.float32)
-        elif tensor.tensor_type == GGMLQuantizationType.F16:
-            value = np.asarray(tensor.data).astype(np.float32)
+        qtype = slot.tensor.tensor_type
+        if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            value = slot.raw().astype(np.float32)
         else:
-            value = dequantize(np.asarray(tensor.data), tensor.tensor_type).astype(np.float32)
+            value = dequantize(slot.raw(), qtype).astype(np.float32)
         value = value.reshape(shape)
         if self.norm_shift and name.endswith("norm.weight"):
             value = value - np.float32(self.norm_shift)
@@ -260,7 +140,7 @@ class GgufCheckpoint:
             return self.take(name, shape)
         if not maps_exactly(qtype):  # take() has put the rows in Hugging Face order already
             return replace(quantize_blocks(self.take(name, shape), native_bits(qtype) or 8, 32), exact=False)
-        weight = block_weight(np.asarray(slot.tensor.data).reshape(shape[0], -1), qtype, shape[1])
+        weight = block_weight(slot.raw().reshape(shape[0], -1), qtype, shape[1])
         return weight.rows(_head_order(shape[0], slot.permute_heads)) if slot.permute_heads else weight
 
     def ignore(self, name: str) -> None:
@@ -289,16 +169,6 @@ class GgufCheckpoint:
         return counts
 
 
-def _gguf_name(hf_name: str, arch: str) -> str:
-    for gguf_part, hf_part in _GLOBAL_NAMES.items():
-        if hf_name.startswith(hf_part + "."):
-            return gguf_part + hf_name[len(hf_part) :]
-    if m := re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", hf_name):
-        parts = {v: k for k, v in _layer_names(arch).items()}
-        return f"blk.{m.group(1)}.{parts.get(m.group(2), m.group(2))}.{m.group(3)}"
-    return hf_name
-
-
 def _head_order(rows: int, heads: int) -> np.ndarray:
     """Rows in Hugging Face order, taken from llama.cpp's: its head h holds feature pairs
     (i, i + D/2) next to each other, as rows 2i and 2i + 1."""
@@ -310,27 +180,42 @@ def open_gguf(path: str | Path) -> GgufCheckpoint:
     path = Path(path)
     reader = _open_reader(path)
     fields = read_fields(reader)
-    arch = fields.get("general.architecture")
-    if arch not in _ARCHITECTURES:
-        supported = ", ".join(_ARCHITECTURES)
-        raise ExportError(f"{path.name}: GGUF architecture {arch!r} is not supported (supported: {supported})")
-    permuted = _ARCHITECTURES[arch][2]
-    heads = fields.get(f"{arch}.attention.head_count") or 0
-    kv_heads = fields.get(f"{arch}.attention.head_count_kv", heads) or 0
+    arch_name = str(fields.get("general.architecture"))
+    arch = architecture(fields.get("general.architecture"), path.name)
+    heads = fields.get(f"{arch_name}.attention.head_count") or 0
+    kv_heads = fields.get(f"{arch_name}.attention.head_count_kv", heads) or 0
+    num_experts = int(fields.get(f"{arch_name}.expert_count") or 0)
     slots: dict[str, _Slot] = {}
+    rope_factors: dict[str, list[float]] = {}
     ignored = []
     for tensor in reader.tensors:
-        hf = _hf_name(tensor.name, arch)
-        if hf is None:
+        if tensor.name in ROPE_FACTOR_TENSORS:  # config, not weights
+            rope_factors[tensor.name] = [float(f) for f in np.asarray(tensor.data, np.float32).reshape(-1)]
+            continue
+        names = hf_names(tensor.name, arch, num_experts)
+        if not names:
             ignored.append(tensor.name)
             continue
         shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-        permute = 0
-        if permuted and hf.endswith(("q_proj.weight", "q_proj.bias")):
-            permute = heads
-        elif permuted and hf.endswith(("k_proj.weight", "k_proj.bias")):
-            permute = kv_heads
-        slots[hf] = _Slot(tensor, shape, permute)
-    config = _config(arch, fields, slots)
-    shift = _NORM_SHIFT.get(arch, 0.0)
-    return GgufCheckpoint(path, fields, config, slots, _ignored_gguf=tuple(ignored), norm_shift=shift)
+        for hf in names:
+            slots[hf.name] = _Slot(tensor, _hf_shape(hf, shape), _permuted_heads(hf.name, arch, heads, kv_heads),
+                                   hf.expert)  # fmt: skip
+    config = hf_config(arch_name, fields, {name: slot.shape for name, slot in slots.items()}, rope_factors)
+    return GgufCheckpoint(path, fields, config, slots, _ignored_gguf=tuple(ignored), norm_shift=arch.norm_shift)
+
+
+def _hf_shape(name: HfName, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if name.expert is not None:  # (experts, out, in) -> one expert's (out, in)
+        return shape[1:]
+    if name.name.endswith("shared_expert_gate.weight") and len(shape) == 1:  # llama.cpp keeps it 1-D
+        return (1, shape[0])
+    return shape
+
+
+def _permuted_heads(name: str, arch: GgufArch, heads: int, kv_heads: int) -> int:
+    """Heads to un-permute the rows of (llama.cpp's converter permuted llama-family q and k)."""
+    if arch.permuted_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
+        return heads
+    if arch.permuted_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
+        return kv_heads
+    return 0

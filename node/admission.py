@@ -31,7 +31,7 @@ from swarm.speculative import MAX_DRAFTS
 from swarm.transport import request_bytes, status_for
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
-WIRE_HIDDEN_DTYPES = frozenset({"", "float32", "float16"})  # "" = float32
+WIRE_HIDDEN_DTYPES = frozenset({"", "float32", "float16", "bfloat16", "int8"})  # "" = float32
 MAX_STOP_IDS = 64  # end-of-sequence ids a following step may name
 MAX_ADDRESS_CHARS = 255  # host:port of a hop
 

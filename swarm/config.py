@@ -36,7 +36,8 @@ class ClientConfig:
     swarm_key: SwarmKey | None = None  # membership secret; None = an open swarm
     node_loop: bool = True  # the first node feeds each token back itself: one link fewer per token
     # hidden states between hops: "float32" keeps the local runner's exact numbers (and recovery's
-    # bit-identical replay on any route); "float16" halves the bytes, rounding at each stage boundary
+    # bit-identical replay on any route); "float16" and "bfloat16" halve the bytes, "int8" (a scale
+    # per position) quarters them, rounding at each stage boundary (swarm/tensors.py)
     wire_dtype: str = "float32"
     # the last node sends each token straight to the first (a token crosses N links, not 2(N-1));
     # off: results travel back up through every hop, and steps are never chunked

@@ -12,13 +12,16 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarm.console import StreamedText, add_version_flag, configure_console_logging, prepare_process
 from swarm.errors import SwarmError
 from swarm.generation import GenerationStats
 from swarm.logs import configure_logging
 from swarm.textgen import SyncTextGenerator, TextGenerator
+
+if TYPE_CHECKING:
+    from swarm.client import AsyncSwarm
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -110,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)")
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions) "
+                                         "and a web page at / (a chat and a live map of the swarm)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 = any free port)")
     serve.add_argument("--api-key", default=os.environ.get("SWARM_API_KEY"),
@@ -150,8 +154,9 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
 
 
 @asynccontextmanager
-async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenerator]:
-    """The async text API on the running loop: a local package, or a swarm."""
+async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenerator | AsyncSwarm]:
+    """The async text API on the running loop: a local package's, or a swarm (whose `.text` it is,
+    and which `serve` also describes at /v1/swarm)."""
     if args.local:
         from swarm.config import RuntimeOptions
         from swarm.local import LocalModel
@@ -168,7 +173,7 @@ async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenera
                                      model_id=args.model_id, mdns_interfaces=mdns_interfaces(args),
                                      discovery_timeout_s=args.discovery_timeout, **_trust(args))  # fmt: skip
     try:
-        yield swarm.text
+        yield swarm
     finally:
         await swarm.close()
 
@@ -226,6 +231,7 @@ def _serve(args: argparse.Namespace, out: StreamedText) -> int:
     def ready(server: RunningServer) -> None:
         key = "; API key required" if args.api_key else ""
         print(f"swarm-client: serving the OpenAI API at {server.url}{key}", file=sys.stderr, flush=True)
+        print(f"swarm-client: the web page (chat and swarm map) is at {server.page_url}", file=sys.stderr, flush=True)
 
     async def run() -> None:
         async with open_async_model(args) as model:

@@ -19,10 +19,10 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -47,6 +47,11 @@ from swarm.apps.openai_api import (
     run_job,
     text_choice,
 )
+from swarm.apps.status import StatusProbe
+from swarm.apps.swarm_view import LiveSessions, SwarmView, route_hops
+from swarm.apps.web_page import FILES as PAGE_FILES
+from swarm.apps.web_page import add_page
+from swarm.client import AsyncSwarm
 from swarm.conversation import fit_conversation
 from swarm.errors import SwarmError
 from swarm.textgen import TextGenerator
@@ -55,6 +60,7 @@ SHUTDOWN_GRACE_S = 5  # open streams get this long to finish when the server sto
 log = logging.getLogger("swarm.openai")
 
 Chunks = AsyncGenerator[dict[str, Any], None]  # response objects, one per server-sent event
+QUIET_PATHS = {"/v1/swarm", *PAGE_FILES}  # logged at debug when they succeed: the web page polls the first
 
 
 class HasText(Protocol):
@@ -73,22 +79,46 @@ def from_validation_error(exc: RequestValidationError) -> ApiError:
     return ApiError(400, f"{param}: {first['msg']}" if param else str(first["msg"]), param=param)
 
 
+# ---- generation, seen by the swarm map
+
+
+def swarm_stats(outcome: Outcome) -> dict[str, Any]:
+    """The reply's timings and route: an extra `swarm` field on the last chunk (or the reply), which
+    OpenAI clients keep as an unknown field and the web page shows under the reply."""
+    stats = outcome.stats
+    return {"ttft_ms": round(stats.ttft_s * 1000, 1), "tokens_per_s": round(stats.decode_tokens_per_s, 1),
+            "route": [vars(hop) for hop in route_hops(stats.route)], "recoveries": len(stats.recoveries)}  # fmt: skip
+
+
+async def _tracked_job(model: TextGenerator, job: Job, outcome: Outcome, env: Envelope,
+                       live: LiveSessions) -> AsyncIterator[str]:  # fmt: skip
+    """`run_job`, listed among the live sessions (`GET /v1/swarm`) while it runs."""
+    with live.track(env.id, outcome.stats):
+        async with aclosing(cast(AsyncGenerator[str, None], run_job(model, job, outcome))) as pieces:
+            async for piece in pieces:
+                yield piece
+
+
+def _finished(env: Envelope, choice: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
+    return env.wrap([choice]) | {"swarm": swarm_stats(outcome)}
+
+
 # ---- streaming
 
 
-async def _text_chunks(model: TextGenerator, job: Job, outcome: Outcome, env: Envelope, with_usage: bool) -> Chunks:
-    async for text in run_job(model, job, outcome):
+async def _text_chunks(pieces: AsyncIterator[str], outcome: Outcome, env: Envelope, with_usage: bool) -> Chunks:
+    async for text in pieces:
         yield env.wrap([text_choice(text, None)])
-    yield env.wrap([text_choice("", outcome.finish_reason)])
+    yield _finished(env, text_choice("", outcome.finish_reason), outcome)
     if with_usage:
         yield env.wrap([], outcome.usage())
 
 
-async def _chat_chunks(model: TextGenerator, job: Job, outcome: Outcome, env: Envelope, with_usage: bool) -> Chunks:
+async def _chat_chunks(pieces: AsyncIterator[str], outcome: Outcome, env: Envelope, with_usage: bool) -> Chunks:
     yield env.wrap([delta_choice({"role": "assistant", "content": ""}, None)])
-    async for text in run_job(model, job, outcome):
+    async for text in pieces:
         yield env.wrap([delta_choice({"content": text}, None)])
-    yield env.wrap([delta_choice({}, outcome.finish_reason)])
+    yield _finished(env, delta_choice({}, outcome.finish_reason), outcome)
     if with_usage:
         yield env.wrap([], outcome.usage())
 
@@ -118,7 +148,8 @@ def _include_usage(body: Body) -> bool:
 class RequestLog:
     """One info line per request once its response is sent (a stream's last event too): method,
     path, status, model, prompt and completion tokens, seconds, and the generation's time to first
-    token and decode rate, as `GenerationStats` defines them for every front end."""
+    token and decode rate, as `GenerationStats` defines them for every front end. The web page's
+    files and map polls are logged at debug, unless refused."""
 
     def __init__(self, app: ASGIApp, model_name: str) -> None:
         self.app, self.model_name = app, model_name
@@ -149,7 +180,10 @@ class RequestLog:
                            "ttft_ms": round(stats.ttft_s * 1000, 1),
                            "decode_tokens_per_s": round(stats.decode_tokens_per_s, 1)}  # fmt: skip
             ended = "" if finished else " (the client went away)"
-            log.info("%s %s%s", scope["method"], scope["path"], ended, extra=fields)
+            # what an open page fetches every few seconds would bury the requests: debug, unless refused
+            quiet = scope["path"] in QUIET_PATHS and status < 400
+            log.log(logging.DEBUG if quiet else logging.INFO, "%s %s%s", scope["method"], scope["path"], ended,
+                    extra=fields)  # fmt: skip
 
 
 def _key_check(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
@@ -185,13 +219,17 @@ def create_app(model: TextGenerator | HasText, model_name: str | None = None, ap
     """The HTTP app over `model`'s async text API; it must be served on the loop the model runs on.
 
     `model_name` is the id clients pass as `model` (default: the package's name); `speculative`:
-    every request decodes speculatively from that draft source (swarm/speculative.py)."""
+    every request decodes speculatively from that draft source (swarm/speculative.py). Given an
+    `AsyncSwarm` (not only its `.text`), `GET /v1/swarm` describes its nodes too, for the web page."""
     text = model if isinstance(model, TextGenerator) else model.text
     name = model_name or text.manifest.name
-    app = FastAPI(title="swarm", description="OpenAI-compatible API over a swarm",
-                  dependencies=[Depends(_key_check(api_key))])  # fmt: skip
+    live = LiveSessions()
+    view = SwarmView(text.manifest, live, StatusProbe(model) if isinstance(model, AsyncSwarm) else None)
+    app = FastAPI(title="swarm", description="OpenAI-compatible API over a swarm")
     _install_error_handlers(app)
     app.add_middleware(RequestLog, model_name=name)
+    add_page(app)  # open: the page asks for the key, and the API below checks it
+    api = APIRouter(dependencies=[Depends(_key_check(api_key))])
 
     def check_model(requested: str) -> None:
         if requested != name:
@@ -201,28 +239,30 @@ def create_app(model: TextGenerator | HasText, model_name: str | None = None, ap
     def model_card() -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": "swarm"}
 
-    @app.get("/v1/models")
+    @api.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{requested:path}")
+    @api.get("/v1/models/{requested:path}")
     async def get_model(requested: str) -> dict[str, Any]:
         check_model(requested)
         return model_card()
 
-    @app.post("/v1/completions", response_model=None)
+    @api.post("/v1/completions", response_model=None)
     async def completions(body: CompletionBody, request: Request) -> dict[str, Any] | StreamingResponse:
         check_model(body.model)
         max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
         job = make_job(text, body, prompt_ids_of(text, body.prompt), max_tokens, speculative)
         env = Envelope("text_completion", name, new_id("cmpl"))
         outcome = request.state.outcome = Outcome(len(job.request.prompt_ids))  # for the request's log line
+        pieces = _tracked_job(text, job, outcome, env, live)
         if body.stream:
-            return _event_stream(_text_chunks(text, job, outcome, env, _include_usage(body)))
-        completion = "".join([piece async for piece in run_job(text, job, outcome)])
-        return env.wrap([text_choice(completion, outcome.finish_reason)], outcome.usage())
+            return _event_stream(_text_chunks(pieces, outcome, env, _include_usage(body)))
+        completion = "".join([piece async for piece in pieces])
+        reply = env.wrap([text_choice(completion, outcome.finish_reason)], outcome.usage())
+        return reply | {"swarm": swarm_stats(outcome)}
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatBody, request: Request) -> dict[str, Any] | StreamingResponse:
         check_model(body.model)
         # a conversation longer than the context loses its oldest turns, not the request
@@ -230,13 +270,20 @@ def create_app(model: TextGenerator | HasText, model_name: str | None = None, ap
                                   body.max_completion_tokens or body.max_tokens)  # fmt: skip
         job = make_job(text, body, fitted.prompt_ids, fitted.max_tokens, speculative)
         outcome = request.state.outcome = Outcome(len(job.request.prompt_ids))  # for the request's log line
+        env = Envelope("chat.completion.chunk" if body.stream else "chat.completion", name, new_id("chatcmpl"))
+        pieces = _tracked_job(text, job, outcome, env, live)
         if body.stream:
-            env = Envelope("chat.completion.chunk", name, new_id("chatcmpl"))
-            return _event_stream(_chat_chunks(text, job, outcome, env, _include_usage(body)))
-        env = Envelope("chat.completion", name, new_id("chatcmpl"))
-        reply = "".join([piece async for piece in run_job(text, job, outcome)])
-        return env.wrap([message_choice(reply, outcome.finish_reason)], outcome.usage())
+            return _event_stream(_chat_chunks(pieces, outcome, env, _include_usage(body)))
+        reply = "".join([piece async for piece in pieces])
+        message = env.wrap([message_choice(reply, outcome.finish_reason)], outcome.usage())
+        return message | {"swarm": swarm_stats(outcome)}
 
+    @api.get("/v1/swarm")
+    async def swarm_map() -> dict[str, Any]:
+        """What `swarm-client status --json` shows, and this server's live sessions with their routes."""
+        return {**await view.view(), "served_model": name}
+
+    app.include_router(api)
     return app
 
 
@@ -250,10 +297,15 @@ class RunningServer:
     task: asyncio.Task[None]
 
     @property
+    def page_url(self) -> str:
+        """The web page: chat and swarm map (swarm/apps/web_page.py)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    @property
     def url(self) -> str:
         """The base URL an OpenAI client takes (`base_url=`)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
+        return self.page_url + "v1"
 
     async def wait(self) -> None:
         """Until the server stops (Ctrl-C or SIGTERM when this is the main thread)."""

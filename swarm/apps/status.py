@@ -18,12 +18,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TextIO
 
+import grpc
+
 from swarm._proto import swarm_pb2 as pb
 from swarm.client import AsyncSwarm
 from swarm.config import ClientConfig
 from swarm.errors import NoRouteError, SwarmError
+from swarm.transport import unary
 
-UP, UNREACHABLE, OTHER_MODEL = "up", "unreachable", "other model"
+UP, DRAINING, UNREACHABLE, OTHER_MODEL = "up", "draining", "unreachable", "other model"
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
@@ -32,7 +35,9 @@ class PeerStatus:
     """One node as the status command last saw it: one per node id, however many addresses reach it."""
 
     address: str  # where it answered (the first of `addresses`), or the address that never answered
-    state: str  # UP, UNREACHABLE, or OTHER_MODEL (it serves another model than the one shown)
+    # UP; DRAINING (finishing its sessions, taking no new ones: leaving, or moving to another span);
+    # UNREACHABLE; or OTHER_MODEL (it serves another model than the one shown)
+    state: str
     # when UNREACHABLE, the fields below are what it told us last time ("" and 0 if it never answered)
     node_id: str = ""
     model: str = ""
@@ -90,7 +95,8 @@ class StatusSnapshot:
 
 
 def coverage(peers: Sequence[PeerStatus], num_layers: int) -> tuple[CoverageRun, ...]:
-    """For each stretch of layers, the live peers serving it; stretches nobody serves are gaps."""
+    """For each stretch of layers, the live peers serving it (draining ones take no new sessions:
+    they do not count); stretches nobody serves are gaps."""
     servers: list[tuple[str, ...]] = []
     for layer in range(num_layers):
         servers.append(tuple(p.node_id for p in peers if p.state == UP and p.start <= layer < p.end))
@@ -113,10 +119,11 @@ class StatusProbe:
         self._seen: dict[str, PeerStatus] = {}  # node id -> its latest answer
         self._node_at: dict[str, str] = {}  # address -> the node id that answered there last
 
-    async def snapshot(self) -> StatusSnapshot:
+    async def snapshot(self, rediscover: bool = True) -> StatusSnapshot:
+        """`rediscover=False`: no mDNS wait, only the peers already known (and theirs) are asked."""
         problem = ""
         try:
-            await self.swarm.refresh()
+            await self.swarm.refresh(rediscover)
         except SwarmError as exc:
             problem = str(exc)
         # every address the client learned (given, discovered, gossiped) and every one met before
@@ -125,7 +132,7 @@ class StatusProbe:
         now = time.time()
         infos = {a: answer for a, answer in zip(addresses, answers, strict=True) if not isinstance(answer, str)}
         errors = {a: answer for a, answer in zip(addresses, answers, strict=True) if isinstance(answer, str)}
-        package_id = self.swarm.package_id or next((i.package_id for i, _ in infos.values()), "")
+        package_id = self.swarm.package_id or next((i.package_id for i, _, _ in infos.values()), "")
         peers = self._rows(infos, errors, package_id, now)
         peers.sort(key=lambda p: (p.state != UP, p.start, p.end, p.address))
         route, route_problem = self._route() if not problem else ((), problem)
@@ -133,27 +140,39 @@ class StatusProbe:
         return StatusSnapshot(now, model, package_id, num_layers, tuple(peers), coverage(peers, num_layers),
                               route, route_problem)  # fmt: skip
 
-    async def _info(self, address: str) -> tuple[pb.NodeInfo, float] | str:
-        """The peer's Info and the round trip in ms, or why it did not answer."""
+    async def _info(self, address: str) -> tuple[pb.NodeInfo, float, bool] | str:
+        """The peer's Info, the round trip in ms and whether it drains, or why it did not answer."""
         try:
             # to whoever answers there: a node that restarted with a new identity is shown as it is now
             answer = await self.swarm.probe.identify(address)
         except SwarmError as exc:
             return str(exc)
-        return answer.info, answer.rtt_ms
+        return answer.info, answer.rtt_ms, await self._draining(address, answer.info.node_id)
 
-    def _rows(self, infos: dict[str, tuple[pb.NodeInfo, float]], errors: dict[str, str], package_id: str,
+    async def _draining(self, address: str, node_id: str) -> bool:
+        """Whether the node says it drains (its Health); a node that answered Info but not this is
+        shown as it answered Info, as up."""
+        stub = self.swarm.channels.stub(address)
+        try:
+            reply = await unary(stub.Health, "Health", pb.HealthRequest(), self.swarm.credentials,
+                                self.swarm.config.connect_timeout_s, node_id)  # fmt: skip
+        except (grpc.aio.AioRpcError, SwarmError):
+            return False
+        return bool(reply.status == pb.HealthReply.DRAINING)
+
+    def _rows(self, infos: dict[str, tuple[pb.NodeInfo, float, bool]], errors: dict[str, str], package_id: str,
               now: float) -> list[PeerStatus]:  # fmt: skip
         """One row per node id: up when it answered at any of its addresses; else as it was last
         seen. An address that never answered is a row of its own: whose it is, nobody said."""
         rows: dict[str, PeerStatus] = {}
-        for address, (info, rtt_ms) in infos.items():
+        for address, (info, rtt_ms, draining) in infos.items():
             self._node_at[address] = info.node_id
             row = rows.get(info.node_id)
             if row is not None:  # the same node again, at another address
                 rows[info.node_id] = replace(row, addresses=(*row.addresses, address))
                 continue
-            rows[info.node_id] = self._seen[info.node_id] = self._answered(address, info, rtt_ms, package_id, now)
+            answered = self._answered(address, info, rtt_ms, package_id, now, draining)
+            rows[info.node_id] = self._seen[info.node_id] = answered
         for address, error in errors.items():
             node_id = self._node_at.get(address)
             if node_id is None:
@@ -163,10 +182,11 @@ class StatusProbe:
         return list(rows.values())
 
     @staticmethod
-    def _answered(address: str, info: pb.NodeInfo, rtt_ms: float, package_id: str, now: float) -> PeerStatus:
+    def _answered(address: str, info: pb.NodeInfo, rtt_ms: float, package_id: str, now: float,
+                  draining: bool) -> PeerStatus:  # fmt: skip
         return PeerStatus(
             address=address,
-            state=UP if info.package_id == package_id else OTHER_MODEL,
+            state=OTHER_MODEL if info.package_id != package_id else DRAINING if draining else UP,
             node_id=info.node_id,
             model=info.model_name,
             package_id=info.package_id,
@@ -189,11 +209,11 @@ class StatusProbe:
             return (), str(exc)
         return tuple(RouteHop(p.node_id, p.address, p.start, p.end) for p in route), ""
 
-    def _model(self, package_id: str, infos: dict[str, tuple[pb.NodeInfo, float]]) -> tuple[str, int]:
+    def _model(self, package_id: str, infos: dict[str, tuple[pb.NodeInfo, float, bool]]) -> tuple[str, int]:
         manifest = self.swarm.manifest
         if manifest is not None and self.swarm.package_id == package_id:
             return manifest.name, manifest.num_layers
-        info = next((i for i, _ in infos.values() if i.package_id == package_id), None)
+        info = next((i for i, _, _ in infos.values() if i.package_id == package_id), None)
         return (info.model_name, info.num_layers) if info is not None else ("", 0)
 
 
@@ -209,7 +229,9 @@ def render(snapshot: StatusSnapshot) -> str:
         head = f"model {snapshot.model or '?'} ({snapshot.package_id[:12]}), {snapshot.num_layers} layers"
     else:
         head = "model unknown: no peer answered"
-    lines = [f"{head}; {up} of {len(snapshot.peers)} peers up", "", *_table(snapshot), ""]
+    draining = sum(p.state == DRAINING for p in snapshot.peers)
+    count = f"{up} of {len(snapshot.peers)} peers up" + (f", {draining} draining" if draining else "")
+    lines = [f"{head}; {count}", "", *_table(snapshot), ""]
     lines += ["coverage:", *(f"  {_layers(r.start, r.end)}: {_servers(r.node_ids)}" for r in snapshot.coverage)]
     if not snapshot.coverage:
         lines.append("  (no layers known)")

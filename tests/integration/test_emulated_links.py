@@ -57,6 +57,18 @@ def test_float16_hidden_states_halve_the_bytes_on_the_wire(
     assert abs((float32_bytes - float16_bytes) - saved) < 0.03 * saved, (float32_bytes, float16_bytes, saved)
 
 
+@pytest.mark.parametrize(("wire", "per_value", "per_position"), [("bfloat16", 2, 0), ("int8", 1, 4)])
+def test_compact_encodings_carry_what_they_promise(cluster: LocalCluster, stories_package: ModelPackage, wire: str,
+                                                   per_value: int, per_position: int) -> None:  # fmt: skip
+    cluster.start_chain(stories_package.root, SPANS)
+    exact, float32_bytes = relayed_bytes(cluster, "float32", 40)
+    compact, compact_bytes = relayed_bytes(cluster, wire, 40)
+    positions = (len(STORIES_PROMPT_IDS) + 39) * 2  # hidden vectors that crossed the two hops
+    saved = positions * (64 * (4 - per_value) - per_position)
+    assert abs((float32_bytes - compact_bytes) - saved) < 0.03 * saved, (float32_bytes, compact_bytes, saved)
+    assert compact == exact  # stories260K's greedy tokens survive both roundings (SmolLM2's: bench_wire)
+
+
 def test_an_unknown_wire_dtype_is_refused(cluster: LocalCluster, stories_package: ModelPackage) -> None:
     cluster.start_chain(stories_package.root, SPANS)
     with (

@@ -6,6 +6,8 @@ the real Gemma 3 270M file, tests/integration/test_gemma3_gguf.py.)"""
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +16,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from export.errors import ExportError
 from export.exporter import ExportOptions, export_checkpoint
+from export.gguf_arch import hf_config
 from swarm.local import LocalModel
 from tests.conftest import ExportFn, golden_checkpoint
 from tests.helpers import close_after_test
@@ -97,3 +101,120 @@ def test_a_gguf_exports_the_folders_model(tmp_path: Path, export_package: Export
     np.testing.assert_allclose(ours, reference, atol=1e-5)
     if not config:  # the folder is the golden itself: transformers' logits too
         np.testing.assert_allclose(ours, np.load(folder / "golden.npz")["prefill_logits"][0], atol=1e-4)
+
+
+# Phi-3 and the mixtures of experts, named by the gguf package's own map (ggml's names for each
+# architecture), experts stacked into one tensor per projection as llama.cpp's converter stacks them
+_EXPERT = re.compile(r"(model\.layers\.\d+\.(?:block_sparse_moe|mlp)\.experts)\.(\d+)\.(\w+)\.weight")
+
+
+def _ggml_tensors(weights: dict[str, np.ndarray], arch: gguf.MODEL_ARCH, layers: int,
+                  permute: tuple[int, int] | None) -> dict[str, np.ndarray]:  # fmt: skip
+    names = gguf.get_tensor_name_map(arch, layers)
+    stacks: dict[str, dict[int, np.ndarray]] = {}
+    out = {}
+    for name, value in sorted(weights.items()):
+        if m := _EXPERT.fullmatch(name):
+            stacks.setdefault(f"{m.group(1)}.{m.group(3)}", {})[int(m.group(2))] = value
+            continue
+        if permute and name.endswith(("q_proj.weight", "k_proj.weight", "q_proj.bias", "k_proj.bias")):
+            value = _llama_cpp_permute(value, permute[0] if "q_proj" in name else permute[1])
+        stem, kind = name.rsplit(".", 1)
+        # a dense layer among expert layers (Qwen2-MoE's mlp_only_layers) keeps the plain MLP names
+        mapped = names.get_name(stem) or _DENSE.get(stem.rsplit(".", 1)[-1], "").format(layer=stem.split(".")[2])
+        assert mapped, f"gguf has no name for {name}"
+        out[f"{mapped}.{kind}"] = value
+    for stem, experts in stacks.items():
+        mapped = names.get_name(stem)
+        assert mapped, f"gguf has no name for {stem}"
+        out[f"{mapped}.weight"] = np.stack([experts[e] for e in sorted(experts)])
+    return out
+
+
+_DENSE = {"gate_proj": "blk.{layer}.ffn_gate", "up_proj": "blk.{layer}.ffn_up", "down_proj": "blk.{layer}.ffn_down"}
+
+
+def _llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's converter's q/k row order for the llama family (its rope pairs neighbours)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _write_family_gguf(case: str, arch: gguf.MODEL_ARCH, path: Path) -> Path:
+    src = golden_checkpoint(case)
+    c = json.loads((src / "config.json").read_text())
+    rope = c.get("rope_parameters") or {}
+    heads, kv_heads = c["num_attention_heads"], c["num_key_value_heads"]
+    head_dim = c.get("head_dim") or c["hidden_size"] // heads
+    w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
+    w.add_block_count(c["num_hidden_layers"])
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(c["hidden_size"])
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
+    w.add_rope_freq_base(rope.get("rope_theta", 10000.0))
+    w.add_rope_dimension_count(head_dim)
+    if c.get("head_dim"):
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if arch == gguf.MODEL_ARCH.PHI3:  # as the converter writes Phi-3: the window 0 = none
+        original = c.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
+        w.add_rope_scaling_orig_ctx_len(original)
+        w.add_sliding_window(c.get("sliding_window") or 0)
+        if rope.get("rope_type") == "longrope":
+            scale = c["max_position_embeddings"] / original
+            w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)))
+            w.add_tensor("rope_factors_long.weight", np.asarray(rope["long_factor"], np.float32))
+            w.add_tensor("rope_factors_short.weight", np.asarray(rope["short_factor"], np.float32))
+    if experts := c.get("num_local_experts") or c.get("num_experts"):
+        w.add_expert_count(experts)
+        w.add_expert_used_count(c["num_experts_per_tok"])
+        if c.get("moe_intermediate_size"):
+            w.add_expert_feed_forward_length(c["moe_intermediate_size"])
+        if c.get("shared_expert_intermediate_size"):
+            w.add_expert_shared_feed_forward_length(c["shared_expert_intermediate_size"])
+    tokens = ["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(3, c["vocab_size"])]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    permute = (heads, kv_heads) if arch == gguf.MODEL_ARCH.LLAMA else None
+    weights = {n: v.astype(np.float32) for n, v in load_file(src / "model.safetensors").items()}
+    for name, value in _ggml_tensors(weights, arch, c["num_hidden_layers"], permute).items():
+        w.add_tensor(name, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize(("case", "arch", "family"), [
+    ("phi3", gguf.MODEL_ARCH.PHI3, "phi3"),  # fused qkv and gate_up, kept fused
+    ("phi3_longrope", gguf.MODEL_ARCH.PHI3, "phi3"),  # longrope factors as tensors, the attention factor
+    ("mixtral", gguf.MODEL_ARCH.LLAMA, "mixtral"),  # a llama GGUF with experts, q/k permuted
+    ("qwen2_moe", gguf.MODEL_ARCH.QWEN2MOE, "qwen2_moe"),  # shared expert and its gate; layer 1 dense
+    ("qwen3_moe", gguf.MODEL_ARCH.QWEN3MOE, "qwen3_moe"),  # q/k norms, renormalised top-k
+])  # fmt: skip
+def test_phi3_and_moe_ggufs_export_transformers_model(tmp_path: Path, case: str, arch: gguf.MODEL_ARCH,
+                                                      family: str) -> None:  # fmt: skip
+    folder = golden_checkpoint(case)
+    package = export_checkpoint(_write_family_gguf(case, arch, tmp_path / f"{case}.gguf"), tmp_path / "pkg",
+                                ExportOptions())  # fmt: skip
+    assert package.manifest.architecture.family == family
+    golden = np.load(folder / "golden.npz")
+    ids = golden["input_ids"][0].tolist()
+    ours = close_after_test(LocalModel(package)).session(len(ids) + 1).logits(ids)
+    np.testing.assert_allclose(ours, golden["prefill_logits"][0], atol=1e-4)
+
+
+def test_a_moe_gguf_without_the_expert_count_is_one_line(tmp_path: Path) -> None:
+    path = _write_family_gguf("qwen3_moe", gguf.MODEL_ARCH.QWEN3MOE, tmp_path / "moe.gguf")
+    reader = gguf.GGUFReader(path)
+    fields = {name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")}
+    assert fields.pop("qwen3moe.expert_count") == 4
+    with pytest.raises(ExportError, match="expert_count"):
+        hf_config("qwen3moe", fields, {}, {})

@@ -20,7 +20,7 @@ from typing import IO
 import pytest
 
 from swarm.apps.cli import main
-from swarm.apps.status import UNREACHABLE, UP, StatusProbe, StatusSnapshot, render, run_status
+from swarm.apps.status import DRAINING, UNREACHABLE, UP, StatusProbe, StatusSnapshot, render, run_status
 from swarm.client import AsyncSwarm
 from swarm.config import ClientConfig
 from swarm.package import ModelPackage
@@ -67,6 +67,23 @@ def test_status_lists_peers_coverage_and_route_then_the_gap(cluster: LocalCluste
     data = json.loads(out)
     assert code == 1 and not data["complete"] and data["gaps"] == [[2, 4]] and data["route"] == []
     assert {p["address"]: p["state"] for p in data["peers"]}[nodes[1].address] == UNREACHABLE
+
+
+def test_a_draining_node_is_shown_draining_and_covers_nothing_new(
+    cluster: LocalCluster, stories_package: ModelPackage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = cluster.start_chain(stories_package.root, [(0, 2), (2, 5), (2, 5)])
+    nodes[2].servicer.draining = True  # as when it leaves or moves: finishing its sessions, taking no new ones
+    code, out = status(capsys, cluster.addresses, "--json")
+    data = json.loads(out)
+    states = {p["node_id"]: p["state"] for p in data["peers"]}
+    assert states == {nodes[0].node_id: UP, nodes[1].node_id: UP, nodes[2].node_id: DRAINING}
+    assert code == 0 and [r["node_ids"] for r in data["coverage"]] == [[nodes[0].node_id], [nodes[1].node_id]]
+    drained = next(p for p in data["peers"] if p["state"] == DRAINING)
+    assert (drained["start"], drained["end"]) == (2, 5) and drained["steps_per_s"] > 0  # otherwise as it answered
+    code, out = status(capsys, cluster.addresses)
+    row = next(line for line in out.splitlines() if line.startswith(nodes[2].node_id))
+    assert row.endswith(DRAINING) and "; 2 of 3 peers up, 1 draining" in out
 
 
 @contextlib.contextmanager

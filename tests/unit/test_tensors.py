@@ -61,7 +61,7 @@ def test_from_wire_reads_little_endian_bytes() -> None:
     np.testing.assert_array_equal(from_wire(tensor, [1, 2], dtypes=("int64",)), [[3, 256]])
 
 
-@pytest.mark.parametrize("name", ["float64", "object", "int32", "bfloat16"])
+@pytest.mark.parametrize("name", ["float64", "object", "int32", "uint8"])
 def test_to_wire_refuses_other_dtypes(name: str) -> None:
     with pytest.raises(InvalidRequest, match=f"cannot send dtype {name}; wire dtypes are"):
         to_wire(np.zeros(2, dtype=np.float32), dtype=name)
@@ -149,3 +149,45 @@ def test_int64_extremes_pass() -> None:
 def test_huge_shape_is_refused_as_invalid_request() -> None:
     with pytest.raises(InvalidRequest):
         from_wire(pb.Tensor(dtype="float32", shape=[2**32, 2**32], data=b""), [None, None])
+
+
+def test_bfloat16_keeps_float32s_high_half_rounded_to_nearest_even() -> None:
+    values = np.array([1.0, -2.5, 3.0e38, 1.00390625, 1.01171875], dtype=np.float32)
+    tensor = to_wire(values, dtype="bfloat16")
+    # 1.00390625 = 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0);
+    # 1.01171875 = 1 + 3 * 2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: even is 1 + 2^-6
+    assert tensor.data == np.array([0x3F80, 0xC020, 0x7F62, 0x3F80, 0x3F82], dtype="<u2").tobytes()
+    back = from_wire(tensor, [5], dtypes=("bfloat16",))
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back[[0, 1, 3, 4]], [1.0, -2.5, 1.0, 1.015625])
+    hidden = np.random.default_rng(0).standard_normal((1, 7, 64)).astype(np.float32) * 30
+    back = from_wire(to_wire(hidden, "bfloat16"), [1, None, 64], dtypes=("bfloat16",))
+    assert np.all(np.abs(back - hidden) <= np.abs(hidden) * 2**-8)  # half a unit in the 8-bit mantissa
+
+
+def test_int8_rows_carry_their_own_scale() -> None:
+    rng = np.random.default_rng(1)
+    hidden = rng.standard_normal((1, 5, 64)).astype(np.float32) * np.array([1, 100, 0.01, 0, 7])[None, :, None]
+    tensor = to_wire(hidden.astype(np.float32), "int8")
+    assert len(tensor.data) == 5 * 64 + 5 * 4  # a byte a value, a float32 scale a position
+    back = from_wire(tensor, [1, None, 64], dtypes=("int8",))
+    absmax = np.abs(hidden).max(axis=-1, keepdims=True)
+    assert np.all(np.abs(back - hidden) <= absmax / 254 * 1.0001)  # half a step of each row's scale
+    assert np.all(back[0, 3] == 0)  # an all-zero row stays zero (scale 0, no division by it)
+    np.testing.assert_allclose(np.abs(back).max(axis=-1), np.abs(hidden).max(axis=-1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_encoded_tensors_are_checked_like_any(dtype: str) -> None:
+    tensor = to_wire(np.ones((1, 3, 8), np.float32), dtype)
+    short = pb.Tensor(dtype=dtype, shape=[1, 3, 8], data=tensor.data[:-1])
+    with pytest.raises(InvalidRequest, match="needs"):
+        from_wire(short, [1, None, 8], dtypes=(dtype,))
+    with pytest.raises(InvalidRequest, match="not accepted"):
+        from_wire(tensor, [1, None, 8], dtypes=("float32",))
+    nan = to_wire(np.full((1, 3, 8), np.nan, np.float32), "bfloat16")
+    with pytest.raises(InvalidRequest, match="NaN"):
+        from_wire(nan, [1, None, 8], dtypes=("bfloat16",))
+    bad_scale = pb.Tensor(dtype="int8", shape=[1, 1, 8], data=np.array([np.inf], "<f4").tobytes() + bytes(8))
+    with pytest.raises(InvalidRequest, match="NaN"):
+        from_wire(bad_scale, [1, None, 8], dtypes=("int8",))
