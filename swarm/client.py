@@ -10,6 +10,7 @@ with Swarm(peers=["192.168.1.20:7000"]) as model:
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -58,6 +59,9 @@ class AsyncSwarm:
         self._in_flight: dict[str, int] = {}  # node id -> this client's open sessions through it
         self._draft_models: dict[str, LocalModel] = {}  # speculative=PKG: draft models this client runs
         self._ends: ClientEnds | None = None  # private sessions: the model's ends, run here
+        # which steps verification checks: one stream for the client's life (seeded: reproducible
+        # runs), so that its generations check different steps; never the sampling seed
+        self._verify_rng = random.Random(config.verify_seed)
         self.bans = Bans()
         # a client's identity lives as long as the client: it is not an address anyone routes to
         self.credentials = Credentials(config.swarm_key, Identity.generate()) if config.swarm_key else None
@@ -212,8 +216,10 @@ class AsyncSwarm:
         chunk = self.config.prefill_chunk if self.config.token_ring else 0
         part = ends.session(request.total_tokens, chunk, self.config.wire_dtype)
         session = RecoveringSession(self, self.config, request, stats)
-        verifier = Verifier(self, self.config, request, stats) if self.config.verify_fraction else None
-        session.audit = verifier.check if verifier is not None else None
+        verifier = None
+        if self.config.verify_fraction:
+            verifier = Verifier(self, self.config, request, stats, self._verify_rng)
+            session.audit = verifier.check
         try:
             await session.open()
             yield PrivateStream(session, part)

@@ -89,11 +89,13 @@ class Shadow:
 class Verifier:
     """`check` after each answered step of a private session (RecoveringSession.audit)."""
 
-    def __init__(self, swarm: Checked, config: ClientConfig, request: GenerationRequest,
-                 stats: GenerationStats) -> None:  # fmt: skip
+    def __init__(self, swarm: Checked, config: ClientConfig, request: GenerationRequest, stats: GenerationStats,
+                 rng: random.Random | None = None) -> None:  # fmt: skip
+        """`rng`: the client's, so that its generations check different steps (default: one of
+        this verifier's own, seeded by `verify_seed`)."""
         check_verification(config)
         self._swarm, self._config, self._request, self._stats = swarm, config, request, stats
-        self._rng = random.Random(config.verify_seed)
+        self._rng = rng or random.Random(config.verify_seed)
         self._shadows: dict[int, Shadow] = {}
         self._route: list[PeerView] = []
         self._timeout = max(config.min_step_deadline_s, 10.0)
