@@ -64,6 +64,9 @@ def _add_trust_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _trust(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "local", None) and (args.private or args.verify_fraction):
+        raise SwarmError("--private and --verify-fraction are about a swarm's nodes; --local runs the whole "
+                         "model in this process already")  # fmt: skip
     return {"private": args.private, "private_layers": args.private_layers,
             "private_package": args.private_package, "verify_fraction": args.verify_fraction}  # fmt: skip
 
@@ -136,6 +139,7 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def open_model(args: argparse.Namespace) -> SyncTextGenerator:
+    trust = _trust(args)
     if args.local:
         from swarm.config import RuntimeOptions
         from swarm.local import LocalModel
@@ -149,7 +153,7 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
         model_id=args.model_id,
         mdns_interfaces=mdns_interfaces(args),
         discovery_timeout_s=args.discovery_timeout,
-        **_trust(args),
+        **trust,
     )
 
 
@@ -157,6 +161,7 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
 async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenerator | AsyncSwarm]:
     """The async text API on the running loop: a local package's, or a swarm (whose `.text` it is,
     and which `serve` also describes at /v1/swarm)."""
+    trust = _trust(args)
     if args.local:
         from swarm.config import RuntimeOptions
         from swarm.local import LocalModel
@@ -171,7 +176,7 @@ async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenera
 
     swarm = await AsyncSwarm.connect(args.peer or (), swarm_key=args.swarm_key,
                                      model_id=args.model_id, mdns_interfaces=mdns_interfaces(args),
-                                     discovery_timeout_s=args.discovery_timeout, **_trust(args))  # fmt: skip
+                                     discovery_timeout_s=args.discovery_timeout, **trust)  # fmt: skip
     try:
         yield swarm
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from swarm.apps.cli import _parser, _trust
+from swarm.errors import SwarmError
 
 
 @pytest.mark.parametrize("command", [["generate", "hi"], ["chat"], ["serve"]])
@@ -15,3 +16,9 @@ def test_trust_flags_on_every_command(command: list[str]) -> None:
     assert _trust(args) == {"private": True, "private_layers": 2, "private_package": "pkg", "verify_fraction": 0.05}
     plain = _parser().parse_args(command)
     assert _trust(plain) == {"private": False, "private_layers": 0, "private_package": None, "verify_fraction": 0.0}
+
+
+def test_local_runs_refuse_them() -> None:
+    args = _parser().parse_args(["generate", "--local", "pkg", "--private", "hi"])
+    with pytest.raises(SwarmError, match="--local runs the whole model"):
+        _trust(args)
