@@ -140,3 +140,24 @@ def test_ten_thousand_honest_steps_compare_equal(replicas: tuple[SpanRuntime, Sp
             compared += 1
             ids = [int(rng.integers(3, 512))]
     assert compared >= 10_000 and alarms == 0
+
+
+def test_a_lying_replica_met_as_the_shadow_is_banned_and_the_route_goes_on(
+    cluster: LocalCluster, stories_package: ModelPackage, reference: list[int]
+) -> None:
+    nodes = cluster.start_chain(stories_package.root, [(0, 2), (0, 2), (0, 2), (2, 5)])
+    with Swarm(peers=cluster.addresses, **options(stories_package, verify_fraction=1.0)) as swarm:
+        on_route = swarm.swarm.route()[0]
+        replicas = [n for n in nodes[:3] if n.address != on_route.address]
+        liar_node = replicas[0]
+        Liar(liar_node, rate=0.05)
+        banned: list[str] = []
+        for _ in range(10):  # each generation audits against a replica drawn at random: meet the liar
+            stats = GenerationStats()
+            request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 100, stop_on_eos=False)
+            assert list(swarm.generate_ids(request, stats)) == reference[:100]
+            assert stats.recoveries == [] and stats.route[0].startswith(on_route.address)  # the route's node is honest
+            banned += stats.banned
+            if banned:
+                break
+    assert banned == [liar_node.node_id]
