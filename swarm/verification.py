@@ -34,7 +34,7 @@ from swarm._proto import swarm_pb2 as pb
 from swarm.config import ClientConfig
 from swarm.errors import InvalidRequest, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
-from swarm.recovery import RECOVERABLE, Bans, Sent
+from swarm.recovery import Bans, Sent
 from swarm.remote import RemoteSession
 from swarm.routing import PeerView
 from swarm.tensors import from_wire
@@ -129,7 +129,9 @@ class Verifier:
                     assert sent.answer is not None
                     if not agree(sent.answer, answer, self._exact(route[hop], shadow.replica)):
                         return await self._dispute(history, hop, index, answer)
-        except RECOVERABLE as exc:  # the shadow's route failed: not the generation's problem
+        except VerificationFailed:
+            raise
+        except SwarmError as exc:  # the shadow's route failed or is full: not the generation's problem
             log.warning("the shadow session checking hop %d failed (%s); dropped", hop, exc)
             await self._drop(hop)
         return None
@@ -188,7 +190,7 @@ class Verifier:
                 decided = (await session.hidden_steps(replay, self._timeout))[-1]
             finally:
                 await session.close()
-        except RECOVERABLE as exc:
+        except SwarmError as exc:  # gone, full, or refusing: no verdict
             log.warning("the referee %s failed (%s): the dispute over %s stays open", referee.address, exc, span)
             return None
         with_ours = agree(ours, decided, self._exact(accused, referee))

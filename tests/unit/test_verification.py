@@ -11,7 +11,7 @@ import pytest
 
 from swarm._proto import swarm_pb2 as pb
 from swarm.config import ClientConfig
-from swarm.errors import InvalidRequest, PeerUnavailable
+from swarm.errors import CapacityExceeded, InvalidRequest, PeerUnavailable
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.recovery import Bans, Sent
 from swarm.routing import PeerView
@@ -155,10 +155,11 @@ def test_verification_needs_a_private_session() -> None:
         check_verification(ClientConfig(private=True, verify_fraction=2.0))
 
 
-def test_a_failing_shadow_is_dropped_not_fatal() -> None:
+@pytest.mark.parametrize("error", [PeerUnavailable("gone"), CapacityExceeded("full")])
+def test_a_failing_shadow_is_dropped_not_fatal(error: Exception) -> None:
     class Broken(FakeSwarm):
         async def open_session(self, *args: object, **kwargs: object) -> FakeSession:
-            raise PeerUnavailable("gone")
+            raise error
 
     swarm = Broken(replicas("r1"), liars={})
     found, stats, _ = run(swarm, history(5, route_lies=0.0))
