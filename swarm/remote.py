@@ -159,10 +159,7 @@ class RemoteSession:
             raise InvalidRequest("hidden-state steps belong to private sessions")
         step = pb.Step(step=self._step, position=self.length, hidden=hidden)
         reply = await self._exchange(pb.SessionRequest(step=step), timeout)
-        if not reply.result.HasField("hidden"):
-            raise PeerUnavailable(f"{self.route[-1].address} answered a private step without hidden states")
-        self._answer(reply, positions)
-        return reply.result.hidden
+        return self._hidden_answer(reply, hidden, positions)
 
     async def hidden_steps(self, steps: Sequence[tuple[pb.Tensor, int]], timeout: float | None = None,
                            window: int = 4) -> list[pb.Tensor]:  # fmt: skip
@@ -183,11 +180,25 @@ class RemoteSession:
                     break  # the node ended the stream: the read below says why
                 position, written = position + positions, written + 1
             reply = await self._exchange(None, timeout)
-            if not reply.result.HasField("hidden"):
-                raise PeerUnavailable(f"{self.route[-1].address} answered a private step without hidden states")
-            self._answer(reply, steps[len(answers)][1])
-            answers.append(reply.result.hidden)
+            answers.append(self._hidden_answer(reply, *steps[len(answers)]))
         return answers
+
+    def _hidden_answer(self, reply: pb.SessionReply, sent: pb.Tensor, positions: int) -> pb.Tensor:
+        """The hidden states answering a private step of `positions` (`sent`), checked: the wire
+        dtype, the step's hidden size, its last position (or all of them when the client runs
+        the last layers). A bad one blames the last node, so recovery routes around it."""
+        self._answer(reply, positions)
+        answer = reply.result.hidden
+        want = positions if self._open.client_layers else 1
+        try:
+            if not reply.result.HasField("hidden"):
+                raise InvalidRequest("no hidden states")
+            from_wire(answer, (1, want, sent.shape[2]), (self._open.wire_dtype or "float32",))
+        except InvalidRequest as exc:
+            failed = PeerUnavailable(f"{self.route[-1].address} answered a private step wrongly: {exc}")
+            failed.node_id = self.route[-1].node_id  # type: ignore[attr-defined]
+            raise failed from exc
+        return answer
 
     def _check(self, params: SamplingParams) -> None:
         if self.private:

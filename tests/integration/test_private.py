@@ -360,3 +360,24 @@ def test_private_and_normal_sessions_share_a_batch(cluster: LocalCluster, storie
     assert asyncio.run(run_all()) == [want] * 4
     last = nodes[-1].servicer.batcher
     assert last.rows > last.batches  # some passes held several sessions
+
+
+def test_a_bad_answer_is_routed_around(cluster: LocalCluster, stories_package: ModelPackage,
+                                       local: LocalModel) -> None:  # fmt: skip
+    # the last node answers one step with NaN (as the test makes it): the client refuses the
+    # answer, blames that node and recovers on its replica, with the local runner's tokens
+    nodes = cluster.start_chain(stories_package.root, [(0, 2), (2, 5), (2, 5)])
+    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 30, stop_on_eos=False)
+    stats = GenerationStats()
+    with private_swarm(cluster, stories_package) as swarm:
+        last = next(n for n in nodes if n.address == swarm.swarm.route()[-1].address)
+        honest, calls = last.servicer.span.run_blocks, [0]
+
+        def run_blocks(hidden: np.ndarray, caches: Any) -> np.ndarray:
+            calls[0] += 1
+            out = honest(hidden, caches)
+            return out * np.nan if calls[0] == 10 else out
+
+        last.servicer.span.run_blocks = run_blocks  # type: ignore[method-assign]
+        assert list(swarm.generate_ids(request, stats)) == list(local.generate_ids(request))
+    assert len(stats.recoveries) == 1 and not stats.route[-1].startswith(last.address)
