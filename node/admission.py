@@ -130,14 +130,42 @@ def check_open(request: pb.SessionRequest, span: SpanRuntime, node_id: str, keye
     for hop, following in itertools.pairwise(route):
         if hop.end != following.start:
             raise InvalidRequest("route hops must chain: each hop starts where the previous one ends")
-    if route[-1].end != span.arch.num_layers:
-        raise InvalidRequest(f"route must end at layer {span.arch.num_layers}")
+    _check_private(msg, span)
+    end = span.arch.num_layers - msg.client_layers  # a private session's client runs the layers past it
+    if route[-1].end != end:
+        raise InvalidRequest(f"route must end at layer {end}")
     if keyed:  # the next hop's credential is made for that node only
         for number, hop in enumerate(route[1:], start=2):
             if not is_node_id(hop.node_id):
                 raise InvalidRequest(f"route hop {number} must name its node id ({NODE_ID_HEX} hex digits)")
     _check_ring(msg, span, node_id, keyed)
     return msg
+
+
+def roles(msg: pb.OpenSession, span: SpanRuntime) -> tuple[bool, bool]:
+    """Whether this node is the first of the session's route (it takes the client's input) and
+    whether it is the last (it answers each step). In a private session the route covers
+    [client_layers, L - client_layers): its ends need not be the model's."""
+    if msg.private:
+        return span.start == msg.client_layers, span.end == span.arch.num_layers - msg.client_layers
+    return span.is_first, span.is_last
+
+
+def _check_private(msg: pb.OpenSession, span: SpanRuntime) -> None:
+    """A private session names no sampling, asks for no logits, and leaves the route at least a layer."""
+    if not msg.private:
+        if msg.client_layers:
+            raise InvalidRequest("client_layers belongs to private sessions only")
+        return
+    if 2 * msg.client_layers >= span.arch.num_layers:
+        raise InvalidRequest(f"a private session's client runs {msg.client_layers} layers at each end of "
+                             f"{span.arch.num_layers}; the route must keep at least one")  # fmt: skip
+    if msg.HasField("sampling") and msg.sampling != pb.Sampling():
+        raise InvalidRequest("a private session carries no sampling: its client samples")
+    if msg.return_logits:
+        raise InvalidRequest("a private session returns hidden states, never logits")
+    if span.start < msg.client_layers:
+        raise InvalidRequest(f"this node's layers [{span.start}, {span.end}) lie in the client's part")
 
 
 def _check_ring(msg: pb.OpenSession, span: SpanRuntime, node_id: str, keyed: bool) -> None:
@@ -147,9 +175,10 @@ def _check_ring(msg: pb.OpenSession, span: SpanRuntime, node_id: str, keyed: boo
         head = msg.ring_head
         if not 0 < len(head.address) <= MAX_ADDRESS_CHARS:
             raise InvalidRequest(f"the ring head needs an address of 1 to {MAX_ADDRESS_CHARS} characters")
-        if span.is_first and head.node_id not in ("", node_id):
+        first, _ = roles(msg, span)
+        if first and head.node_id not in ("", node_id):
             raise InvalidRequest("the ring's head must be the route's first node")
-        if keyed and not span.is_first and not is_node_id(head.node_id):
+        if keyed and not first and not is_node_id(head.node_id):
             raise InvalidRequest(f"the ring head must name its node id ({NODE_ID_HEX} hex digits)")
     elif msg.prefill_chunk and len(msg.route) > 1:
         raise InvalidRequest("chunked steps (prefill_chunk) pass between nodes on a ring only: set ring_head")
@@ -158,6 +187,8 @@ def _check_ring(msg: pb.OpenSession, span: SpanRuntime, node_id: str, keyed: boo
 def check_follow(session: NodeSession, request: pb.SessionRequest) -> tuple[int, frozenset[int]]:
     """How many steps the first node may feed back by itself after this one, and where it stops."""
     step = request.step
+    if session.private and (step.follow or step.stop_ids):
+        raise InvalidRequest("a private session's client closes every token's loop: no follow, no stop ids")
     if step.follow == 0:
         return 0, frozenset()
     if step.WhichOneof("input") != "tokens":
@@ -183,8 +214,10 @@ def check_step(session: NodeSession, request: pb.SessionRequest, span: SpanRunti
         held = f"the session holds {session.length}" + (f" (of which {floor} are settled)" if floor < session.length
                                                        else "")  # fmt: skip
         raise InvalidRequest(f"step starts at position {step.position} but {held}")
-    if step.partial and (span.is_first or not session.ring):
+    if step.partial and (session.first or not session.ring):
         raise InvalidRequest("partial steps pass between the nodes of a ring only")
+    if session.private and (step.WhichOneof("input") != "hidden" or step.drafts):
+        raise InvalidRequest("a private session's steps carry hidden states only: no token ids, no drafts")
     if len(step.timings) > span.arch.num_layers:
         raise InvalidRequest(f"a step carries at most {span.arch.num_layers} hop timings")
     return step

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from swarm.errors import CapacityExceeded, InvalidRequest
 from swarm.runtime import KVCache
 from swarm.sampling import SamplingParams
@@ -18,7 +20,7 @@ from swarm.sampling import SamplingParams
 class NodeSession:
     session_id: str
     max_length: int
-    sampling: SamplingParams
+    sampling: SamplingParams | None  # None: a private session (its client samples)
     return_logits: bool
     caches: list[KVCache]
     cache_bytes: int
@@ -27,6 +29,11 @@ class NodeSession:
     ring: bool = False  # results go round the token ring (OpenSession.ring_head), not back up the chain
     prefill_chunk: int = 0  # the first node splits longer steps into chunks of this many tokens; 0 = never
     rollback_floor: int | None = None  # after a verify step: the least position the next step may start at
+    first: bool = True  # the route's first node: it takes the client's input
+    last: bool = True  # the route's last node: it answers each step
+    private: bool = False  # hidden states in and out (OpenSession.private): no embedding, head or sampling here
+    return_all: bool = False  # private: the client runs the last layers, so it gets every position back
+    held: list[np.ndarray] = field(default_factory=list)  # private, last node: a chunked step's outputs so far
 
     @property
     def length(self) -> int:
@@ -74,7 +81,7 @@ class SessionTable:
         self,
         session_id: str,
         max_length: int,
-        sampling: SamplingParams,
+        sampling: SamplingParams | None,
         return_logits: bool,
         cache_bytes: int,
         allocate: Callable[[int], list[KVCache]],

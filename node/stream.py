@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from node.admission import Admission, check_drafts, check_follow, check_open, check_step
+from node.admission import Admission, check_drafts, check_follow, check_open, check_step, roles
 from node.batcher import ComputeExecutor, DecodeBatcher
 from node.hops import Downstream, HopFailed, ReturnLink, ReturnSlot, unless_failed
 from node.sessions import NodeSession, SessionTable
@@ -124,20 +124,22 @@ class SessionStream:
     async def _open(self, msg: pb.OpenSession) -> tuple[NodeSession, SessionLinks]:
         if self.draining:
             raise PeerUnavailable("node is shutting down and takes no new sessions")
-        sampling = _sampling(msg.sampling)
+        sampling = None if msg.private else _sampling(msg.sampling)  # a private session's client samples
         cache_bytes = self.span.cache_bytes(msg.max_length)
         session = self.table.open(
             msg.session_id, msg.max_length, sampling, msg.return_logits, cache_bytes, self.span.new_caches
         )
         session.wire_dtype = msg.wire_dtype or "float32"
-        alone = self.span.is_first and self.span.is_last  # the whole route: no ring to close
+        session.first, session.last = roles(msg, self.span)
+        session.private, session.return_all = msg.private, msg.private and msg.client_layers > 0
+        alone = session.first and session.last  # the whole route: no ring to close
         session.ring, session.prefill_chunk = msg.HasField("ring_head") and not alone, msg.prefill_chunk
         links = SessionLinks([self.settings.node_id])
         try:
-            if session.ring and self.span.is_first:  # before the opening goes on: the last node attaches
+            if session.ring and session.first:  # before the opening goes on: the last node attaches
                 links.slot = self.rings[session.session_id] = ReturnSlot(msg.route[-1])
-            if not self.span.is_last:
-                links.downstream, rest = await self._connect(msg)
+            if not session.last:
+                links.downstream, rest = await self._connect(msg, session.first)
                 links.node_ids += rest
                 if session.ring:
                     self._watch(links)
@@ -162,7 +164,7 @@ class SessionStream:
                 raise HopFailed(grpc.StatusCode.UNAVAILABLE, f"{last.address} opened no return link", last.node_id)
             failure.add_done_callback(lambda done: slot.fail(done.result()) if not done.cancelled() else None)
 
-    async def _connect(self, msg: pb.OpenSession) -> tuple[Downstream, list[str]]:
+    async def _connect(self, msg: pb.OpenSession, first: bool) -> tuple[Downstream, list[str]]:
         hop = msg.route[1]
         stub = self._channels.stub(hop.address)
         timeout = self.settings.hop_timeout_s
@@ -175,7 +177,7 @@ class SessionStream:
         forwarded = pb.OpenSession()
         forwarded.CopyFrom(msg)
         del forwarded.route[0]
-        if self.span.is_first and msg.HasField("ring_head"):  # the ring's head names itself for the last node
+        if first and msg.HasField("ring_head"):  # the ring's head names itself for the last node
             forwarded.ring_head.node_id = self.settings.node_id
         try:
             reply = await downstream.exchange(pb.SessionRequest(open=forwarded))
@@ -242,25 +244,29 @@ class SessionStream:
         if step.position < session.length:  # after a verify step: drop the drafts it rejected
             truncate_caches(session.caches, step.position)
         session.rollback_floor = None
-        if self.span.is_first:
-            chunks = self._token_chunks(session, step)
+        if session.first:
+            chunks = self._first_chunks(session, step)
             for chunk in chunks[:-1]:  # on a ring: sent on while the next chunk computes here
                 position = session.length
-                hidden = await self._compute.run(self.span.run_blocks, self.span.embed(chunk), session.caches)
-                if not self.span.is_last:
+                hidden = await self._compute.run(self.span.run_blocks, chunk, session.caches)
+                if not session.last:
                     await self._onward(session, step, position, StepOutput(hidden=hidden), links, partial=True)
-            hidden = self.span.embed(chunks[-1])
+                elif session.return_all:  # alone in a private session: the client gets the whole step
+                    session.held.append(hidden)
+            hidden = chunks[-1]
         else:
             hidden = self._hidden_input(session, step)
         position = session.length
         if step.partial:
             output = StepOutput(hidden=await self._compute.run(self.span.run_blocks, hidden, session.caches))
-            if self.span.is_last:
+            if session.last:
+                if session.return_all:
+                    session.held.append(output.hidden)  # type: ignore[arg-type]
                 return None
             return await self._onward(session, step, position, output, links, partial=True)
         if step.drafts:
             session.rollback_floor = check_drafts(step, hidden.shape[1], position)
-        if step.drafts and self.span.is_last:
+        if step.drafts and session.last:
             output = await self._compute.run(self.span.verify, hidden, session.caches, list(step.drafts),
                                              session.sampling)  # fmt: skip
         elif hidden.shape[1] == 1:
@@ -280,17 +286,19 @@ class SessionStream:
         """Hand `output` on: the result (the last node) up the chain or round the ring; hidden
         states to the next hop, then, at the ring's head or on a chain, wait for the result."""
         timings = [*step.timings, timing] if session.ring and timing is not None else []
-        if output.hidden is None:
-            result = pb.StepResult(step=step.step, token=output.token, timings=timings or [timing],
+        if session.last and not partial:
+            result = pb.StepResult(step=step.step, token=output.token or 0, timings=timings or [timing],
                                    accepted=output.accepted or 0)  # fmt: skip
             if output.logits is not None:
                 result.logits.CopyFrom(to_wire(output.logits))
+            if session.private:
+                result.hidden.CopyFrom(to_wire(_returned(session, output), session.wire_dtype))
             if links.back is None:
                 return pb.SessionReply(result=result)
             await links.back.result(result)
             return None
         downstream = links.downstream
-        assert downstream is not None
+        assert downstream is not None and output.hidden is not None
         hidden = to_wire(output.hidden, session.wire_dtype)
         forwarded = pb.Step(step=step.step, position=position, hidden=hidden, partial=partial, timings=timings,
                             drafts=step.drafts)  # fmt: skip
@@ -306,6 +314,15 @@ class SessionStream:
         links.slot.expect(step.step)  # before it goes: the result may come round before `send` returns
         await downstream.send(pb.SessionRequest(step=forwarded))
         return pb.SessionReply(result=await links.slot.result(self.settings.hop_timeout_s, downstream.hop))
+
+    def _first_chunks(self, session: NodeSession, step: pb.Step) -> list[np.ndarray]:
+        """The first node's input as hidden states, in the session's prefill chunks: the embedded
+        token ids, or (a private session) the client's hidden states cut at the same places."""
+        if session.private:
+            hidden = self._hidden_input(session, step)
+            cuts = prefill_chunks(range(hidden.shape[1]), session.prefill_chunk)
+            return [hidden[:, cut[0] : cut[-1] + 1] for cut in cuts]
+        return [self.span.embed(ids) for ids in self._token_chunks(session, step)]
 
     def _token_chunks(self, session: NodeSession, step: pb.Step) -> list[list[int]]:
         """The first node's input: the step's token ids, in the session's prefill chunks."""
@@ -330,6 +347,16 @@ class SessionStream:
         if hidden.shape[1] > room or (step.partial and hidden.shape[1] == room):
             raise InvalidRequest(f"step has {hidden.shape[1]} positions; the session has room for {room}")
         return np.ascontiguousarray(hidden)
+
+
+def _returned(session: NodeSession, output: StepOutput) -> np.ndarray:
+    """What the last node of a private session returns: the step's last position for the client's
+    head, or every position (the earlier chunks' too) when the client runs the last layers."""
+    assert output.hidden is not None
+    if not session.return_all:
+        return output.hidden[:, -1:]
+    held, session.held = session.held, []
+    return np.concatenate([*held, output.hidden], axis=1) if held else output.hidden
 
 
 def _fed_back(session: NodeSession, reply: pb.SessionReply) -> pb.SessionRequest:

@@ -10,10 +10,12 @@ with Swarm(peers=["192.168.1.20:7000"]) as model:
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,22 +25,25 @@ from swarm._proto import swarm_pb2 as pb
 from swarm.auth import Credentials
 from swarm.config import ClientConfig
 from swarm.discovery import discover
-from swarm.environment import env_mdns_interfaces, load_swarm_key
-from swarm.errors import NoRouteError, PeerUnavailable, SwarmError
+from swarm.environment import cache_dir, env_mdns_interfaces, load_swarm_key
+from swarm.errors import InvalidRequest, NoRouteError, PeerUnavailable, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats, TokenStream
 from swarm.keys import Identity, SwarmKey
 from swarm.latency import ReturnPath
 from swarm.local import LocalModel, model_drafter
 from swarm.package import Manifest
 from swarm.peers import PeerProbe, checked_manifest, only_model
+from swarm.private import ClientEnds, PrivateStream
+from swarm.private_files import FileSource, client_package
 from swarm.recovery import Bans, RecoveringSession
 from swarm.remote import RemoteSession
-from swarm.routing import PeerView, plan_route
+from swarm.routing import PeerView, plan_inner_route, plan_route
 from swarm.sampling import SamplingParams
 from swarm.speculative import LOOKUP, MAX_DRAFTS, Drafter, PromptLookup, check_same_tokenizer
 from swarm.textgen import SyncTextGenerator, TextGenerator
 from swarm.tokenizer import TextCodec
 from swarm.transport import ChannelPool, unary
+from swarm.verification import Verifier, check_verification
 
 
 class AsyncSwarm:
@@ -53,6 +58,10 @@ class AsyncSwarm:
         self._text: TextGenerator | None = None
         self._in_flight: dict[str, int] = {}  # node id -> this client's open sessions through it
         self._draft_models: dict[str, LocalModel] = {}  # speculative=PKG: draft models this client runs
+        self._ends: ClientEnds | None = None  # private sessions: the model's ends, run here
+        # which steps verification checks: one stream for the client's life (seeded: reproducible
+        # runs), so that its generations check different steps; never the sampling seed
+        self._verify_rng = random.Random(config.verify_seed)
         self.bans = Bans()
         # a client's identity lives as long as the client: it is not an address anyone routes to
         self.credentials = Credentials(config.swarm_key, Identity.generate()) if config.swarm_key else None
@@ -67,6 +76,7 @@ class AsyncSwarm:
         `mdns_interfaces`, by default those in $SWARM_MDNS_INTERFACES, else every IPv4 interface."""
         key = swarm_key if isinstance(swarm_key, SwarmKey) else load_swarm_key(swarm_key)
         options.setdefault("mdns_interfaces", env_mdns_interfaces())  # as the CLIs: else every IPv4 interface
+        options.setdefault("private_cache", str(cache_dir()))
         swarm = cls(ClientConfig(peers=tuple(peers), swarm_key=key, **options))
         try:
             await swarm.refresh()
@@ -134,6 +144,8 @@ class AsyncSwarm:
         # with the node loop the token rings (last node -> first node) or, with the ring off, comes
         # back up through the stages; without the loop, via this client
         path: ReturnPath = "client" if not self.config.node_loop else "ring" if self.config.token_ring else "stages"
+        if self.config.private:  # the client runs the ends, and every token comes back to it
+            return plan_inner_route(peers, self.manifest.num_layers, self.config.private_layers, machines, "client")
         return plan_route(peers, self.manifest.num_layers, machines, path)
 
     async def open_session(
@@ -148,7 +160,8 @@ class AsyncSwarm:
         session = RemoteSession(self.channels.get(route[0].address), route, self.package_id, request.total_tokens,
                                 request.sampling, stats, self.config.step_timeout_s,
                                 credentials=self.credentials, wire_dtype=self.config.wire_dtype,
-                                ring=self.config.token_ring, prefill_chunk=self.config.prefill_chunk)  # fmt: skip
+                                ring=self.config.token_ring, prefill_chunk=self.config.prefill_chunk,
+                                private_layers=self.config.private_layers if self.config.private else None)  # fmt: skip
         for peer in route:
             self._in_flight[peer.node_id] = self._in_flight.get(peer.node_id, 0) + 1
         session.on_close = self._release
@@ -181,6 +194,11 @@ class AsyncSwarm:
     async def _open_stream(
         self, request: GenerationRequest, stats: GenerationStats
     ) -> AsyncIterator[TokenStream]:
+        check_verification(self.config)
+        if self.config.private:
+            async with self._private_stream(request, stats) as private:
+                yield private
+            return
         drafter = self._drafter(request.speculative, request.total_tokens) if request.speculative else None
         session = RecoveringSession(self, self.config, request, stats)
         try:
@@ -188,6 +206,44 @@ class AsyncSwarm:
             yield session if drafter is None else _Speculating(session, drafter, stats, self._draft_limit())
         finally:
             await session.close()
+
+    @asynccontextmanager
+    async def _private_stream(self, request: GenerationRequest, stats: GenerationStats) -> AsyncIterator[TokenStream]:
+        """A private session (swarm/private.py): the client runs the ends, the route the rest."""
+        if request.speculative:
+            raise InvalidRequest("speculative decoding does not combine with a private session yet")
+        ends = await self._client_ends()
+        chunk = self.config.prefill_chunk if self.config.token_ring else 0
+        part = ends.session(request.total_tokens, chunk, self.config.wire_dtype)
+        session = RecoveringSession(self, self.config, request, stats)
+        verifier = None
+        if self.config.verify_fraction:
+            verifier = Verifier(self, self.config, request, stats, self._verify_rng)
+            session.audit = verifier.check
+        try:
+            await session.open()
+            yield PrivateStream(session, part)
+        finally:
+            await session.close()
+            if verifier is not None:
+                await verifier.close()
+
+    async def _client_ends(self) -> ClientEnds:
+        """The client's part of the model for private sessions: loaded once, kept until close."""
+        if self._ends is None:
+            assert self.manifest is not None
+            config = self.config
+            if config.private_package is None and config.private_cache is None:
+                raise InvalidRequest("a private session needs the model's ends: give private_package (a package "
+                                     "folder) or private_cache (where to fetch them to)")  # fmt: skip
+            cache = Path(config.private_cache or ".") / "client"
+            package = await client_package(config.private_package, self.manifest, self.package_id,
+                                           config.private_layers, self._fetch_sources(), cache)  # fmt: skip
+            self._ends = ClientEnds(package, self.config.private_layers)  # once per client: a short load
+        return self._ends
+
+    def _fetch_sources(self) -> list[FileSource]:
+        return [FileSource(p.address, p.node_id, self.channels, self.credentials) for p in self.peers]
 
     def _drafter(self, source: str, tokens: int) -> Drafter:
         """`speculative=`: prompt lookup ("lookup"), or a draft model this client runs (the path of a
@@ -231,6 +287,8 @@ class AsyncSwarm:
         await self.channels.close()
         for draft in self._draft_models.values():
             draft.close()
+        if self._ends is not None:
+            self._ends.close()
 
 
 class _Speculating:

@@ -43,6 +43,15 @@ class ClientConfig:
     # off: results travel back up through every hop, and steps are never chunked
     token_ring: bool = True
     prefill_chunk: int = PREFILL_CHUNK  # with the ring: tokens per prefill chunk; 0 = one chunk
+    # private sessions (swarm/private.py): this client runs the embedding, the head and sampling
+    # (and `private_layers` layers at each end), so nodes see hidden states only, never a token
+    private: bool = False
+    private_layers: int = 0  # layers the client runs at each end of the model
+    private_package: str | None = None  # a package folder holding the client's part; None = fetch it from peers
+    private_cache: str | None = None  # where fetched parts go (under <dir>/client/<package id>); None = no fetching
+    # re-check this fraction of steps on another replica (swarm/verification.py); 0 = never
+    verify_fraction: float = 0.0
+    verify_seed: int | None = None  # which steps are checked (not the sampling seed); None = random
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,12 @@ def config_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")) / "swarm"
 
 
+def cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where a client keeps what it fetched (a private session's part of the model):
+    $XDG_CACHE_HOME/swarm, else ~/.cache/swarm."""
+    return Path(environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "swarm"
+
+
 def env_mdns_interfaces(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
     """Interface addresses from $SWARM_MDNS_INTERFACES ("10.0.0.5,127.0.0.1"): what the CLIs use
     when no --mdns-interface is given, and the SDK when no `mdns_interfaces` is (e.g. to keep a

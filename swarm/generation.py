@@ -68,6 +68,11 @@ class GenerationStats:
     draft_proposed: int = 0
     draft_accepted: int = 0
     passes: int = 0
+    # verification of a private session (swarm/verification.py): steps replayed on another replica
+    # and compared, the disagreements found, and the nodes banned for them
+    verified: int = 0
+    mismatches: int = 0
+    banned: list[str] = field(default_factory=list)
 
     @property
     def acceptance_rate(self) -> float:

@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from swarm._proto import swarm_pb2 as pb
 from swarm.config import ClientConfig
 from swarm.errors import NoRouteError, PeerUnavailable, SessionExpired, StaleRoute, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
@@ -42,11 +43,13 @@ class Bans:
     until: dict[str, float] = field(default_factory=dict)
     strikes: dict[str, int] = field(default_factory=dict)
 
-    def ban(self, node_id: str, now: float) -> float:
+    def ban(self, node_id: str, now: float, length_s: float | None = None) -> float:
+        """Ban `node_id` for the next strike's time, or `length_s` (a verification's long ban); a
+        shorter ban never cuts a longer one short. Returns how long it is banned from `now`."""
         self.strikes[node_id] = self.strikes.get(node_id, 0) + 1
-        length = min(self.base_s * 2 ** (self.strikes[node_id] - 1), self.max_s)
-        self.until[node_id] = now + length
-        return length
+        length = length_s if length_s is not None else min(self.base_s * 2 ** (self.strikes[node_id] - 1), self.max_s)
+        self.until[node_id] = max(self.until.get(node_id, now), now + length)
+        return self.until[node_id] - now
 
     def banned(self, now: float) -> set[str]:
         return {node for node, until in self.until.items() if until > now}
@@ -86,6 +89,12 @@ class Sent:
     ids: list[int]
     drafts: list[int] = field(default_factory=list)
     accepted: int = 0
+    hidden: pb.Tensor | None = None  # a private session's step: the hidden states sent, byte for byte
+    answer: pb.Tensor | None = None  # and what the route answered (after a recovery: the new route's replay)
+
+    @property
+    def positions(self) -> int:
+        return int(self.hidden.shape[1]) if self.hidden is not None else len(self.ids)
 
 
 class ReplayDiverged(SwarmError):
@@ -120,6 +129,9 @@ class RecoveringSession:
         self._session: RemoteSession | None = None
         self._machines: list[str] = []  # the machine of each layer on the first route: replays go there
         self._deadlines = Deadlines(floor_s=config.min_step_deadline_s, first_s=config.step_timeout_s)
+        # a private session's verification (swarm/verification.py): told the history and the route
+        # after each step, it returns the node of the route it caught computing differently, if any
+        self.audit: Callable[[Sequence[Sent], list[PeerView]], Awaitable[str | None]] | None = None
 
     async def open(self) -> None:
         self._session = await self._reopen(record_recovery=True)
@@ -192,6 +204,20 @@ class RecoveringSession:
         sent.accepted = accepted
         return accepted, token
 
+    async def hidden_step(self, hidden: pb.Tensor, positions: int) -> pb.Tensor:
+        """One step of a private session (swarm/private.py), recovered like any step: a replay
+        sends the very bytes the original sent."""
+        sent = Sent([], hidden=hidden)
+        timeout = self._deadlines.for_step(positions)
+        sent.answer = await self._recovering(sent, lambda s: s.hidden_step(hidden, positions, timeout))
+        if self.audit is not None and self._session is not None:
+            liar = await self.audit(self._history, self._session.route)
+            if liar is not None:  # reroute around it: the replay's answers replace the ones it spoiled
+                error = PeerUnavailable(f"{liar} computed differently from the other replicas of its layers")
+                error.node_id = liar  # type: ignore[attr-defined]
+                await self._recover(error)
+        return sent.answer
+
     async def _recovering(self, sent: Sent, send: Callable[[RemoteSession], Awaitable[T]]) -> T:
         attempts = 0
         while True:
@@ -205,21 +231,23 @@ class RecoveringSession:
                     raise
                 await self._recover(exc)
                 continue
-            self._deadlines.observe(time.perf_counter() - started, len(sent.ids))
+            self._deadlines.observe(time.perf_counter() - started, sent.positions)
             self._history.append(sent)
             return result
 
     async def _replay(self, session: RemoteSession, sent: Sent) -> None:
         started = time.perf_counter()
-        timeout = self._deadlines.for_step(len(sent.ids))
-        if not sent.drafts:
+        timeout = self._deadlines.for_step(sent.positions)
+        if sent.hidden is not None:
+            sent.answer = await session.hidden_step(sent.hidden, sent.positions, timeout)
+        elif not sent.drafts:
             await session.step(sent.ids, self._request.sampling, timeout=timeout)
         else:
             accepted, _ = await session.verify(sent.ids, sent.drafts, self._request.sampling, timeout)
             if accepted != sent.accepted:  # another floating-point path (another ISA): not the same sequence
                 raise ReplayDiverged(f"the replayed verify step accepted {accepted} drafts, the original "
                                      f"{sent.accepted}; the new route computes differently")  # fmt: skip
-        self._deadlines.observe(time.perf_counter() - started, len(sent.ids))
+        self._deadlines.observe(time.perf_counter() - started, sent.positions)
 
     async def _recover(self, error: SwarmError) -> None:
         started = time.perf_counter()

@@ -50,6 +50,7 @@ class RemoteSession:
         wire_dtype: str = "float32",
         ring: bool = True,
         prefill_chunk: int = 0,
+        private_layers: int | None = None,
     ) -> None:
         self.session_id = uuid.uuid4().hex
         self.route = list(route)
@@ -73,11 +74,15 @@ class RemoteSession:
             package_id=package_id,
             route=[pb.Hop(address=p.address, node_id=p.node_id, start=p.start, end=p.end) for p in route],
             max_length=max_length,
-            sampling=_sampling_message(sampling),
             return_logits=return_logits,
             wire_dtype=wire_dtype,
             prefill_chunk=prefill_chunk if ring or len(route) == 1 else 0,
         )
+        self.private = private_layers is not None  # the client runs the ends: no sampling leaves it
+        if self.private:
+            self._open.private, self._open.client_layers = True, private_layers or 0
+        else:
+            self._open.sampling.CopyFrom(_sampling_message(sampling))
         if ring and len(route) > 1:  # results come back to the first node straight from the last
             head = route[0]
             self._open.ring_head.CopyFrom(pb.Hop(address=head.address, node_id=head.node_id, start=head.start,
@@ -147,7 +152,57 @@ class RemoteSession:
                 return
             ids = [token]
 
+    async def hidden_step(self, hidden: pb.Tensor, positions: int, timeout: float | None = None) -> pb.Tensor:
+        """A private session's step: `hidden` (1, positions, H) in, the last node's hidden states
+        out (unchecked here: the caller knows what shape it expects)."""
+        if not self.private:
+            raise InvalidRequest("hidden-state steps belong to private sessions")
+        step = pb.Step(step=self._step, position=self.length, hidden=hidden)
+        reply = await self._exchange(pb.SessionRequest(step=step), timeout)
+        return self._hidden_answer(reply, hidden, positions)
+
+    async def hidden_steps(self, steps: Sequence[tuple[pb.Tensor, int]], timeout: float | None = None,
+                           window: int = 4) -> list[pb.Tensor]:  # fmt: skip
+        """Several private steps, (hidden, positions) each, pipelined: up to `window` in flight, so
+        a replay (verification's catch-up) pays the route's time per step, not a client round trip."""
+        if not self.private:
+            raise InvalidRequest("hidden-state steps belong to private sessions")
+        assert self._call is not None and self._frames is not None, "open the session first"
+        answers: list[pb.Tensor] = []
+        position, written = self.length, 0
+        while len(answers) < len(steps):
+            while written < len(steps) and written - len(answers) < window:
+                hidden, positions = steps[written]
+                step = pb.Step(step=self._step + written - len(answers), position=position, hidden=hidden)
+                try:
+                    await self._call.write(self._frames.seal(pb.SessionRequest(step=step)))
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    break  # the node ended the stream: the read below says why
+                position, written = position + positions, written + 1
+            reply = await self._exchange(None, timeout)
+            answers.append(self._hidden_answer(reply, *steps[len(answers)]))
+        return answers
+
+    def _hidden_answer(self, reply: pb.SessionReply, sent: pb.Tensor, positions: int) -> pb.Tensor:
+        """The hidden states answering a private step of `positions` (`sent`), checked: the wire
+        dtype, the step's hidden size, its last position (or all of them when the client runs
+        the last layers). A bad one blames the last node, so recovery routes around it."""
+        self._answer(reply, positions)
+        answer = reply.result.hidden
+        want = positions if self._open.client_layers else 1
+        try:
+            if not reply.result.HasField("hidden"):
+                raise InvalidRequest("no hidden states")
+            from_wire(answer, (1, want, sent.shape[2]), (self._open.wire_dtype or "float32",))
+        except InvalidRequest as exc:
+            failed = PeerUnavailable(f"{self.route[-1].address} answered a private step wrongly: {exc}")
+            failed.node_id = self.route[-1].node_id  # type: ignore[attr-defined]
+            raise failed from exc
+        return answer
+
     def _check(self, params: SamplingParams) -> None:
+        if self.private:
+            raise InvalidRequest("a private session's client samples: it sends hidden states only")
         if params != self.sampling:
             raise InvalidRequest("sampling parameters are fixed when a session opens")
         if self._following:

@@ -6,7 +6,7 @@ Pure functions over plain data: no sockets, no clocks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from swarm.errors import NoRouteError
 from swarm.latency import ReturnPath, token_time_ms
@@ -116,6 +116,24 @@ def plan_route(
     if num_layers in best:
         return best[num_layers][4]
     raise NoRouteError(_missing_message(peers, num_layers))
+
+
+def plan_inner_route(
+    peers: Sequence[PeerView], num_layers: int, outer: int, machines: Sequence[str] = (), path: ReturnPath = "client"
+) -> list[PeerView]:
+    """`plan_route` over layers [outer, num_layers - outer) only (a private session's client runs
+    the `outer` layers at each end): among the peers whose span lies inside, on their boundaries."""
+    end = num_layers - outer
+    inside = [replace(p, start=p.start - outer, end=p.end - outer) for p in peers if outer <= p.start and p.end <= end]
+    try:
+        chain = plan_route(inside, end - outer, machines[outer:end], path)
+    except NoRouteError:
+        if not outer:
+            raise
+        raise NoRouteError(f"no chain of nodes covers layers [{outer}, {end}), the swarm's part of a private "
+                           f"session whose client runs {outer} layers at each end: it needs nodes whose spans "
+                           f"start at layer {outer} and end at layer {end}; use fewer private layers") from None
+    return [replace(p, start=p.start + outer, end=p.end + outer) for p in chain]
 
 
 def _missing_message(peers: Sequence[PeerView], num_layers: int) -> str:

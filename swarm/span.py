@@ -60,7 +60,7 @@ class SpanRuntime:
         self.package = package
         self.start, self.end = start, end
         self.arch = m.architecture
-        entries = list(m.blocks_in(start, end))
+        entries = list(m.blocks_in(start, end)) if start < end else []  # empty: the embedding or head alone
         for entry in entries:
             package.verify_file(entry)
         self.blocks = []
@@ -112,14 +112,16 @@ class SpanRuntime:
         return hidden
 
     def forward(
-        self, hidden: np.ndarray, caches: list[KVCache], sampling: SamplingParams, want_logits: bool
+        self, hidden: np.ndarray, caches: list[KVCache], sampling: SamplingParams | None, want_logits: bool
     ) -> StepOutput:
-        """Run the blocks; on the last span also the head and the sampler."""
+        """Run the blocks; on the last span also the head and the sampler, unless `sampling` is None
+        (a private session, whose client runs the head: the hidden states are the output)."""
         return self._finish(self.run_blocks(hidden, caches), [caches], [sampling], [want_logits])[0]
 
     def forward_batch(
-        self, hidden: np.ndarray, caches: list[list[KVCache]], samplings: list[SamplingParams], want_logits: list[bool]
-    ) -> list[StepOutput]:
+        self, hidden: np.ndarray, caches: list[list[KVCache]], samplings: list[SamplingParams | None],
+        want_logits: list[bool],
+    ) -> list[StepOutput]:  # fmt: skip
         """One decode step for several sessions in one pass: `hidden` (B, 1, H), row i with `caches[i]`."""
         for index, block in enumerate(self.blocks):
             hidden = block.forward_batch(hidden, [session[index] for session in caches])
@@ -145,14 +147,20 @@ class SpanRuntime:
         return StepOutput(token=token, logits=logits[accepted] if want_logits else None, accepted=accepted)
 
     def _finish(
-        self, hidden: np.ndarray, caches: list[list[KVCache]], samplings: list[SamplingParams], want_logits: list[bool]
-    ) -> list[StepOutput]:
-        """Hand the hidden states on, or (last span) apply the head and sample each row."""
-        if self.head is None:
-            return [StepOutput(hidden=hidden[i : i + 1]) for i in range(hidden.shape[0])]
-        logits = self.head.forward(hidden[:, -1:, :])[:, -1]
-        outputs = []
-        for row, (session, params, want) in enumerate(zip(caches, samplings, want_logits, strict=True)):
-            token = sample(logits[row], params, position=session[0].length)
-            outputs.append(StepOutput(token=token, logits=logits[row] if want else None))
+        self, hidden: np.ndarray, caches: list[list[KVCache]], samplings: list[SamplingParams | None],
+        want_logits: list[bool],
+    ) -> list[StepOutput]:  # fmt: skip
+        """Hand the hidden states on, or (last span) apply the head and sample each row; rows
+        without sampling (private sessions) keep their hidden states."""
+        outputs = [StepOutput(hidden=hidden[i : i + 1]) for i in range(hidden.shape[0])]
+        sampled = [row for row, params in enumerate(samplings) if params is not None]
+        if self.head is None or not sampled:
+            return outputs
+        rows = hidden if len(sampled) == hidden.shape[0] else hidden[sampled]
+        logits = self.head.forward(rows[:, -1:, :])[:, -1]
+        for index, row in enumerate(sampled):
+            params = samplings[row]
+            assert params is not None
+            token = sample(logits[index], params, position=caches[row][0].length)
+            outputs[row] = StepOutput(token=token, logits=logits[index] if want_logits[row] else None)
         return outputs

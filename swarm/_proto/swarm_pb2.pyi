@@ -111,7 +111,7 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("protocol_version", "session_id", "package_id", "route", "max_length", "sampling", "return_logits", "origin", "wire_dtype", "ring_head", "prefill_chunk")
+    __slots__ = ("protocol_version", "session_id", "package_id", "route", "max_length", "sampling", "return_logits", "origin", "wire_dtype", "ring_head", "prefill_chunk", "private", "client_layers")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,8 @@ class OpenSession(_message.Message):
     WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     RING_HEAD_FIELD_NUMBER: _ClassVar[int]
     PREFILL_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LAYERS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     session_id: str
     package_id: str
@@ -134,7 +136,9 @@ class OpenSession(_message.Message):
     wire_dtype: str
     ring_head: Hop
     prefill_chunk: int
-    def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., package_id: _Optional[str] = ..., route: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ..., max_length: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., return_logits: _Optional[bool] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., wire_dtype: _Optional[str] = ..., ring_head: _Optional[_Union[Hop, _Mapping]] = ..., prefill_chunk: _Optional[int] = ...) -> None: ...
+    private: bool
+    client_layers: int
+    def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., package_id: _Optional[str] = ..., route: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ..., max_length: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., return_logits: _Optional[bool] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., wire_dtype: _Optional[str] = ..., ring_head: _Optional[_Union[Hop, _Mapping]] = ..., prefill_chunk: _Optional[int] = ..., private: _Optional[bool] = ..., client_layers: _Optional[int] = ...) -> None: ...
 
 class ReturnLink(_message.Message):
     __slots__ = ("session_id",)
@@ -215,18 +219,20 @@ class HopTiming(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., compute_ms: _Optional[float] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("step", "token", "logits", "timings", "accepted")
+    __slots__ = ("step", "token", "logits", "timings", "accepted", "hidden")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
     step: int
     token: int
     logits: Tensor
     timings: _containers.RepeatedCompositeFieldContainer[HopTiming]
     accepted: int
-    def __init__(self, step: _Optional[int] = ..., token: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ..., accepted: _Optional[int] = ...) -> None: ...
+    hidden: Tensor
+    def __init__(self, step: _Optional[int] = ..., token: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ..., accepted: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SessionReply(_message.Message):
     __slots__ = ("opened", "result", "sealed")

@@ -38,12 +38,37 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                         "$SWARM_MDNS_INTERFACES, else all IPv4)")  # fmt: skip
     p.add_argument("--discovery-timeout", type=float, default=5.0, help="seconds to look for the swarm")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --local (0 = one per core)")
+    _add_trust_flags(p)
     # On by default because a local run usually has the device to itself, as llama.cpp assumes:
     # spinning decodes the 1.1B shape ~10-25 % faster (docs/BENCHMARKS.md).
     p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=True,
                    help="with --local: one onnxruntime pool whose threads spin between ops (default: on). "
                         "--no-spin: a pool per stage, asleep between ops, for when other busy processes share "
                         "the cores (a spinning core stays busy ~40 ms after each step)")  # fmt: skip
+
+
+def _add_trust_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--private", action="store_true",
+                   help="a private session: this device runs the embedding, the head and sampling, so no node "
+                        "sees a token, only hidden states (which can still be inverted: docs/SECURITY.md); "
+                        "each token is one round trip through the swarm")  # fmt: skip
+    p.add_argument("--private-layers", type=int, default=0, metavar="K",
+                   help="with --private: also run K layers at each end here (needs nodes whose spans start "
+                        "at layer K and end K layers before the last)")  # fmt: skip
+    p.add_argument("--private-package", metavar="PKG",
+                   help="with --private: a package folder of the model to run this device's part from "
+                        "(default: fetch those files from the swarm)")  # fmt: skip
+    p.add_argument("--verify-fraction", type=float, default=0.0, metavar="F",
+                   help="with --private: re-check this fraction of steps on another replica and ban a node "
+                        "that computes differently from the others (docs/SECURITY.md)")  # fmt: skip
+
+
+def _trust(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "local", None) and (args.private or args.verify_fraction):
+        raise SwarmError("--private and --verify-fraction are about a swarm's nodes; --local runs the whole "
+                         "model in this process already")  # fmt: skip
+    return {"private": args.private, "private_layers": args.private_layers,
+            "private_package": args.private_package, "verify_fraction": args.verify_fraction}  # fmt: skip
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -114,6 +139,7 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def open_model(args: argparse.Namespace) -> SyncTextGenerator:
+    trust = _trust(args)
     if args.local:
         from swarm.config import RuntimeOptions
         from swarm.local import LocalModel
@@ -127,6 +153,7 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
         model_id=args.model_id,
         mdns_interfaces=mdns_interfaces(args),
         discovery_timeout_s=args.discovery_timeout,
+        **trust,
     )
 
 
@@ -134,6 +161,7 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
 async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenerator | AsyncSwarm]:
     """The async text API on the running loop: a local package's, or a swarm (whose `.text` it is,
     and which `serve` also describes at /v1/swarm)."""
+    trust = _trust(args)
     if args.local:
         from swarm.config import RuntimeOptions
         from swarm.local import LocalModel
@@ -148,7 +176,7 @@ async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenera
 
     swarm = await AsyncSwarm.connect(args.peer or (), swarm_key=args.swarm_key,
                                      model_id=args.model_id, mdns_interfaces=mdns_interfaces(args),
-                                     discovery_timeout_s=args.discovery_timeout)  # fmt: skip
+                                     discovery_timeout_s=args.discovery_timeout, **trust)  # fmt: skip
     try:
         yield swarm
     finally:
