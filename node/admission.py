@@ -28,10 +28,11 @@ from swarm.keys import NODE_ID_HEX, is_node_id
 from swarm.origin import session_origin
 from swarm.span import SpanRuntime
 from swarm.speculative import MAX_DRAFTS
+from swarm.tensors import HIDDEN_WIRE_DTYPES
 from swarm.transport import request_bytes, status_for
 
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION_CURRENT
-WIRE_HIDDEN_DTYPES = frozenset({"", "float32", "float16", "bfloat16", "int8"})  # "" = float32
+WIRE_HIDDEN_DTYPES = frozenset({"", *HIDDEN_WIRE_DTYPES})  # "" = float32
 MAX_STOP_IDS = 64  # end-of-sequence ids a following step may name
 MAX_ADDRESS_CHARS = 255  # host:port of a hop
 

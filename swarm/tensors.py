@@ -22,6 +22,7 @@ from swarm.errors import InvalidRequest
 
 WIRE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int64": np.dtype("<i8")}
 ENCODINGS = ("bfloat16", "int8")  # float encodings of our own (module docstring)
+HIDDEN_WIRE_DTYPES = ("float32", "float16", *ENCODINGS)  # how a session may send hidden states
 
 
 def to_wire(array: np.ndarray, dtype: str | None = None) -> pb.Tensor:

@@ -18,6 +18,7 @@ from swarm.console import StreamedText, add_version_flag, configure_console_logg
 from swarm.errors import SwarmError
 from swarm.generation import GenerationStats
 from swarm.logs import configure_logging
+from swarm.tensors import HIDDEN_WIRE_DTYPES
 from swarm.textgen import SyncTextGenerator, TextGenerator
 
 if TYPE_CHECKING:
@@ -37,6 +38,10 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="interface address to look for the swarm on (repeatable; default: "
                         "$SWARM_MDNS_INTERFACES, else all IPv4)")  # fmt: skip
     p.add_argument("--discovery-timeout", type=float, default=5.0, help="seconds to look for the swarm")
+    p.add_argument("--wire-dtype", choices=HIDDEN_WIRE_DTYPES, default="float32",
+                   help="how hidden states travel between nodes: float32 (default: the local runner's exact "
+                        "numbers), float16 or bfloat16 (half the bytes), int8 (a quarter); all but float32 "
+                        "round at every node boundary, so answers may differ slightly")  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --local (0 = one per core)")
     _add_trust_flags(p)
     # On by default because a local run usually has the device to itself, as llama.cpp assumes:
@@ -63,12 +68,13 @@ def _add_trust_flags(p: argparse.ArgumentParser) -> None:
                         "that computes differently from the others (docs/SECURITY.md)")  # fmt: skip
 
 
-def _trust(args: argparse.Namespace) -> dict[str, Any]:
-    if getattr(args, "local", None) and (args.private or args.verify_fraction):
-        raise SwarmError("--private and --verify-fraction are about a swarm's nodes; --local runs the whole "
-                         "model in this process already")  # fmt: skip
-    return {"private": args.private, "private_layers": args.private_layers,
-            "private_package": args.private_package, "verify_fraction": args.verify_fraction}  # fmt: skip
+def _swarm_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The session options that only a swarm has (refused with --local, where nothing travels)."""
+    if getattr(args, "local", None) and (args.private or args.verify_fraction or args.wire_dtype != "float32"):
+        raise SwarmError("--private, --verify-fraction and --wire-dtype are about a swarm's nodes; --local runs "
+                         "the whole model in this process already")  # fmt: skip
+    return {"private": args.private, "private_layers": args.private_layers, "private_package": args.private_package,
+            "verify_fraction": args.verify_fraction, "wire_dtype": args.wire_dtype}  # fmt: skip
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -139,7 +145,7 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def open_model(args: argparse.Namespace) -> SyncTextGenerator:
-    trust = _trust(args)
+    options = _swarm_options(args)
     if args.local:
         from swarm.config import RuntimeOptions
         from swarm.local import LocalModel
@@ -153,7 +159,7 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
         model_id=args.model_id,
         mdns_interfaces=mdns_interfaces(args),
         discovery_timeout_s=args.discovery_timeout,
-        **trust,
+        **options,
     )
 
 
@@ -161,7 +167,7 @@ def open_model(args: argparse.Namespace) -> SyncTextGenerator:
 async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenerator | AsyncSwarm]:
     """The async text API on the running loop: a local package's, or a swarm (whose `.text` it is,
     and which `serve` also describes at /v1/swarm)."""
-    trust = _trust(args)
+    options = _swarm_options(args)
     if args.local:
         from swarm.config import RuntimeOptions
         from swarm.local import LocalModel
@@ -176,7 +182,7 @@ async def open_async_model(args: argparse.Namespace) -> AsyncIterator[TextGenera
 
     swarm = await AsyncSwarm.connect(args.peer or (), swarm_key=args.swarm_key,
                                      model_id=args.model_id, mdns_interfaces=mdns_interfaces(args),
-                                     discovery_timeout_s=args.discovery_timeout, **trust)  # fmt: skip
+                                     discovery_timeout_s=args.discovery_timeout, **options)  # fmt: skip
     try:
         yield swarm
     finally:
