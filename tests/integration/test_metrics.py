@@ -112,8 +112,11 @@ def test_metrics_count_errors_by_kind(cluster: LocalCluster, stories_package: Mo
         return grpc.StatusCode.OK
 
     assert asyncio.run(anonymous_info()) == grpc.StatusCode.UNAUTHENTICATED  # no swarm credential
+    # the node counts the call as its handler ends, which may be just after the client has the answer
+    errors = {"method": "Info", "kind": "UNAUTHENTICATED"}
+    wait_until(lambda: value(scrape(node), "swarm_node_errors_total", **errors) >= 1, timeout_s=5)
     samples = scrape(node)
-    assert value(samples, "swarm_node_errors_total", method="Info", kind="UNAUTHENTICATED") == 1
+    assert value(samples, "swarm_node_errors_total", **errors) == 1
     assert value(samples, "swarm_node_rpcs_total", method="Info", code="UNAUTHENTICATED") == 1
     with pytest.raises(urllib.error.HTTPError, match="404"):
         scrape(node, "/elsewhere")
