@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.baselines import DEFAULT_CACHE  # noqa: E402
-from bench.bench_gguf import PREFILL_LEN, one_pair, requantized  # noqa: E402
+from bench.bench_gguf import PREFILL_LEN, machine, one_pair, requantized  # noqa: E402
 from bench.bench_local import export_with  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 from bench.turns import NEW_TOKENS, PROMPT  # noqa: E402
@@ -51,7 +51,8 @@ def gguf_file(source: Path, variant: str, cache: Path) -> Path:
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
-    lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}; Gemma 3 270M from `gemma-3-270m-q4_k_m.gguf`; "
+    lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}; {result.get('machine', '')}; a machine shared "
+             "with other jobs; Gemma 3 270M from `gemma-3-270m-q4_k_m.gguf`; "
              f"2 threads; both engines in one process per pair, {result['rounds']} rounds taking turns: decode "
              f"{NEW_TOKENS} greedy tokens after a {len(PROMPT)}-token prompt, prefill {PREFILL_LEN} tokens; "
              "ratio = median of per-round ratios; perplexity on the same "
@@ -89,7 +90,7 @@ def main() -> None:
                "--rounds", str(args.rounds)]  # fmt: skip
         pairs.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
         print(pairs[-1], file=sys.stderr)
-    result = {"rounds": args.rounds, "pairs": pairs}
+    result = {"rounds": args.rounds, "machine": machine(), "pairs": pairs}
     out = REPO / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "gemma3.json").write_text(json.dumps(result, indent=2))

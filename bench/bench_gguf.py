@@ -1,6 +1,6 @@
 """A real GGUF model, ours against llama.cpp on the same file: SmolLM2-135M-Instruct (Q4_1).
 
-    python bench/bench_gguf.py [--rounds 8] [--cache DIR] [--skip-swarm]
+    python bench/bench_gguf.py [--rounds 8] [--cache DIR] [--skip-swarm] [--pairs int4 ...]
 
 Pairs, each engine starting from the same Q4_1 weights:
   int4     our default export of the Q4_1 file (its own blocks)    llama.cpp on the Q4_1 file itself
@@ -12,13 +12,15 @@ the median of the per-round ratios. Quality, on one fixed English text fed to bo
 token ids: perplexity, and our greedy agreement with our float32 export on the chat question.
 Then a 3-node loopback swarm of the int4 package against the local runner (bench/bench_swarm.py).
 Needs llama-cpp-python (bench/LLAMA_CPP.md). Writes bench/out/gguf.json and the "gguf" section
-of docs/BENCHMARKS.md.
+of docs/BENCHMARKS.md, with the CPU and the instruction sets llama.cpp was built for. Packages are
+cached by export arguments (bench/bench_local.py): remove DIR/packages after changing the export.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -186,8 +188,30 @@ def swarm_rows(package: Path, generations: int) -> list[dict[str, Any]]:
     return rows
 
 
+def machine() -> str:
+    """The CPU and what llama.cpp was compiled to use on it: timings mean little without them."""
+    import platform
+
+    import llama_cpp
+
+    cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    with open("/proc/cpuinfo") as f:  # Linux only, as the bench is
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    system = llama_cpp.llama_print_system_info().decode()
+    built = [f.split(" = ")[0].strip() for f in system.split("|") if f.strip().endswith("= 1")]
+    return f"{cpu}, {os.cpu_count()} cores, {isa}; llama.cpp built with {' '.join(built)}"
+
+
 def markdown(result: dict[str, Any], command: str) -> str:
-    lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}; SmolLM2-135M-Instruct from "
+    lines = [f"Command: `{command}` ({time.strftime('%Y-%m-%d')}; {result.get('machine', '')}; "
+             "a machine shared with other jobs; SmolLM2-135M-Instruct from "
              f"`SmolLM2-135M-Instruct.Q4_1.gguf`; 2 threads; both engines in one process per pair, "
              f"{result['rounds']} rounds taking turns: decode {NEW_TOKENS} greedy tokens after a "
              f"{len(PROMPT)}-token prompt, prefill {PREFILL_LEN} tokens; ratio = median of per-round ratios; "
@@ -224,6 +248,7 @@ def main() -> None:
     p.add_argument("--generations", type=int, default=3, help="generations per swarm setup")
     p.add_argument("--skip-swarm", action="store_true")
     p.add_argument("--no-spin", action="store_true", help="also measure our --no-spin pool")
+    p.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS), help="which pairs (default all)")
     p.add_argument("--pair", nargs=4, metavar=("VARIANT", "PKG", "GGUF", "SPIN"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.pair:
@@ -234,13 +259,13 @@ def main() -> None:
     source = locate("smollm2")
     packages = {v: export_with(source, PAIRS[v][0], args.cache) for v in PAIRS}
     pairs = []
-    for variant in PAIRS:
+    for variant in args.pairs:
         for spin in (True, False) if args.no_spin else (True,):  # the spinning pool is process-wide
             cmd = [sys.executable, __file__, "--pair", variant, str(packages[variant]),
                    str(gguf_file(variant, args.cache)), "1" if spin else "0", "--rounds", str(args.rounds)]  # fmt: skip
             pairs.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
             print(pairs[-1], file=sys.stderr)
-    result = {"rounds": args.rounds, "pairs": pairs, "agreement": greedy_agreement(packages)}
+    result = {"rounds": args.rounds, "machine": machine(), "pairs": pairs, "agreement": greedy_agreement(packages)}
     if not args.skip_swarm:
         result["swarm"] = swarm_rows(packages["int4"], args.generations)
     out = REPO / "bench" / "out"

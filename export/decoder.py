@@ -25,8 +25,8 @@ import numpy as np
 
 from export.checkpoint import WeightSource
 from export.graph import FLOAT, INT32, INT64, MS_DOMAIN, Graph
-from export.linear import LinearWeight, WeightFormat, embedding_gather, linear
-from export.mlp import gated_mlp
+from export.linear import LinearWeight, WeightFormat, add_all, embedding_gather, linear, linear_terms
+from export.mlp import gated_mlp_terms
 from export.moe import sparse_mlp
 from export.rope import cos_sin_tables
 from export.spec import ModelSpec
@@ -107,13 +107,12 @@ def _qkv(g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, hf: s
     return linear(g, h, weights, bias, f"{path}/qkv_proj", fmt)
 
 
-def _attention(
-    g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, layer: int, h: str, io: _BlockInputs
-) -> str:
-    hf = f"model.layers.{layer}.self_attn"
-    path = f"/model/layers.{layer}/attn"
-    H, D, Dc = spec.hidden_size, spec.head_dim, spec.cache_head_dim
-    qkv = _qkv(g, ckpt, spec, fmt, hf, h, path)
+def _split_rotate(
+    g: Graph, ckpt: WeightSource, spec: ModelSpec, qkv: str, layer: int, io: _BlockInputs, hf: str, path: str
+) -> tuple[str, str, str]:
+    """q, k and v apart, q and k normed (Qwen3, Gemma 3) and rotated, heads padded to the cache's
+    head size: (B, S, N * Dc), (B, S, K * Dc), (B, S, K * Dc)."""
+    D, Dc = spec.head_dim, spec.cache_head_dim
     split = g.constant(np.array([spec.q_size, spec.kv_size, spec.kv_size], np.int64))
     q, k, v = g.op("Split", [qkv, split], f"{path}/Split", outputs=3, axis=-1)
     if spec.family.qk_norm:
@@ -129,32 +128,56 @@ def _attention(
         q = _pad_heads(g, q, spec.num_heads, D, Dc, f"{path}/q_pad")
         k = _pad_heads(g, k, spec.num_kv_heads, D, Dc, f"{path}/k_pad")
         v = _pad_heads(g, v, spec.num_kv_heads, D, Dc, f"{path}/v_pad")
+    return q, k, v
+
+
+def _attention(
+    g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, layer: int, h: str, io: _BlockInputs
+) -> list[str]:
+    """The attention's output (B, S, H), as addends still to be summed (`linear_terms`)."""
+    hf = f"model.layers.{layer}.self_attn"
+    path = f"/model/layers.{layer}/attn"
+    H, D, Dc = spec.hidden_size, spec.head_dim, spec.cache_head_dim
+    qkv = _qkv(g, ckpt, spec, fmt, hf, h, path)  # (B, S, (N + 2K) * D)
+    cos, sin = io.tables[spec.local_rope_at(layer)]
     # a sliding layer's query sees `window` keys, itself included, as transformers' sliding mask
     # (checked against it in tests/golden/mistral_sliding and the per-layer windows of qwen2_sliding)
     window = spec.window(layer) or -1
     lengths = [io.seqlens_k, io.total_sequence_length]
     if window > 0 and io.seqlens_k_local and io.total_sequence_length_local:
         lengths = [io.seqlens_k_local, io.total_sequence_length_local]
-    gqa_inputs = [q, k, v, past_key_name(layer), past_value_name(layer), *lengths]
-    softcap = {"softcap": float(spec.attn_softcap)} if spec.attn_softcap else {}
+    attrs: dict[str, int | float] = {"local_window_size": window}
+    if spec.attn_softcap:
+        attrs["softcap"] = float(spec.attn_softcap)
+    if not spec.family.qk_norm and Dc == D and lengths[0] == io.seqlens_k:
+        # GroupQueryAttention splits the fused q/k/v and rotates q and k itself, at the positions
+        # its cache lengths give: position_ids, as the runtime makes them (three ops fewer a layer)
+        qkv_inputs = [qkv, "", ""]
+        attrs |= {"do_rotary": 1, "rotary_interleaved": 0}
+        rotary = [cos, sin]
+    else:
+        qkv_inputs = list(_split_rotate(g, ckpt, spec, qkv, layer, io, hf, path))
+        rotary = []
     attn, _, _ = g.op(
-        "GroupQueryAttention", gqa_inputs, f"{path}/GroupQueryAttention",
+        "GroupQueryAttention", [*qkv_inputs, past_key_name(layer), past_value_name(layer), *lengths, *rotary],
+        f"{path}/GroupQueryAttention",
         outputs=[f"{path}/GroupQueryAttention/output_0", present_key_name(layer), present_value_name(layer)],
         domain=MS_DOMAIN, num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads,
-        scale=spec.attention_scale or 1.0 / math.sqrt(D), local_window_size=window, **softcap,
+        scale=spec.attention_scale or 1.0 / math.sqrt(D), **attrs,
     )  # fmt: skip
     if Dc != D:
         attn = _unpad_heads(g, attn, spec.num_heads, D, Dc, f"{path}/unpad")
     o_bias = ckpt.take(f"{hf}.o_proj.bias", (H,)) if spec.family.o_bias else None
     o_weight = ckpt.take_linear(f"{hf}.o_proj.weight", (H, spec.q_size))
-    return linear(g, attn, o_weight, o_bias, f"{path}/o_proj", fmt)
+    return linear_terms(g, attn, o_weight, o_bias, f"{path}/o_proj", fmt)
 
 
-def _mlp(g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, layer: int, h: str, moe: str) -> str:
+def _mlp(g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, layer: int, h: str, moe: str) -> list[str]:
+    """The MLP's output (B, S, H), as addends still to be summed (`linear_terms`)."""
     path = f"/model/layers.{layer}/mlp"
     if spec.is_moe_layer(layer):
-        return sparse_mlp(g, ckpt, spec, fmt, layer, h, path, moe)
-    return gated_mlp(g, ckpt, spec, fmt, f"model.layers.{layer}.mlp", h, path, spec.intermediate_size)
+        return [sparse_mlp(g, ckpt, spec, fmt, layer, h, path, moe)]
+    return gated_mlp_terms(g, ckpt, spec, fmt, f"model.layers.{layer}.mlp", h, path, spec.intermediate_size)
 
 
 def _decoder_layer(
@@ -165,14 +188,16 @@ def _decoder_layer(
     h = _norm(g, ckpt, spec, x, f"{hf}.input_layernorm", f"{path}/input_layernorm")
     a = _attention(g, ckpt, spec, fmt, layer, h, io)
     if sandwich:  # Gemma: the attention output is normed before the residual, and so is the MLP's
-        a = _norm(g, ckpt, spec, a, f"{hf}.post_attention_layernorm", f"{path}/post_attention_layernorm")
-    x = g.op1("Add", [x, a], f"{path}/attn_residual/Add")
+        a = [_norm(g, ckpt, spec, add_all(g, a, f"{path}/attn/o_proj/mins"), f"{hf}.post_attention_layernorm",
+                   f"{path}/post_attention_layernorm")]  # fmt: skip
+    x = add_all(g, [*a, x], f"{path}/attn_residual")  # one Sum where the output had two addends
     mlp_norm = "pre_feedforward_layernorm" if sandwich else "post_attention_layernorm"
     h = _norm(g, ckpt, spec, x, f"{hf}.{mlp_norm}", f"{path}/{mlp_norm}")
     m = _mlp(g, ckpt, spec, fmt, layer, h, moe)
     if sandwich:
-        m = _norm(g, ckpt, spec, m, f"{hf}.post_feedforward_layernorm", f"{path}/post_feedforward_layernorm")
-    return g.op1("Add", [x, m], f"{path}/mlp_residual/Add")
+        m = [_norm(g, ckpt, spec, add_all(g, m, f"{path}/mlp/down_proj/mins"), f"{hf}.post_feedforward_layernorm",
+                   f"{path}/post_feedforward_layernorm")]  # fmt: skip
+    return add_all(g, [*m, x], f"{path}/mlp_residual")
 
 
 def _rotary_tables(g: Graph, spec: ModelSpec, layers: range, max_context: int) -> dict[bool, tuple[str, str]]:

@@ -74,7 +74,8 @@ def _block_sums(g: Graph, x: str, k: int, block_size: int, path: str) -> str:
     return g.op1("ReduceSum", [blocks, g.constant(np.array([-1], np.int64))], f"{path}/ReduceSum", keepdims=0)
 
 
-def _matmul_nbits(g: Graph, x: str, weight: BlockWeight, path: str, fmt: WeightFormat) -> str:
+def _matmul_nbits(g: Graph, x: str, weight: BlockWeight, path: str, fmt: WeightFormat) -> list[str]:
+    """The product's addends: MatMulNBits, and for weights with block mins their correction."""
     qw = pack(weight)
     inputs = [
         x,
@@ -87,22 +88,55 @@ def _matmul_nbits(g: Graph, x: str, weight: BlockWeight, path: str, fmt: WeightF
         K=qw.k, N=qw.n, bits=qw.bits, block_size=qw.block_size, accuracy_level=fmt.accuracy_level,
     )  # fmt: skip
     if weight.mins is None:
-        return y
+        return [y]
     # w = w_q + min per block, so x @ w.T = MatMulNBits(x) + (block sums of x) @ mins.T
     if weight.k % weight.block_size:
         raise ValueError(f"{path}: block mins need whole blocks ({weight.k} inputs, blocks of {weight.block_size})")
-    sums = _block_sums(g, x, weight.k, weight.block_size, f"{path}/block_sums")
-    offset = g.op1("MatMul", [sums, g.weight(f"{path}.mins", weight.mins.T.copy())], f"{path}/mins/MatMul")
-    return g.op1("Add", [y, offset], f"{path}/mins/Add")
+    sums = _block_sums(g, x, weight.k, weight.block_size, f"{path}/block_sums")  # (B, S, K / block_size)
+    return [y, g.op1("MatMul", [sums, g.weight(f"{path}.mins", weight.mins.T.copy())], f"{path}/mins/MatMul")]
 
 
-def _one_linear(g: Graph, x: str, weight: LinearWeight, path: str, fmt: WeightFormat) -> str:
+def _one_linear(g: Graph, x: str, weight: LinearWeight, path: str, fmt: WeightFormat) -> list[str]:
     if isinstance(weight, BlockWeight):
         return _matmul_nbits(g, x, weight, path, fmt)
     if fmt.bits and not fmt.native:
         return _matmul_nbits(g, x, quantize_blocks(weight, fmt.bits, block_for(weight.shape[1], fmt.block_size)),
                              path, fmt)  # fmt: skip
-    return g.op1("MatMul", [x, stored(g, f"{path}.weight", weight.T, fmt)], f"{path}/MatMul")
+    return [g.op1("MatMul", [x, stored(g, f"{path}.weight", weight.T, fmt)], f"{path}/MatMul")]
+
+
+def add_all(g: Graph, terms: Sequence[str], path: str) -> str:
+    """The sum of `terms`: the one term, an Add of two, or one Sum of more."""
+    if len(terms) == 1:
+        return terms[0]
+    return g.op1("Add" if len(terms) == 2 else "Sum", list(terms), f"{path}/{'Add' if len(terms) == 2 else 'Sum'}")
+
+
+def linear_terms(
+    g: Graph,
+    x: str,
+    weight: LinearWeight | Sequence[LinearWeight],
+    bias: np.ndarray | None,
+    path: str,
+    fmt: WeightFormat,
+) -> list[str]:
+    """x @ weight.T (+ bias) as addends still to be summed: one, or two where block mins correct
+    the product. A caller that adds the result to something (the residual stream) sums them all
+    at once, one op fewer. A list of weights is one layer of their stacked rows (fused q/k/v)."""
+    parts: list[LinearWeight] = [weight] if isinstance(weight, (np.ndarray, BlockWeight)) else list(weight)
+    groups = _groups(parts, fmt)
+    if len(groups) == 1:
+        terms = _one_linear(g, x, groups[0], path, fmt)
+    else:  # formats differ between the fused rows (a GGUF "_M" mix): one op per run of one format
+        outs = [add_all(g, _one_linear(g, x, w, f"{path}/part{i}", fmt), f"{path}/part{i}/mins")
+                for i, w in enumerate(groups)]  # fmt: skip
+        terms = [g.op1("Concat", outs, f"{path}/Concat", axis=-1)]
+    if bias is None:
+        return terms
+    b = g.weight(f"{path}.bias", bias.astype(np.float32))
+    if len(terms) == 1:
+        return [g.op1("Add", [terms[0], b], f"{path}/BiasAdd")]
+    return [add_all(g, [*terms, b], f"{path}/bias")]
 
 
 def linear(
@@ -114,16 +148,7 @@ def linear(
     fmt: WeightFormat,
 ) -> str:
     """x @ weight.T (+ bias). A list of weights is one layer of their stacked rows (fused q/k/v)."""
-    parts: list[LinearWeight] = [weight] if isinstance(weight, (np.ndarray, BlockWeight)) else list(weight)
-    groups = _groups(parts, fmt)
-    if len(groups) == 1:
-        y = _one_linear(g, x, groups[0], path, fmt)
-    else:  # formats differ between the fused rows (a GGUF "_M" mix): one op per run of one format
-        outs = [_one_linear(g, x, w, f"{path}/part{i}", fmt) for i, w in enumerate(groups)]
-        y = g.op1("Concat", outs, f"{path}/Concat", axis=-1)
-    if bias is not None:
-        y = g.op1("Add", [y, g.weight(f"{path}.bias", bias.astype(np.float32))], f"{path}/BiasAdd")
-    return y
+    return add_all(g, linear_terms(g, x, weight, bias, path, fmt), f"{path}/mins")
 
 
 def embedding_gather(g: Graph, ids: str, table: LinearWeight, name: str, path: str, fmt: WeightFormat) -> str:

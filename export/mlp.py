@@ -6,7 +6,7 @@ import numpy as np
 
 from export.checkpoint import WeightSource
 from export.graph import MS_DOMAIN, Graph
-from export.linear import WeightFormat, linear
+from export.linear import WeightFormat, add_all, linear, linear_terms
 from export.spec import ModelSpec
 
 
@@ -22,6 +22,15 @@ def gated_mlp(
     names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj"),
 ) -> str:  # fmt: skip
     """down(act(gate(h)) * up(h)), gate and up as one fused MatMul."""
+    terms = gated_mlp_terms(g, ckpt, spec, fmt, hf, h, path, inter, names)
+    return add_all(g, terms, f"{path}/down_proj/mins")
+
+
+def gated_mlp_terms(
+    g: Graph, ckpt: WeightSource, spec: ModelSpec, fmt: WeightFormat, hf: str, h: str, path: str, inter: int,
+    names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj"),
+) -> list[str]:  # fmt: skip
+    """`gated_mlp` as addends still to be summed (`export.linear.linear_terms`)."""
     H = spec.hidden_size
     gate_name, up_name, down_name = names
     if spec.family.fused_qkv:  # Phi-3 stores them fused already, gate rows first
@@ -38,4 +47,4 @@ def gated_mlp(
     hidden = g.op1("Mul", [activate(g, gate_out, spec.family.activation, f"{path}/act"), up_out], f"{path}/Mul")
     down = ckpt.take_linear(f"{hf}.{down_name}.weight", (H, inter))
     down_bias = ckpt.take(f"{hf}.{down_name}.bias", (H,)) if spec.family.mlp_bias else None
-    return linear(g, hidden, down, down_bias, f"{path}/down_proj", fmt)
+    return linear_terms(g, hidden, down, down_bias, f"{path}/down_proj", fmt)
