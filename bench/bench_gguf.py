@@ -205,7 +205,7 @@ def machine() -> str:
                 break
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     system = llama_cpp.llama_print_system_info().decode()
-    built = [f.split(" = ")[0].strip() for f in system.split("|") if f.strip().endswith("= 1")]
+    built = [f.split(" = ")[0].split(":")[-1].strip() for f in system.split("|") if f.strip().endswith("= 1")]
     return f"{cpu}, {os.cpu_count()} cores, {isa}; llama.cpp built with {' '.join(built)}"
 
 
