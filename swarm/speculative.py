@@ -197,7 +197,7 @@ Step = Callable[[Sequence[int], SamplingParams], Awaitable[int]]  # append ids, 
 # (last token, n, stop ids) -> the next n tokens, each fed back in (a swarm's first node loops them)
 PlainRun = Callable[[int, int, SamplingParams, Sequence[int]], AsyncGenerator[int, None]]
 # plain tokens after a pass with nothing to propose, before the drafter is asked again: each
-# plain run is one trip to start on a swarm, so not too short (8 measured better than 4 at 10 ms)
+# plain run is one trip to start on a swarm, so not too short (docs/ARCHITECTURE.md says what was measured)
 STREAK = 8
 Propose = Callable[[list[int], int], Awaitable[list[int]]]  # (context, k) -> at most k drafts
 Verify = Callable[[int, list[int], SamplingParams], Awaitable[tuple[int, int]]]  # -> (accepted, next token)
