@@ -240,6 +240,18 @@ def start_node(*args: str) -> subprocess.Popen[str]:
     return proc
 
 
+def stop_and_read_stderr(process: subprocess.Popen[str]) -> list[str]:
+    """Terminate `process` (e.g. `swarm-client serve`), wait for it, and return what it logged."""
+    process.terminate()
+    process.wait(timeout=20)
+    if process.stderr is None:
+        return []
+    try:
+        return process.stderr.read().splitlines()
+    finally:
+        process.stderr.close()
+
+
 # the program's own session, with the pty as its controlling terminal, then the program itself
 CONTROLLING_TTY = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
                    "os.execv(sys.argv[1], sys.argv[1:])")

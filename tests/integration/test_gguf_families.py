@@ -41,6 +41,25 @@ def _name(hf: str, gemma: bool) -> str:
     return f"blk.{layer}.{({**_LAYER, **(_GEMMA if gemma else _PLAIN)})[part]}.{kind}"
 
 
+def _add_placeholder_tokenizer(w: gguf.GGUFWriter, vocab: int) -> None:
+    """A SentencePiece vocabulary of placeholders: what the export needs; the tests feed token ids."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(3, vocab)]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+
+def _written(w: gguf.GGUFWriter, path: Path) -> Path:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def write_gguf(case: str, arch: str, path: Path) -> Path:
     src = golden_checkpoint(case)
     c = json.loads((src / "config.json").read_text())
@@ -62,23 +81,13 @@ def write_gguf(case: str, arch: str, path: Path) -> Path:
         w.add_attn_logit_softcapping(c["attn_logit_softcapping"])
     if c.get("final_logit_softcapping"):
         w.add_final_logit_softcapping(c["final_logit_softcapping"])
-    tokens = ["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(3, c["vocab_size"])]
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores([0.0] * len(tokens))
-    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    _add_placeholder_tokenizer(w, c["vocab_size"])
     for name, value in sorted(load_file(src / "model.safetensors").items()):
         value = value.astype(np.float32)
         if gemma and name.endswith("norm.weight"):
             value = value + np.float32(1.0)  # llama.cpp's converter: its RMSNorm multiplies by the weight
         w.add_tensor(_name(name, gemma), value)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _written(w, path)
 
 
 @pytest.mark.parametrize(("case", "arch", "config"), [
@@ -174,22 +183,12 @@ def _write_family_gguf(case: str, arch: gguf.MODEL_ARCH, path: Path) -> Path:
             w.add_expert_feed_forward_length(c["moe_intermediate_size"])
         if c.get("shared_expert_intermediate_size"):
             w.add_expert_shared_feed_forward_length(c["shared_expert_intermediate_size"])
-    tokens = ["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(3, c["vocab_size"])]
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores([0.0] * len(tokens))
-    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    _add_placeholder_tokenizer(w, c["vocab_size"])
     permute = (heads, kv_heads) if arch == gguf.MODEL_ARCH.LLAMA else None
     weights = {n: v.astype(np.float32) for n, v in load_file(src / "model.safetensors").items()}
     for name, value in _ggml_tensors(weights, arch, c["num_hidden_layers"], permute).items():
         w.add_tensor(name, value)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _written(w, path)
 
 
 @pytest.mark.parametrize(("case", "arch", "family"), [

@@ -27,7 +27,7 @@ from swarm.package import ModelPackage
 from swarm.sampling import SamplingParams
 from swarm.textgen import TextGenerator
 from tests.conftest import STORIES_PROMPT, STORIES_REFERENCE_TEXT
-from tests.helpers import LocalCluster
+from tests.helpers import LocalCluster, stop_and_read_stderr
 
 MODEL = "stories260K"
 MESSAGES = [{"role": "system", "content": "Once upon a time"}, {"role": "user", "content": "there was a cat"}]
@@ -307,11 +307,7 @@ def test_cli_serve(stories_package: ModelPackage, local: LocalModel) -> None:
         reply = c.completions.create(model="tiny", prompt=STORIES_PROMPT, max_tokens=10, temperature=0)
         assert reply.choices[0].text == local.generate(STORIES_PROMPT, 10)
     finally:
-        process.terminate()
-        process.wait(timeout=20)
-        logged = process.stderr.read().splitlines() if process.stderr is not None else []
-        if process.stderr is not None:
-            process.stderr.close()
+        logged = stop_and_read_stderr(process)
     requests = [line for line in logged if "logger=swarm.openai" in line]  # one per request, at info
     assert len(requests) == 2 and all("level=info" in line for line in requests), logged
     assert 'msg="GET /v1/models" status=200 seconds=' in requests[0]

@@ -37,7 +37,7 @@ from tests.conftest import STORIES_PROMPT, STORIES_PROMPT_IDS, STORIES_REFERENCE
 from tests.helpers import LocalCluster, open_message, token_step
 from tests.integration.test_capture import capture, tcpdump  # noqa: F401  (tcpdump: a fixture)
 from tests.integration.test_node_sessions import exchange, hidden_step
-from tests.integration.test_recovery import PROMPT_TEXT, NodeProcess
+from tests.integration.test_recovery import PROMPT_TEXT, NodeProcess, replicated_nodes
 
 ROUTES = {
     "one node": [(0, 5)],
@@ -252,13 +252,8 @@ KILL_SPANS = {0: [(0, 2), (2, 3), (3, 5)], 1: [(1, 2), (2, 3), (3, 4)]}  # by pr
 @pytest.fixture
 def replicated(stories_package: ModelPackage, request: pytest.FixtureRequest) -> Iterator[list[NodeProcess]]:
     """Two node processes for each of three spans (the swarm's part for `layers`)."""
-    spans = KILL_SPANS[request.node.callspec.params["layers"]]
-    nodes = [NodeProcess(span, stories_package).start() for span in spans for _ in range(2)]
-    try:
+    with replicated_nodes(stories_package, KILL_SPANS[request.node.callspec.params["layers"]]) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 @pytest.mark.parametrize("layers, hop", [(0, 0), (0, 1), (0, 2), (1, 1)],

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -57,15 +58,22 @@ class NodeProcess:
             self.proc.wait()
 
 
-@pytest.fixture
-def replicated(stories_package: ModelPackage) -> Iterator[list[NodeProcess]]:
-    """Two nodes for each of three spans, as separate processes."""
-    nodes = [NodeProcess(span, stories_package).start() for span in SPANS for _ in range(2)]
+@contextmanager
+def replicated_nodes(package: ModelPackage, spans: list[tuple[int, int]]) -> Iterator[list[NodeProcess]]:
+    """Two node processes for each of `spans`, stopped on the way out."""
+    nodes = [NodeProcess(span, package).start() for span in spans for _ in range(2)]
     try:
         yield nodes
     finally:
         for node in nodes:
             node.stop()
+
+
+@pytest.fixture
+def replicated(stories_package: ModelPackage) -> Iterator[list[NodeProcess]]:
+    """Two nodes for each of three spans, as separate processes."""
+    with replicated_nodes(stories_package, SPANS) as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="module")

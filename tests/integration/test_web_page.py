@@ -34,7 +34,7 @@ from swarm.package import ModelPackage
 from swarm.sampling import SamplingParams
 from swarm.textgen import TextGenerator
 from tests import browser
-from tests.helpers import LocalCluster, start_node, wait_until
+from tests.helpers import LocalCluster, start_node, stop_and_read_stderr, wait_until
 from tests.integration.test_openai_server import MESSAGES, client, serving
 
 MODEL = "stories260K"
@@ -89,11 +89,7 @@ def test_cli_serve_shows_the_page_on_127_0_0_1_and_the_api_keeps_its_key(stories
         assert data["local"] and data["model"] == MODEL and data["num_layers"] == 5 and data["complete"]
         assert data["peers"] == [] and data["sessions"] == []
     finally:
-        process.terminate()
-        process.wait(timeout=20)
-        logged = process.stderr.read().splitlines() if process.stderr is not None else []
-        if process.stderr is not None:
-            process.stderr.close()
+        logged = stop_and_read_stderr(process)
     requests = [line for line in logged if "logger=swarm.openai" in line]  # info lines only (serve's default)
     assert not any("status=200" in line for line in requests), requests  # an open page's polls do not flood the log
     assert sum('msg="GET /v1/swarm" status=401' in line for line in requests) == 2, requests  # refusals do show
