@@ -210,23 +210,49 @@ def check_step(session: NodeSession, request: pb.SessionRequest, span: SpanRunti
         raise InvalidRequest("session is already open; send steps")
     if step.step != session.next_step:
         raise InvalidRequest(f"step {step.step} out of order; expected {session.next_step}")
-    floor = session.rollback_floor if session.rollback_floor is not None else session.length
-    if not floor <= step.position <= session.length:
-        held = f"the session holds {session.length}" + (f" (of which {floor} are settled)" if floor < session.length
-                                                       else "")  # fmt: skip
-        raise InvalidRequest(f"step starts at position {step.position} but {held}")
     if step.partial and (session.first or not session.ring):
         raise InvalidRequest("partial steps pass between the nodes of a ring only")
     if session.private and (step.WhichOneof("input") != "hidden" or step.drafts):
         raise InvalidRequest("a private session's steps carry hidden states only: no token ids, no drafts")
     if len(step.timings) > span.arch.num_layers:
         raise InvalidRequest(f"a step carries at most {span.arch.num_layers} hop timings")
+    if step.chained:
+        check_chained(session, step)
+        if session.last and session.chain_token is None:  # to be cancelled: where it starts no longer matters
+            return step
+        if step.position != session.length:
+            raise InvalidRequest(f"a chained verify step starts where the step ahead ends ({session.length}), "
+                                 f"not at {step.position}")  # fmt: skip
+    floor = session.rollback_floor if session.rollback_floor is not None else session.length
+    if not floor <= step.position <= session.length:
+        held = f"the session holds {session.length}" + (f" (of which {floor} are settled)" if floor < session.length
+                                                       else "")  # fmt: skip
+        raise InvalidRequest(f"step starts at position {step.position} but {held}")
     return step
 
 
+def check_chained(session: NodeSession, step: pb.Step) -> None:
+    """A chained verify step (pipelined speculation) follows a verify step and is drafts only."""
+    if session.rollback_floor is None:
+        raise InvalidRequest("a chained verify step must follow a verify step")
+    if step.partial or step.follow or session.private:
+        raise InvalidRequest("a chained verify step is one pass of drafts: neither partial nor followed")
+    shape = list(step.hidden.shape)  # (1, S, H) downstream: S is all a node needs to know before it cancels
+    positions = len(step.tokens.ids) if step.WhichOneof("input") == "tokens" else shape[1] if len(shape) == 3 else -1
+    if not 0 < len(step.drafts) == positions <= MAX_DRAFTS:
+        raise InvalidRequest(f"a chained verify step is 1 to {MAX_DRAFTS} drafts and nothing else, "
+                             f"got {len(step.drafts)} drafts in {positions} positions")  # fmt: skip
+
+
 def check_drafts(step: pb.Step, positions: int, position: int) -> int:
-    """A verify step's drafts: fewer than its positions, bounded, and never part of a chunked or
-    followed step; returns the least position the step after it may start at (every draft rejected)."""
+    """A verify step's drafts: fewer than its positions (all of them for a chained step), bounded,
+    and never part of a chunked or followed step; returns the least position the step after it may
+    start at (every draft rejected)."""
+    if step.chained:
+        if len(step.drafts) != positions or positions > MAX_DRAFTS:
+            raise InvalidRequest(f"a chained verify step is 1 to {MAX_DRAFTS} drafts and nothing else, "
+                                 f"got {len(step.drafts)} drafts in {positions} positions")  # fmt: skip
+        return position
     if not 0 < len(step.drafts) < positions or len(step.drafts) > MAX_DRAFTS:
         raise InvalidRequest(f"a verify step checks 1 to {min(MAX_DRAFTS, positions - 1)} drafts, "
                              f"got {len(step.drafts)}")  # fmt: skip

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -135,15 +137,16 @@ class Downstream:
 
 
 class ReturnSlot:
-    """At the head of a ring: where one session's results arrive from its last node, one awaited
-    step at a time (the head expects a step before it sends it on, so no result can come early)."""
+    """At the head of a ring: where one session's results arrive from its last node, each for a step
+    the head awaits (it expects a step before it sends it on, so no result can come early). Several
+    verify steps may be awaited at once (pipelined speculation); their results come in order."""
 
     def __init__(self, last_hop: pb.Hop) -> None:
         self.last_hop = last_hop
         self.attached = False
         self.closed = False  # the session ended here
         self.failure = _failure_future()  # the return link broke, or the next hop failed
-        self._awaited: tuple[int, asyncio.Future[pb.StepResult]] | None = None
+        self._awaited: dict[int, asyncio.Future[pb.StepResult]] = {}
 
     def attach(self, caller_node_id: str | None) -> None:
         """The return link of the last node arrived (`caller_node_id`: whom its credential proves)."""
@@ -154,12 +157,11 @@ class ReturnSlot:
         self.attached = True
 
     def expect(self, step: int) -> None:
-        self._awaited = (step, asyncio.get_running_loop().create_future())
+        self._awaited[step] = asyncio.get_running_loop().create_future()
 
-    async def result(self, timeout_s: float, blamed: pb.Hop) -> pb.StepResult:
-        """The result of the step `expect`ed, within `timeout_s` (else blaming `blamed`)."""
-        assert self._awaited is not None, "expect the step first"
-        step, future = self._awaited
+    async def result(self, step: int, timeout_s: float, blamed: pb.Hop) -> pb.StepResult:
+        """The result of `step` (`expect`ed), within `timeout_s` (else blaming `blamed`)."""
+        future = self._awaited[step]
         try:
             async with asyncio.timeout(timeout_s):
                 return await unless_failed(future, self.failure)
@@ -167,13 +169,14 @@ class ReturnSlot:
             message = f"step {step} did not come back round the ring within {timeout_s:.0f}s"
             raise HopFailed(grpc.StatusCode.UNAVAILABLE, message, blamed.node_id) from None
         finally:
-            self._awaited = None
+            self._awaited.pop(step, None)
 
     def deliver(self, result: pb.StepResult) -> None:
-        """A result from the return link: it must be the awaited step's, and the first for it."""
-        if self._awaited is None or self._awaited[0] != result.step or self._awaited[1].done():
+        """A result from the return link: it must be the earliest awaited step's, and the first for it."""
+        earliest = min((step for step, future in self._awaited.items() if not future.done()), default=None)
+        if earliest is None or earliest != result.step:
             raise InvalidRequest(f"the return link sent step {result.step}, which is not awaited")
-        self._awaited[1].set_result(result)
+        self._awaited[earliest].set_result(result)
 
     def fail(self, failure: HopFailed) -> None:
         if not self.failure.done():
@@ -236,3 +239,37 @@ class ReturnLink:
 
     def cancel(self) -> None:
         self._call.cancel()
+
+
+@dataclass
+class SessionLinks:
+    """What one session holds besides its caches: the next hop and, on a ring, its return path."""
+
+    node_ids: list[str]  # the route as opened, from this node on
+    downstream: Downstream | None = None
+    slot: ReturnSlot | None = None  # the ring's head: where the last node's results arrive
+    back: ReturnLink | None = None  # the ring's last node: where its results go
+    # the ring's head: results of verify steps sent on and still to come round, in order
+    ahead: deque[asyncio.Future[pb.StepResult]] = field(default_factory=deque)
+
+    @property
+    def failure(self) -> asyncio.Future[HopFailed] | None:
+        """Resolves when another node of a ring fails (None on a chain: there each step sees it)."""
+        return self.slot.failure if self.slot is not None else self.downstream.failure if self.downstream else None
+
+    def close(self) -> None:
+        for waiting in self.ahead:
+            forget(waiting)
+        for link in (self.downstream, self.back):
+            if link is not None:
+                link.cancel()
+        if self.slot is not None:
+            self.slot.close()
+
+
+def forget(future: asyncio.Future[Any]) -> None:
+    """Cancel `future`, or take its exception if it already failed (the session's own error says why)."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()

@@ -29,6 +29,9 @@ class NodeSession:
     ring: bool = False  # results go round the token ring (OpenSession.ring_head), not back up the chain
     prefill_chunk: int = 0  # the first node splits longer steps into chunks of this many tokens; 0 = never
     rollback_floor: int | None = None  # after a verify step: the least position the next step may start at
+    # the last node, after a verify step that accepted all its drafts: the token it ended with, the
+    # one a chained verify step must start with (None: a chained step now is cancelled)
+    chain_token: int | None = None
     first: bool = True  # the route's first node: it takes the client's input
     last: bool = True  # the route's last node: it answers each step
     private: bool = False  # hidden states in and out (OpenSession.private): no embedding, head or sampling here

@@ -12,22 +12,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
 
 from node.admission import Admission, check_drafts, check_follow, check_open, check_step, roles
 from node.batcher import ComputeExecutor, DecodeBatcher
-from node.hops import Downstream, HopFailed, ReturnLink, ReturnSlot, unless_failed
+from node.hops import Downstream, HopFailed, ReturnLink, ReturnSlot, SessionLinks, forget, unless_failed
 from node.sessions import NodeSession, SessionTable
+from node.step_input import hidden_input, returned, sampling_of, token_chunks
 from swarm._proto import swarm_pb2 as pb
 from swarm.auth import Credentials
 from swarm.errors import InvalidRequest, PeerUnavailable, SessionExpired, SwarmError
 from swarm.frames import Frames
-from swarm.sampling import SamplingParams
 from swarm.span import SpanRuntime, StepOutput, prefill_chunks, truncate_caches
-from swarm.tensors import from_wire, to_wire
+from swarm.speculative import MAX_DEPTH
+from swarm.tensors import to_wire
 from swarm.transport import FAILED_NODE_KEY, ChannelPool, open_session_call, status_for
 
 
@@ -37,28 +38,6 @@ class StreamSettings:
     idle_timeout_s: float  # close a session that sends nothing for this long
     hop_timeout_s: float  # the next hop must answer a step within this
     credentials: Credentials | None = None  # None = an open swarm: no authentication, plain frames
-
-
-@dataclass
-class SessionLinks:
-    """What one session holds besides its caches: the next hop and, on a ring, its return path."""
-
-    node_ids: list[str]  # the route as opened, from this node on
-    downstream: Downstream | None = None
-    slot: ReturnSlot | None = None  # the ring's head: where the last node's results arrive
-    back: ReturnLink | None = None  # the ring's last node: where its results go
-
-    @property
-    def failure(self) -> asyncio.Future[HopFailed] | None:
-        """Resolves when another node of a ring fails (None on a chain: there each step sees it)."""
-        return self.slot.failure if self.slot is not None else self.downstream.failure if self.downstream else None
-
-    def close(self) -> None:
-        for link in (self.downstream, self.back):
-            if link is not None:
-                link.cancel()
-        if self.slot is not None:
-            self.slot.close()
 
 
 class SessionStream:
@@ -92,9 +71,8 @@ class SessionStream:
             origin = self.admission.open_session(opening, caller, context.peer())
             session, links = await self._open(opening)
             yield frames.seal(pb.SessionReply(opened=pb.Opened(node_ids=links.node_ids)))
-            while (request := await unless_failed(self._next_request(reader, frames), links.failure)) is not None:
-                async for reply in self._steps(session, request, links):
-                    yield frames.seal(reply)
+            async for reply in self._session_replies(session, links, reader, frames):
+                yield frames.seal(reply)
         except HopFailed as exc:
             context.set_trailing_metadata(((FAILED_NODE_KEY, exc.node_id),))
             await context.abort(exc.code, str(exc))
@@ -108,6 +86,44 @@ class SessionStream:
                 self.rings.pop(session.session_id, None)
             if origin is not None:
                 self.admission.close_session(origin)
+
+    async def _session_replies(self, session: NodeSession, links: SessionLinks,
+                               reader: AsyncIterator[pb.SessionRequest], frames: Frames,
+                               ) -> AsyncIterator[pb.SessionReply]:  # fmt: skip
+        """Each request's replies, in order. At a ring's head, verify steps do not wait for their
+        results: the next request is read (and run) while earlier results are still coming round,
+        so pipelined speculation keeps every node of the ring busy. Any other step waits for them."""
+        if links.slot is None:  # not a ring's head: each step is answered (or passed on) in turn
+            while (message := await self._read(reader, frames, links)) is not None:
+                async for reply in self._steps(session, message, links):
+                    yield reply
+            return
+        request = asyncio.ensure_future(self._read(reader, frames, links))
+        try:
+            while True:
+                # at most MAX_DEPTH results outstanding: a client that sends without reading is held back
+                while links.ahead and (len(links.ahead) >= MAX_DEPTH or not request.done()):
+                    waited = (links.ahead[0],) if len(links.ahead) >= MAX_DEPTH else (request, links.ahead[0])
+                    await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+                    if links.ahead[0].done():
+                        yield pb.SessionReply(result=links.ahead.popleft().result())
+                if (message := await request) is None:
+                    break
+                if not (message.WhichOneof("kind") == "step" and message.step.drafts):
+                    while links.ahead:  # replies go out in the order of their steps
+                        yield pb.SessionReply(result=await links.ahead.popleft())
+                async for reply in self._steps(session, message, links):
+                    yield reply
+                request = asyncio.ensure_future(self._read(reader, frames, links))
+            while links.ahead:  # the client stopped sending: what it sent is still answered
+                yield pb.SessionReply(result=await links.ahead.popleft())
+        finally:
+            forget(request)
+
+    async def _read(self, reader: AsyncIterator[pb.SessionRequest], frames: Frames,
+                    links: SessionLinks) -> pb.SessionRequest | None:  # fmt: skip
+        """The next request, unless the session's ring fails first."""
+        return await unless_failed(self._next_request(reader, frames), links.failure)
 
     async def _next_request(self, reader: AsyncIterator[pb.SessionRequest], frames: Frames) -> pb.SessionRequest | None:
         try:
@@ -124,7 +140,7 @@ class SessionStream:
     async def _open(self, msg: pb.OpenSession) -> tuple[NodeSession, SessionLinks]:
         if self.draining:
             raise PeerUnavailable("node is shutting down and takes no new sessions")
-        sampling = None if msg.private else _sampling(msg.sampling)  # a private session's client samples
+        sampling = None if msg.private else sampling_of(msg.sampling)  # a private session's client samples
         cache_bytes = self.span.cache_bytes(msg.max_length)
         session = self.table.open(
             msg.session_id, msg.max_length, sampling, msg.return_logits, cache_bytes, self.span.new_caches
@@ -240,10 +256,12 @@ class SessionStream:
                     links: SessionLinks) -> pb.SessionReply | None:  # fmt: skip
         """One step through this span and on; the result, when it comes back through this node."""
         step = check_step(session, request, self.span)
+        if step.chained and session.last and step.drafts[0] != session.chain_token:
+            return await self._cancelled(session, step, links)  # the step ahead did not hold
         started = time.perf_counter()
         if step.position < session.length:  # after a verify step: drop the drafts it rejected
             truncate_caches(session.caches, step.position)
-        session.rollback_floor = None
+        floor, session.rollback_floor, session.chain_token = session.rollback_floor, None, None
         if session.first:
             chunks = self._first_chunks(session, step)
             for chunk in chunks[:-1]:  # on a ring: sent on while the next chunk computes here
@@ -255,7 +273,7 @@ class SessionStream:
                     session.held.append(hidden)
             hidden = chunks[-1]
         else:
-            hidden = self._hidden_input(session, step)
+            hidden = hidden_input(session, step, self.span.arch.hidden_size)
         position = session.length
         if step.partial:
             output = StepOutput(hidden=await self._compute.run(self.span.run_blocks, hidden, session.caches))
@@ -264,11 +282,11 @@ class SessionStream:
                     session.held.append(output.hidden)  # type: ignore[arg-type]
                 return None
             return await self._onward(session, step, position, output, links, partial=True)
-        if step.drafts:
-            session.rollback_floor = check_drafts(step, hidden.shape[1], position)
+        if step.drafts:  # a chained step's rollback may reach back as far as its chain's first step's
+            own = check_drafts(step, hidden.shape[1], position)
+            session.rollback_floor = min(own, floor if floor is not None else own) if step.chained else own
         if step.drafts and session.last:
-            output = await self._compute.run(self.span.verify, hidden, session.caches, list(step.drafts),
-                                             session.sampling)  # fmt: skip
+            output = await self._compute.run(self._verify, session, hidden, step)
         elif hidden.shape[1] == 1:
             output = await self.batcher.step(session, hidden)
         else:
@@ -279,6 +297,27 @@ class SessionStream:
         reply = await self._onward(session, step, position, output, links, timing=timing)
         self.on_step(time.perf_counter() - started)
         return reply
+
+    def _verify(self, session: NodeSession, hidden: np.ndarray, step: pb.Step) -> StepOutput:
+        """The last node's part of a verify step. A chained step's first draft is the token the step
+        ahead ended with (checked before), so only the rest are judged, and it counts as accepted."""
+        drafts = list(step.drafts[1:] if step.chained else step.drafts)
+        assert session.sampling is not None  # (a private session's steps carry no drafts)
+        output = self.span.verify(hidden, session.caches, drafts, session.sampling)
+        assert output.accepted is not None
+        if output.accepted == len(drafts):
+            session.chain_token = output.token
+        return replace(output, accepted=output.accepted + 1) if step.chained else output
+
+    async def _cancelled(self, session: NodeSession, step: pb.Step, links: SessionLinks) -> pb.SessionReply | None:
+        """The answer to a chained step the last node does not run: the step ahead did not hold."""
+        session.next_step += 1
+        session.chain_token = None
+        result = pb.StepResult(step=step.step, cancelled=True, timings=step.timings)
+        if links.back is None:
+            return pb.SessionReply(result=result)
+        await links.back.result(result)
+        return None
 
     async def _onward(self, session: NodeSession, step: pb.Step, position: int, output: StepOutput,
                       links: SessionLinks, partial: bool = False,
@@ -292,7 +331,7 @@ class SessionStream:
             if output.logits is not None:
                 result.logits.CopyFrom(to_wire(output.logits))
             if session.private:
-                result.hidden.CopyFrom(to_wire(_returned(session, output), session.wire_dtype))
+                result.hidden.CopyFrom(to_wire(returned(session, output), session.wire_dtype))
             if links.back is None:
                 return pb.SessionReply(result=result)
             await links.back.result(result)
@@ -301,7 +340,7 @@ class SessionStream:
         assert downstream is not None and output.hidden is not None
         hidden = to_wire(output.hidden, session.wire_dtype)
         forwarded = pb.Step(step=step.step, position=position, hidden=hidden, partial=partial, timings=timings,
-                            drafts=step.drafts)  # fmt: skip
+                            drafts=step.drafts, chained=step.chained)  # fmt: skip
         if not session.ring:
             reply = await downstream.exchange(pb.SessionRequest(step=forwarded))
             if reply.WhichOneof("kind") != "result" or reply.result.step != step.step:
@@ -313,62 +352,23 @@ class SessionStream:
             return None
         links.slot.expect(step.step)  # before it goes: the result may come round before `send` returns
         await downstream.send(pb.SessionRequest(step=forwarded))
-        return pb.SessionReply(result=await links.slot.result(self.settings.hop_timeout_s, downstream.hop))
+        coming = links.slot.result(step.step, self.settings.hop_timeout_s, downstream.hop)
+        if step.drafts:  # pipelined speculation: the next verify step may go on before this comes back
+            links.ahead.append(asyncio.ensure_future(coming))
+            return None
+        return pb.SessionReply(result=await coming)
 
     def _first_chunks(self, session: NodeSession, step: pb.Step) -> list[np.ndarray]:
         """The first node's input as hidden states, in the session's prefill chunks: the embedded
         token ids, or (a private session) the client's hidden states cut at the same places."""
         if session.private:
-            hidden = self._hidden_input(session, step)
+            hidden = hidden_input(session, step, self.span.arch.hidden_size)
             cuts = prefill_chunks(range(hidden.shape[1]), session.prefill_chunk)
             return [hidden[:, cut[0] : cut[-1] + 1] for cut in cuts]
-        return [self.span.embed(ids) for ids in self._token_chunks(session, step)]
-
-    def _token_chunks(self, session: NodeSession, step: pb.Step) -> list[list[int]]:
-        """The first node's input: the step's token ids, in the session's prefill chunks."""
-        if step.WhichOneof("input") != "tokens":
-            raise InvalidRequest("the first node of a route takes token ids")
-        ids = list(step.tokens.ids)
-        room = session.max_length - session.length
-        if not 1 <= len(ids) <= room:
-            raise InvalidRequest(f"step has {len(ids)} tokens; the session has room for {room}")
-        if step.drafts:  # a verify step is one pass (as the local runner's): never chunked
-            if ids[len(ids) - len(step.drafts) :] != list(step.drafts):
-                raise InvalidRequest("a verify step's drafts must be the last of its tokens")
-            return [ids]
-        return prefill_chunks(ids, session.prefill_chunk)
-
-    def _hidden_input(self, session: NodeSession, step: pb.Step) -> np.ndarray:
-        """The step's hidden states (1, S, H), checked against the span and the session."""
-        if step.WhichOneof("input") != "hidden":
-            raise InvalidRequest("this node takes hidden states, not token ids")
-        hidden = from_wire(step.hidden, (1, None, self.span.arch.hidden_size), (session.wire_dtype,))
-        room = session.max_length - session.length
-        if hidden.shape[1] > room or (step.partial and hidden.shape[1] == room):
-            raise InvalidRequest(f"step has {hidden.shape[1]} positions; the session has room for {room}")
-        return np.ascontiguousarray(hidden)
-
-
-def _returned(session: NodeSession, output: StepOutput) -> np.ndarray:
-    """What the last node of a private session returns: the step's last position for the client's
-    head, or every position (the earlier chunks' too) when the client runs the last layers."""
-    assert output.hidden is not None
-    if not session.return_all:
-        return output.hidden[:, -1:]
-    held, session.held = session.held, []
-    return np.concatenate([*held, output.hidden], axis=1) if held else output.hidden
+        return [self.span.embed(ids) for ids in token_chunks(session, step)]
 
 
 def _fed_back(session: NodeSession, reply: pb.SessionReply) -> pb.SessionRequest:
     """The next step of a following session: the token just sampled, as a client would send it."""
     ids = pb.TokenIds(ids=[reply.result.token])
     return pb.SessionRequest(step=pb.Step(step=session.next_step, position=session.length, tokens=ids))
-
-
-def _sampling(msg: pb.Sampling) -> SamplingParams:
-    return SamplingParams(
-        temperature=float(msg.temperature),
-        top_k=int(msg.top_k),
-        top_p=float(msg.top_p or 1.0),
-        seed=int(msg.seed),
-    )

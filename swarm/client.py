@@ -203,7 +203,8 @@ class AsyncSwarm:
         session = RecoveringSession(self, self.config, request, stats)
         try:
             await session.open()
-            yield session if drafter is None else _Speculating(session, drafter, stats, self._draft_limit())
+            yield session if drafter is None else _Speculating(session, drafter, stats, self._draft_limit(),
+                                                               self.config.speculative_depth)  # fmt: skip
         finally:
             await session.close()
 
@@ -294,13 +295,16 @@ class AsyncSwarm:
 class _Speculating:
     """A recovering session's token stream with speculation (`speculative=`)."""
 
-    def __init__(self, session: RecoveringSession, drafter: Drafter, stats: GenerationStats, draft_limit: int) -> None:
-        self._session, self._drafter, self._stats, self._limit = session, drafter, stats, draft_limit
+    def __init__(self, session: RecoveringSession, drafter: Drafter, stats: GenerationStats, draft_limit: int,
+                 depth: int) -> None:  # fmt: skip
+        self._session, self._drafter, self._stats = session, drafter, stats
+        self._limit, self._depth = draft_limit, depth
 
     def tokens(
         self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = ()
     ) -> AsyncGenerator[int, None]:
-        return self._session.speculative_tokens(ids, count, params, stop_ids, self._drafter, self._stats, self._limit)
+        return self._session.speculative_tokens(ids, count, params, stop_ids, self._drafter, self._stats, self._limit,
+                                                self._depth)  # fmt: skip
 
 
 class Swarm(SyncTextGenerator):

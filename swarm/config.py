@@ -52,6 +52,10 @@ class ClientConfig:
     # re-check this fraction of steps on another replica (swarm/verification.py); 0 = never
     verify_fraction: float = 0.0
     verify_seed: int | None = None  # which steps are checked (not the sampling seed); None = random
+    # speculative decoding (speculative=): verify passes in flight at once, each after the first
+    # chained on the one ahead (swarm/speculative.py); 1 = one pass at a time. 2 paid on 2-4 node
+    # swarms at 0 and 10 ms, 3 did not pay more (docs/BENCHMARKS.md, speculative)
+    speculative_depth: int = 2
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,10 @@ class GenerationStats:
     draft_proposed: int = 0
     draft_accepted: int = 0
     passes: int = 0
+    # pipelined (depth > 1): passes sent chained on the one ahead that held, and those dropped
+    # because a pass ahead of them did not (their answers read and thrown away)
+    passes_chained: int = 0
+    passes_dropped: int = 0
     # verification of a private session (swarm/verification.py): steps replayed on another replica
     # and compared, the disagreements found, and the nodes banned for them
     verified: int = 0
@@ -97,6 +101,8 @@ class GenerationStats:
         if self.passes:
             line += (f"; drafts accepted {self.draft_accepted}/{self.draft_proposed}, "
                      f"{self.tokens_per_pass:.2f} tokens per pass")  # fmt: skip
+        if self.passes_chained or self.passes_dropped:
+            line += f" ({self.passes_chained} chained on the pass ahead, {self.passes_dropped} dropped)"
         return line + (f"; {self.context_note}" if self.context_note else "")
 
 

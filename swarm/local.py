@@ -6,6 +6,7 @@ It is the baseline every swarm result is compared with, token for token.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from swarm.speculative import (
     AdaptiveWindow,
     Drafter,
     ModelDrafter,
+    Pass,
     PromptLookup,
     check_same_tokenizer,
     speculative_tokens,
@@ -158,26 +160,55 @@ class LocalSession:
         self.truncate(before + 1 + output.accepted)
         return output.accepted, output.token
 
+    async def pooled_verify(self, last: int, drafts: Sequence[int], params: SamplingParams) -> tuple[int, int]:
+        """`verify`, on the model's compute pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._compute, self.verify, last, drafts, params)
+
     def speculative_tokens(
         self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int] = (),
         drafter: Drafter | None = None, window: AdaptiveWindow | None = None, stats: GenerationStats | None = None,
+        depth: int = 1,
     ) -> AsyncGenerator[int, None]:  # fmt: skip
         """The token stream with speculation (swarm/speculative.py: speculative_tokens), in this
         process: drafts from `drafter` (prompt lookup by default), each pass one verify step whose
-        rejected drafts are rolled back at once. `stats` counts drafts and passes."""
+        rejected drafts are rolled back at once. `stats` counts drafts and passes; `depth` > 1 makes
+        the passes a swarm pipelining that deep makes (no faster here: one process runs them in turn)."""
         drafts_from = drafter or PromptLookup()
 
         async def propose(context: list[int], k: int) -> list[int]:
             return await asyncio.get_running_loop().run_in_executor(self._compute, drafts_from.propose, context, k)
 
-        async def verify(last: int, drafts: list[int], params: SamplingParams) -> tuple[int, int]:
-            return await asyncio.get_running_loop().run_in_executor(self._compute, self.verify, last, drafts, params)
-
         def plain(last: int, n: int, params: SamplingParams, stop_ids: Sequence[int]) -> AsyncGenerator[int, None]:
             return stepped(self.step, [last], n, params, stop_ids)
 
-        return speculative_tokens(self.step, propose, verify, plain, ids, count, params, stop_ids,
-                                  window or AdaptiveWindow(), stats or GenerationStats(), self.draft_limit)  # fmt: skip
+        return speculative_tokens(self.step, propose, _LocalPasses(self, params), plain, ids, count, params, stop_ids,
+                                  window or AdaptiveWindow(), stats or GenerationStats(), self.draft_limit,
+                                  depth)  # fmt: skip
+
+
+class _LocalPasses:
+    """Verify passes in this process: each runs as it is sent (a chained one only if the pass ahead
+    held whole and ended with its first draft, as a swarm's last node judges), its answer kept
+    until it is read. So a pipelined generation makes here the very passes a swarm makes."""
+
+    def __init__(self, session: LocalSession, params: SamplingParams) -> None:
+        self._session, self._params = session, params
+        self._answers: deque[tuple[int, int]] = deque()
+        self._chain_token: int | None = None  # the token a chained pass must start with; None: cancel it
+
+    async def send(self, sent: Pass) -> None:
+        if sent.chained and sent.ids[0] != self._chain_token:
+            self._chain_token = None
+            self._answers.append((0, 0))  # cancelled: nothing computed
+            return
+        last, drafts = sent.ids[0], sent.ids[1:]
+        self._session.truncate(sent.position)
+        accepted, token = await self._session.pooled_verify(last, drafts, self._params)
+        self._chain_token = token if accepted == len(drafts) else None
+        self._answers.append((accepted + 1 if sent.chained else accepted, token))
+
+    async def receive(self, sent: Pass) -> tuple[int, int]:
+        return self._answers.popleft()
 
 
 class _SpeculativeStream:

@@ -18,7 +18,7 @@ import statistics
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import NoReturn, Protocol, TypeVar
 
 from swarm._proto import swarm_pb2 as pb
 from swarm.config import ClientConfig
@@ -27,7 +27,7 @@ from swarm.generation import GenerationRequest, GenerationStats
 from swarm.remote import RemoteSession, StepTimeout
 from swarm.routing import PeerView, layer_machines
 from swarm.sampling import SamplingParams
-from swarm.speculative import AdaptiveWindow, Drafter, speculative_tokens
+from swarm.speculative import AdaptiveWindow, Drafter, Pass, PassesLost, speculative_tokens
 
 log = logging.getLogger("swarm.recovery")
 RECOVERABLE = (PeerUnavailable, SessionExpired, StepTimeout)
@@ -89,6 +89,7 @@ class Sent:
     ids: list[int]
     drafts: list[int] = field(default_factory=list)
     accepted: int = 0
+    chained: bool = False  # a chained verify step (pipelined speculation): drafts only
     hidden: pb.Tensor | None = None  # a private session's step: the hidden states sent, byte for byte
     answer: pb.Tensor | None = None  # and what the route answered (after a recovery: the new route's replay)
 
@@ -126,6 +127,7 @@ class RecoveringSession:
                  stats: GenerationStats) -> None:  # fmt: skip
         self._swarm, self._config, self._request, self._stats = swarm, config, request, stats
         self._history: list[Sent] = []  # every step sent and answered, as sent
+        self._pass_failures = 0  # recoveries in a row while verify passes were in flight
         self._session: RemoteSession | None = None
         self._machines: list[str] = []  # the machine of each layer on the first route: replays go there
         self._deadlines = Deadlines(floor_s=config.min_step_deadline_s, first_s=config.step_timeout_s)
@@ -177,11 +179,11 @@ class RecoveringSession:
 
     def speculative_tokens(
         self, ids: Sequence[int], count: int, params: SamplingParams, stop_ids: Sequence[int], drafter: Drafter,
-        stats: GenerationStats, draft_limit: int,
+        stats: GenerationStats, draft_limit: int, depth: int = 1,
     ) -> AsyncGenerator[int, None]:  # fmt: skip
         """The token stream with speculation (swarm/speculative.py): the client proposes, each pass
-        is one verify step through the route (at most `draft_limit` drafts), and every step
-        recovers as the plain stream's do."""
+        is one verify step through the route (at most `draft_limit` drafts, up to `depth` live ones
+        in flight), and every step recovers as the plain stream's do."""
 
         async def propose(context: list[int], k: int) -> list[int]:
             return await asyncio.to_thread(drafter.propose, context, k)  # a draft model computes: off the loop
@@ -189,20 +191,8 @@ class RecoveringSession:
         def plain(last: int, n: int, params: SamplingParams, stop_ids: Sequence[int]) -> AsyncGenerator[int, None]:
             return self.tokens([last], n, params, stop_ids)  # the first node loops them, as plain decoding
 
-        return speculative_tokens(self.step, propose, self.verify, plain, ids, count, params, stop_ids,
-                                  AdaptiveWindow(), stats, draft_limit)  # fmt: skip
-
-    async def verify(self, last: int, drafts: Sequence[int], params: SamplingParams) -> tuple[int, int]:
-        """One verify step of [last, *drafts] (speculative decoding), recovered like any step:
-        the replay repeats it as it was sent, drafts and all, and must accept as many. No drafts:
-        a plain step of `last`."""
-        if not drafts:
-            return 0, await self.step([last], params)
-        sent = Sent([last, *drafts], list(drafts))
-        timeout = self._deadlines.for_step(len(sent.ids))
-        accepted, token = await self._recovering(sent, lambda s: s.verify(sent.ids, sent.drafts, params, timeout))
-        sent.accepted = accepted
-        return accepted, token
+        return speculative_tokens(self.step, propose, _RecoveringPasses(self), plain, ids, count, params, stop_ids,
+                                  AdaptiveWindow(), stats, draft_limit, depth)  # fmt: skip
 
     async def hidden_step(self, hidden: pb.Tensor, positions: int) -> pb.Tensor:
         """One step of a private session (swarm/private.py), recovered like any step: a replay
@@ -235,6 +225,36 @@ class RecoveringSession:
             self._history.append(sent)
             return result
 
+    async def send_pass(self, sent: Pass) -> None:
+        """Send a verify pass on without waiting (`speculative_tokens` with depth); if the route
+        fails, recover it and raise PassesLost: what was in flight is sent again."""
+        assert self._session is not None
+        try:
+            await self._session.send_verify(sent)
+        except RECOVERABLE as exc:
+            await self._recover_passes(exc)
+
+    async def receive_pass(self, sent: Pass) -> tuple[int, int]:
+        """The answer to the oldest pass sent; a live one joins the history (a replay repeats it)."""
+        assert self._session is not None
+        started = time.perf_counter()
+        try:
+            accepted, token = await self._session.receive_verify(sent, self._deadlines.for_step(len(sent.ids)))
+        except RECOVERABLE as exc:
+            await self._recover_passes(exc)
+        self._pass_failures = 0
+        if sent.live:
+            self._deadlines.observe(time.perf_counter() - started, len(sent.ids))
+            self._history.append(Sent(sent.ids, sent.drafts, accepted, chained=sent.chained))
+        return accepted, token
+
+    async def _recover_passes(self, error: SwarmError) -> NoReturn:
+        self._pass_failures += 1
+        if self._pass_failures > self._config.max_recoveries:
+            raise error
+        await self._recover(error)
+        raise PassesLost("the route was recovered; the passes in flight are sent again") from error
+
     async def _replay(self, session: RemoteSession, sent: Sent) -> None:
         started = time.perf_counter()
         timeout = self._deadlines.for_step(sent.positions)
@@ -243,7 +263,7 @@ class RecoveringSession:
         elif not sent.drafts:
             await session.step(sent.ids, self._request.sampling, timeout=timeout)
         else:
-            accepted, _ = await session.verify(sent.ids, sent.drafts, self._request.sampling, timeout)
+            accepted, _ = await session.verify(sent.ids, sent.drafts, self._request.sampling, timeout, sent.chained)
             if accepted != sent.accepted:  # another floating-point path (another ISA): not the same sequence
                 raise ReplayDiverged(f"the replayed verify step accepted {accepted} drafts, the original "
                                      f"{sent.accepted}; the new route computes differently")  # fmt: skip
@@ -309,3 +329,16 @@ class RecoveringSession:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class _RecoveringPasses:
+    """A recovering session as the place verify passes go (swarm/speculative.py: Passes)."""
+
+    def __init__(self, session: RecoveringSession) -> None:
+        self._session = session
+
+    async def send(self, sent: Pass) -> None:
+        await self._session.send_pass(sent)
+
+    async def receive(self, sent: Pass) -> tuple[int, int]:
+        return await self._session.receive_pass(sent)

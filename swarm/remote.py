@@ -19,6 +19,7 @@ from swarm.generation import GenerationStats
 from swarm.origin import sign_origin
 from swarm.routing import PeerView
 from swarm.sampling import SamplingParams
+from swarm.speculative import Pass
 from swarm.tensors import from_wire
 from swarm.transport import FAILED_NODE_KEY, error_from_rpc, error_from_status, open_session_call
 
@@ -61,6 +62,7 @@ class RemoteSession:
         self._step = 0
         self.length = 0
         self._following = 0  # steps the first node will still take by itself
+        self._ahead = 0  # verify steps sent and not yet answered
         self._stop_ids: frozenset[int] = frozenset()  # where it stops following
         self.on_close: Callable[[list[PeerView]], None] | None = None  # told once, when the session closes
         self._closed = False
@@ -109,22 +111,45 @@ class RemoteSession:
         return await self._send(ids, 0, (), timeout)
 
     async def verify(self, ids: Sequence[int], drafts: Sequence[int], params: SamplingParams,
-                     timeout: float | None = None) -> tuple[int, int]:  # fmt: skip
-        """Send a verify step: `ids` appended, the last `len(drafts)` of them proposed tokens.
-        Returns (drafts accepted, the token after them); the session then holds only the accepted
-        ones (the next step's position tells every node to drop the rest)."""
+                     timeout: float | None = None, chained: bool = False) -> tuple[int, int]:  # fmt: skip
+        """Send a verify step: `ids` appended, the last `len(drafts)` of them proposed tokens (all of
+        them for a `chained` step). Returns (drafts accepted, the token after them); the session
+        then holds only the accepted ones (the next step's position tells every node to drop the rest)."""
         self._check(params)
-        if not drafts or list(ids[len(ids) - len(drafts) :]) != list(drafts):
+        sent = Pass(self.length, list(ids), list(drafts), chained)
+        await self.send_verify(sent)
+        return await self.receive_verify(sent, timeout)
+
+    async def send_verify(self, sent: Pass) -> None:
+        """Send the verify step `sent` without waiting for the answers to those sent before it
+        (pipelined speculation: the first node runs it while they are still on their way)."""
+        if self._following:
+            raise InvalidRequest("the route is still following on from the last token; read its answers first")
+        if not sent.drafts or sent.ids[len(sent.ids) - len(sent.drafts) :] != sent.drafts:
             raise InvalidRequest("a verify step's drafts must be the last of its ids")
-        start = self.length
-        step = pb.Step(step=self._step, position=start, tokens=pb.TokenIds(ids=list(ids)), drafts=list(drafts))
-        self._following, self._stop_ids = 0, frozenset()
-        reply = await self._exchange(pb.SessionRequest(step=step), timeout)
-        token = self._answer(reply, len(ids))
-        accepted = int(reply.result.accepted)
-        if accepted > len(drafts):
-            raise PeerUnavailable(f"{self.route[-1].address} accepted {accepted} of {len(drafts)} drafts")
-        self.length = start + len(ids) - len(drafts) + accepted
+        assert self._call is not None and self._frames is not None, "open the session first"
+        step = pb.Step(step=self._step + self._ahead, position=sent.position, tokens=pb.TokenIds(ids=sent.ids),
+                       drafts=sent.drafts, chained=sent.chained)  # fmt: skip
+        self._ahead += 1
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await self._call.write(self._frames.seal(pb.SessionRequest(step=step)))
+            return
+        # the node ended the stream: reading the answer says why
+
+    async def receive_verify(self, sent: Pass, timeout: float | None = None) -> tuple[int, int]:
+        """The answer to `sent`, the oldest verify step unanswered. A live step sets the session's
+        length to what it kept; a dead one (the pass ahead did not hold) changes nothing."""
+        reply = await self._exchange(None, timeout)
+        self._ahead -= 1
+        token = self._answer(reply, 0)
+        accepted, cancelled = int(reply.result.accepted), reply.result.cancelled
+        last = self.route[-1].address
+        if cancelled and sent.live:
+            raise PeerUnavailable(f"{last} cancelled a verify step whose pass ahead held")
+        if accepted > len(sent.drafts):
+            raise PeerUnavailable(f"{last} accepted {accepted} of {len(sent.drafts)} drafts")
+        if sent.live:
+            self.length = sent.position + len(sent.ids) - len(sent.drafts) + accepted
         return accepted, token
 
     async def tokens(
@@ -207,6 +232,8 @@ class RemoteSession:
             raise InvalidRequest("sampling parameters are fixed when a session opens")
         if self._following:
             raise InvalidRequest("the route is still following on from the last token; read its answers first")
+        if self._ahead:
+            raise InvalidRequest("verify steps are still on their way; read their answers first")
 
     async def _send(self, ids: Sequence[int], follow: int, stop_ids: Sequence[int], timeout: float | None) -> int:
         step = pb.Step(step=self._step, position=self.length, tokens=pb.TokenIds(ids=list(ids)),

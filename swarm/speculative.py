@@ -20,18 +20,21 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from swarm.errors import InvalidRequest
+from swarm.errors import InvalidRequest, SwarmError
 from swarm.generation import GenerationStats
 from swarm.package import Manifest
 from swarm.sampling import SamplingParams, sample
 
 LOOKUP = "lookup"  # the `speculative=` value that asks for PromptLookup
 MAX_DRAFTS = 32  # drafts one verify step may carry (a node refuses more)
+MAX_DEPTH = 8  # verify passes a client keeps in flight at most (pipelined speculation)
+MAX_PAUSE = 256  # plain tokens at most between probes, however often speculation failed
 
 
 class Drafter(Protocol):
@@ -79,9 +82,12 @@ class AdaptiveWindow:
     proposed anything, an acceptance rate (accepted / proposed) under `min_rate` switches
     speculation off (k = 0) for `pause` passes: a verify pass costs a little more than a plain
     step (the extra positions' compute, locally; the wider hidden states, on a swarm), and
-    rarely accepted drafts do not repay it. After the pause, a probe starts again at k_min
-    with a fresh history. Passes that proposed nothing (no lookup match) teach it nothing.
-    Counts only, never time: every runner of a session makes the same choices."""
+    rarely accepted drafts do not repay it. After the pause one probe pass at k_min decides
+    alone: under `min_rate` and speculation pauses again, for twice as long (up to `MAX_PAUSE`),
+    so text that lookup cannot predict costs a probe per ever longer plain run; at or above it,
+    speculation resumes with a fresh history and the pause back at `pause`. Passes that proposed
+    nothing (no lookup match) teach it nothing. Counts only, never time: every runner of a
+    session makes the same choices."""
 
     def __init__(self, k_max: int = 8, k_min: int = 1, k_start: int = 2, history: int = 4,
                  min_rate: float = 0.3, pause: int = 16) -> None:  # fmt: skip
@@ -93,6 +99,8 @@ class AdaptiveWindow:
         self._k = k_start
         self._recent: deque[tuple[int, int]] = deque(maxlen=history)
         self._paused = 0  # passes left with speculation off
+        self._pause_length = pause  # of the next pause: doubles after each probe that does not pay
+        self._probing = False  # the next proposing pass is the probe after a pause
 
     @property
     def k(self) -> int:
@@ -100,27 +108,41 @@ class AdaptiveWindow:
         return 0 if self._paused else self._k
 
     @property
+    def confident(self) -> bool:
+        """Whether passes hold well enough to chain another on the one ahead (pipelined speculation):
+        not while probing, nor at k_min, where the last pass kept none of its drafts."""
+        return not self._probing and not self._paused and self._k > self.k_min
+
+    @property
     def paused_for(self) -> int:
         """Plain passes left before speculation probes again (0: not paused)."""
         return self._paused
 
     def observe(self, proposed: int, accepted: int) -> None:
-        """What the last pass did: `proposed` drafts (at most `k`), `accepted` of them."""
-        if not 0 <= accepted <= proposed <= self.k:
-            raise InvalidRequest(f"a pass asked for {self.k} drafts cannot accept {accepted} of {proposed}")
+        """What the last pass did: `proposed` drafts, `accepted` of them (pipelined, k may have
+        moved since it was sent)."""
+        if not 0 <= accepted <= proposed:
+            raise InvalidRequest(f"a pass cannot accept {accepted} of {proposed} drafts")
         if self._paused:
             self._paused -= 1
             if not self._paused:
-                self._k = self.k_min
+                self._k, self._probing = self.k_min, True
             return
         if proposed == 0:
             return
+        if self._probing:
+            self._probing = False
+            if accepted < self.min_rate * proposed:
+                self._pause_length = min(2 * self._pause_length, MAX_PAUSE)
+                self._paused = self._pause_length
+                return
+            self._pause_length = self.pause
         self._recent.append((proposed, accepted))
         self._k = min(2 * self._k, self.k_max) if accepted == proposed else max(accepted + 1, self.k_min)
         if len(self._recent) == self._recent.maxlen:
             offered = sum(p for p, _ in self._recent)
             if sum(a for _, a in self._recent) < self.min_rate * offered:
-                self._paused = self.pause
+                self._paused = self._pause_length
                 self._recent.clear()
 
 
@@ -200,13 +222,44 @@ PlainRun = Callable[[int, int, SamplingParams, Sequence[int]], AsyncGenerator[in
 # plain run is one trip to start on a swarm, so not too short (docs/ARCHITECTURE.md says what was measured)
 STREAK = 8
 Propose = Callable[[list[int], int], Awaitable[list[int]]]  # (context, k) -> at most k drafts
-Verify = Callable[[int, list[int], SamplingParams], Awaitable[tuple[int, int]]]  # -> (accepted, next token)
+
+
+@dataclass
+class Pass:
+    """One verify step as sent: `ids` from `position` on, the last `len(drafts)` of them proposed.
+    A chained pass (pipelined speculation) is drafts only and starts where the live pass ahead of it
+    ends, its first draft a guess of the token that pass ends with. It is `live` while every pass
+    ahead of it may still hold; a dead one's answer is read and dropped."""
+
+    position: int
+    ids: list[int]
+    drafts: list[int]
+    chained: bool = False
+    live: bool = True
+
+
+class PassesLost(SwarmError):
+    """The passes in flight are gone (the route failed and was recovered): send again from the
+    last token received."""
+
+
+class Passes(Protocol):
+    """Where verify passes go (the local runner, a swarm's route): sent in order, answered in order."""
+
+    async def send(self, sent: Pass) -> None:
+        """Send `sent` on (on a swarm: without waiting for the answers to the passes ahead)."""
+        ...
+
+    async def receive(self, sent: Pass) -> tuple[int, int]:
+        """The answer to `sent`, the oldest pass not yet answered: (drafts accepted, the token after
+        them); meaningless for a dead pass, which the target cancels unseen."""
+        ...
 
 
 async def speculative_tokens(
-    step: Step, propose: Propose, verify: Verify, plain: PlainRun, ids: Sequence[int], count: int,
+    step: Step, propose: Propose, passes: Passes, plain: PlainRun, ids: Sequence[int], count: int,
     params: SamplingParams, stop_ids: Sequence[int], window: AdaptiveWindow, stats: GenerationStats,
-    draft_limit: int,
+    draft_limit: int, depth: int = 1,
 ) -> AsyncGenerator[int, None]:  # fmt: skip
     """The token stream with speculation, however the target runs (the local runner, a swarm):
     after the prompt's step, each pass sends [last token, d1 .. dk] (k from `window`, at most
@@ -215,29 +268,80 @@ async def speculative_tokens(
     tokens (the runner rolls the rest back). With nothing to propose (speculation paused, or no
     draft) the next tokens come from a `plain` run, the pause's length or `STREAK`: on a swarm the
     first node feeds those back itself, as plain decoding does, instead of one client trip each.
-    Every runner makes the same choices (counts and the context only), so the same passes."""
+
+    `depth` > 1 pipelines: up to `depth` live passes in flight, each after the first chained on
+    the one ahead (it assumes that one holds whole). An answer that breaks the assumption kills the
+    passes behind it; their answers are read and dropped, and the next pass starts again from the
+    last token received. Every runner makes the same choices (counts and the context only), so
+    the same passes, and the same tokens."""
+    if not 1 <= depth <= MAX_DEPTH:
+        raise InvalidRequest(f"speculative depth must be 1 to {MAX_DEPTH} passes in flight, got {depth}")
     context = list(ids)
     pending = [await step(ids, params)]
     produced = 0
+    flight: deque[Pass] = deque()
     while True:
         for token in pending:
             yield token
             produced += 1
             context.append(token)
             if token in stop_ids or produced == count:
+                await _drain(passes, flight)  # the session may go on: leave nothing unread
                 return
-        k = max(min(window.k, count - produced - 1, draft_limit), 0)
-        drafts = (await propose(context, k))[:k] if k > 0 else []
-        if not drafts:
-            n = min(window.paused_for or STREAK, count - produced)
-            pending = [token async for token in plain(context[-1], n, params, stop_ids)]
-            for _ in pending:
-                window.observe(0, 0)
-            stats.passes += len(pending)
+        pending = []
+        try:
+            while sum(p.live for p in flight) < (depth if window.confident else 1) and (sent := await _next_pass(
+                    propose, context, flight, min(window.k, draft_limit), count - produced - 1)):  # fmt: skip
+                await passes.send(sent)
+                flight.append(sent)
+            if not flight:
+                n = min(window.paused_for or STREAK, count - produced)
+                pending = [token async for token in plain(context[-1], n, params, stop_ids)]
+                for _ in pending:
+                    window.observe(0, 0)
+                stats.passes += len(pending)
+                continue
+            answered = flight[0]
+            accepted, token = await passes.receive(answered)
+        except PassesLost:
+            flight.clear()
             continue
-        accepted, token = await verify(context[-1], drafts, params)
-        window.observe(len(drafts), accepted)
-        stats.draft_proposed += len(drafts)
-        stats.draft_accepted += accepted
+        flight.popleft()
+        if not answered.live:
+            stats.passes_dropped += 1
+            continue
+        # a chained pass's first draft is the token the pass ahead ended with, received with it
+        guess = int(answered.chained)
+        stats.passes_chained += guess
+        window.observe(len(answered.drafts) - guess, accepted - guess)
+        stats.draft_proposed += len(answered.drafts) - guess
+        stats.draft_accepted += accepted - guess
         stats.passes += 1
-        pending = [*drafts[:accepted], token]
+        pending = [*answered.drafts[guess:accepted], token]
+        if accepted < len(answered.drafts) or (flight and flight[0].ids[0] != token):
+            for behind in flight:
+                behind.live = False
+
+
+async def _next_pass(propose: Propose, context: list[int], flight: deque[Pass], k: int, room: int) -> Pass | None:
+    """The next pass, of at most `k` drafts, or None (nothing to propose, or past the `room` left for
+    drafts): on the last token received when no live pass is in flight, else chained on the last
+    live one."""
+    live = [p for p in flight if p.live]
+    assumed = [token for p in live for token in p.drafts]  # what the live passes would add, held whole
+    k = max(min(k, room - len(assumed)), 0)
+    drafts = (await propose(context + assumed, k))[:k] if k > 0 else []
+    if not drafts:
+        return None
+    if not live:
+        return Pass(len(context) - 1, [context[-1], *drafts], drafts)
+    ahead = live[-1]
+    return Pass(ahead.position + len(ahead.ids), drafts, drafts, chained=True)
+
+
+async def _drain(passes: Passes, flight: deque[Pass]) -> None:
+    """Read the answers still due (passes past the end of the generation: dead or not, unused)."""
+    while flight:
+        unused = flight.popleft()
+        unused.live = False  # its tokens are not the sequence's, whatever the target made of them
+        await passes.receive(unused)

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -297,3 +297,8 @@ class Terminal:
             return self.proc.wait()
         finally:
             os.close(self.master)
+
+
+async def collect(stream: AsyncIterator[int]) -> list[int]:
+    """Every token of an async token stream."""
+    return [token async for token in stream]

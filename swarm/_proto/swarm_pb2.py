@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18swarm/_proto/swarm.proto\x12\x08swarm.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xe7\x02\n\x08NodeInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\npackage_id\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\r\n\x05start\x18\x05 \x01(\r\x12\x0b\n\x03\x65nd\x18\x06 \x01(\r\x12\x12\n\nnum_layers\x18\x07 \x01(\r\x12\x13\n\x0bmax_context\x18\x08 \x01(\r\x12\x10\n\x08sessions\x18\t \x01(\r\x12\x14\n\x0cmax_sessions\x18\n \x01(\r\x12\x15\n\rmemory_budget\x18\x0b \x01(\x04\x12\x13\n\x0bmemory_used\x18\x0c \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\r \x01(\x04\x12\x13\n\x0bhidden_size\x18\x0e \x01(\r\x12\x13\n\x0bsteps_per_s\x18\x0f \x01(\x02\x12\x1c\n\x14prefill_tokens_per_s\x18\x10 \x01(\x02\x12\x0f\n\x07machine\x18\x11 \x01(\t\"\r\n\x0bInfoRequest\"\x0f\n\rHealthRequest\"\x92\x01\n\x0bHealthReply\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.swarm.v1.HealthReply.Status\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\";\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\"C\n\x03Hop\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\"K\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\xd5\x02\n\x0bOpenSession\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\npackage_id\x18\x03 \x01(\t\x12\x1c\n\x05route\x18\x04 \x03(\x0b\x32\r.swarm.v1.Hop\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12$\n\x08sampling\x18\x06 \x01(\x0b\x32\x12.swarm.v1.Sampling\x12\x15\n\rreturn_logits\x18\x07 \x01(\x08\x12 \n\x06origin\x18\x08 \x01(\x0b\x32\x10.swarm.v1.Origin\x12\x12\n\nwire_dtype\x18\t \x01(\t\x12 \n\tring_head\x18\n \x01(\x0b\x32\r.swarm.v1.Hop\x12\x15\n\rprefill_chunk\x18\x0b \x01(\r\x12\x0f\n\x07private\x18\x0c \x01(\x08\x12\x15\n\rclient_layers\x18\r \x01(\r\" \n\nReturnLink\x12\x12\n\nsession_id\x18\x01 \x01(\t\"+\n\x06Origin\x12\x12\n\ncredential\x18\x01 \x01(\x0c\x12\r\n\x05route\x18\x02 \x03(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"\xe2\x01\n\x04Step\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12$\n\x06tokens\x18\x03 \x01(\x0b\x32\x12.swarm.v1.TokenIdsH\x00\x12\"\n\x06hidden\x18\x04 \x01(\x0b\x32\x10.swarm.v1.TensorH\x00\x12\x0e\n\x06\x66ollow\x18\x05 \x01(\r\x12\x10\n\x08stop_ids\x18\x06 \x03(\x03\x12\x0f\n\x07partial\x18\x07 \x01(\x08\x12$\n\x07timings\x18\x08 \x03(\x0b\x32\x13.swarm.v1.HopTiming\x12\x0e\n\x06\x64rafts\x18\t \x03(\x03\x42\x07\n\x05input\"\"\n\x06Sealed\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03\x62ox\x18\x02 \x01(\x0c\"\xd5\x01\n\x0eSessionRequest\x12%\n\x04open\x18\x01 \x01(\x0b\x32\x15.swarm.v1.OpenSessionH\x00\x12\x1e\n\x04step\x18\x02 \x01(\x0b\x32\x0e.swarm.v1.StepH\x00\x12\"\n\x06sealed\x18\x03 \x01(\x0b\x32\x10.swarm.v1.SealedH\x00\x12&\n\x06\x61ttach\x18\x04 \x01(\x0b\x32\x14.swarm.v1.ReturnLinkH\x00\x12(\n\x08returned\x18\x05 \x01(\x0b\x32\x14.swarm.v1.StepResultH\x00\x42\x06\n\x04kind\"\x1a\n\x06Opened\x12\x10\n\x08node_ids\x18\x01 \x03(\t\"0\n\tHopTiming\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncompute_ms\x18\x02 \x01(\x02\"\xa5\x01\n\nStepResult\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\r\n\x05token\x18\x02 \x01(\x03\x12 \n\x06logits\x18\x03 \x01(\x0b\x32\x10.swarm.v1.Tensor\x12$\n\x07timings\x18\x04 \x03(\x0b\x32\x13.swarm.v1.HopTiming\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\r\x12 \n\x06hidden\x18\x06 \x01(\x0b\x32\x10.swarm.v1.Tensor\"\x86\x01\n\x0cSessionReply\x12\"\n\x06opened\x18\x01 \x01(\x0b\x32\x10.swarm.v1.OpenedH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.swarm.v1.StepResultH\x00\x12\"\n\x06sealed\x18\x03 \x01(\x0b\x32\x10.swarm.v1.SealedH\x00\x42\x06\n\x04kind\"\x0e\n\x0cPeersRequest\"\x1d\n\x08PeerList\x12\x11\n\taddresses\x18\x01 \x03(\t\"D\n\x10\x46\x65tchFileRequest\x12\x12\n\npackage_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\")\n\tFileChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x14\n\x12PackageMetaRequest\"X\n\x0bPackageMeta\x12\x15\n\rmanifest_json\x18\x01 \x01(\x0c\x12\x16\n\x0etokenizer_json\x18\x02 \x01(\x0c\x12\x1a\n\x12manifest_signature\x18\x03 \x01(\x0c*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\x08\x32\xf5\x02\n\tSwarmNode\x12\x31\n\x04Info\x12\x15.swarm.v1.InfoRequest\x1a\x12.swarm.v1.NodeInfo\x12\x45\n\x0eGetPackageMeta\x12\x1c.swarm.v1.PackageMetaRequest\x1a\x15.swarm.v1.PackageMeta\x12\x33\n\x05Peers\x12\x16.swarm.v1.PeersRequest\x1a\x12.swarm.v1.PeerList\x12>\n\tFetchFile\x12\x1a.swarm.v1.FetchFileRequest\x1a\x13.swarm.v1.FileChunk0\x01\x12\x38\n\x06Health\x12\x17.swarm.v1.HealthRequest\x1a\x15.swarm.v1.HealthReply\x12?\n\x07Session\x12\x18.swarm.v1.SessionRequest\x1a\x16.swarm.v1.SessionReply(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18swarm/_proto/swarm.proto\x12\x08swarm.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xe7\x02\n\x08NodeInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\npackage_id\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\r\n\x05start\x18\x05 \x01(\r\x12\x0b\n\x03\x65nd\x18\x06 \x01(\r\x12\x12\n\nnum_layers\x18\x07 \x01(\r\x12\x13\n\x0bmax_context\x18\x08 \x01(\r\x12\x10\n\x08sessions\x18\t \x01(\r\x12\x14\n\x0cmax_sessions\x18\n \x01(\r\x12\x15\n\rmemory_budget\x18\x0b \x01(\x04\x12\x13\n\x0bmemory_used\x18\x0c \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\r \x01(\x04\x12\x13\n\x0bhidden_size\x18\x0e \x01(\r\x12\x13\n\x0bsteps_per_s\x18\x0f \x01(\x02\x12\x1c\n\x14prefill_tokens_per_s\x18\x10 \x01(\x02\x12\x0f\n\x07machine\x18\x11 \x01(\t\"\r\n\x0bInfoRequest\"\x0f\n\rHealthRequest\"\x92\x01\n\x0bHealthReply\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.swarm.v1.HealthReply.Status\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\";\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\"C\n\x03Hop\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\"K\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\xd5\x02\n\x0bOpenSession\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\npackage_id\x18\x03 \x01(\t\x12\x1c\n\x05route\x18\x04 \x03(\x0b\x32\r.swarm.v1.Hop\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12$\n\x08sampling\x18\x06 \x01(\x0b\x32\x12.swarm.v1.Sampling\x12\x15\n\rreturn_logits\x18\x07 \x01(\x08\x12 \n\x06origin\x18\x08 \x01(\x0b\x32\x10.swarm.v1.Origin\x12\x12\n\nwire_dtype\x18\t \x01(\t\x12 \n\tring_head\x18\n \x01(\x0b\x32\r.swarm.v1.Hop\x12\x15\n\rprefill_chunk\x18\x0b \x01(\r\x12\x0f\n\x07private\x18\x0c \x01(\x08\x12\x15\n\rclient_layers\x18\r \x01(\r\" \n\nReturnLink\x12\x12\n\nsession_id\x18\x01 \x01(\t\"+\n\x06Origin\x12\x12\n\ncredential\x18\x01 \x01(\x0c\x12\r\n\x05route\x18\x02 \x03(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"\xf3\x01\n\x04Step\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12$\n\x06tokens\x18\x03 \x01(\x0b\x32\x12.swarm.v1.TokenIdsH\x00\x12\"\n\x06hidden\x18\x04 \x01(\x0b\x32\x10.swarm.v1.TensorH\x00\x12\x0e\n\x06\x66ollow\x18\x05 \x01(\r\x12\x10\n\x08stop_ids\x18\x06 \x03(\x03\x12\x0f\n\x07partial\x18\x07 \x01(\x08\x12$\n\x07timings\x18\x08 \x03(\x0b\x32\x13.swarm.v1.HopTiming\x12\x0e\n\x06\x64rafts\x18\t \x03(\x03\x12\x0f\n\x07\x63hained\x18\n \x01(\x08\x42\x07\n\x05input\"\"\n\x06Sealed\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03\x62ox\x18\x02 \x01(\x0c\"\xd5\x01\n\x0eSessionRequest\x12%\n\x04open\x18\x01 \x01(\x0b\x32\x15.swarm.v1.OpenSessionH\x00\x12\x1e\n\x04step\x18\x02 \x01(\x0b\x32\x0e.swarm.v1.StepH\x00\x12\"\n\x06sealed\x18\x03 \x01(\x0b\x32\x10.swarm.v1.SealedH\x00\x12&\n\x06\x61ttach\x18\x04 \x01(\x0b\x32\x14.swarm.v1.ReturnLinkH\x00\x12(\n\x08returned\x18\x05 \x01(\x0b\x32\x14.swarm.v1.StepResultH\x00\x42\x06\n\x04kind\"\x1a\n\x06Opened\x12\x10\n\x08node_ids\x18\x01 \x03(\t\"0\n\tHopTiming\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncompute_ms\x18\x02 \x01(\x02\"\xb8\x01\n\nStepResult\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\r\n\x05token\x18\x02 \x01(\x03\x12 \n\x06logits\x18\x03 \x01(\x0b\x32\x10.swarm.v1.Tensor\x12$\n\x07timings\x18\x04 \x03(\x0b\x32\x13.swarm.v1.HopTiming\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\r\x12\x11\n\tcancelled\x18\x07 \x01(\x08\x12 \n\x06hidden\x18\x06 \x01(\x0b\x32\x10.swarm.v1.Tensor\"\x86\x01\n\x0cSessionReply\x12\"\n\x06opened\x18\x01 \x01(\x0b\x32\x10.swarm.v1.OpenedH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.swarm.v1.StepResultH\x00\x12\"\n\x06sealed\x18\x03 \x01(\x0b\x32\x10.swarm.v1.SealedH\x00\x42\x06\n\x04kind\"\x0e\n\x0cPeersRequest\"\x1d\n\x08PeerList\x12\x11\n\taddresses\x18\x01 \x03(\t\"D\n\x10\x46\x65tchFileRequest\x12\x12\n\npackage_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\")\n\tFileChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x14\n\x12PackageMetaRequest\"X\n\x0bPackageMeta\x12\x15\n\rmanifest_json\x18\x01 \x01(\x0c\x12\x16\n\x0etokenizer_json\x18\x02 \x01(\x0c\x12\x1a\n\x12manifest_signature\x18\x03 \x01(\x0c*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\t2\xf5\x02\n\tSwarmNode\x12\x31\n\x04Info\x12\x15.swarm.v1.InfoRequest\x1a\x12.swarm.v1.NodeInfo\x12\x45\n\x0eGetPackageMeta\x12\x1c.swarm.v1.PackageMetaRequest\x1a\x15.swarm.v1.PackageMeta\x12\x33\n\x05Peers\x12\x16.swarm.v1.PeersRequest\x1a\x12.swarm.v1.PeerList\x12>\n\tFetchFile\x12\x1a.swarm.v1.FetchFileRequest\x1a\x13.swarm.v1.FileChunk0\x01\x12\x38\n\x06Health\x12\x17.swarm.v1.HealthRequest\x1a\x15.swarm.v1.HealthReply\x12?\n\x07Session\x12\x18.swarm.v1.SessionRequest\x1a\x16.swarm.v1.SessionReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'swarm._proto.swarm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROTOCOLVERSION']._serialized_start=2365
-  _globals['_PROTOCOLVERSION']._serialized_end=2446
+  _globals['_PROTOCOLVERSION']._serialized_start=2401
+  _globals['_PROTOCOLVERSION']._serialized_end=2482
   _globals['_TENSOR']._serialized_start=38
   _globals['_TENSOR']._serialized_end=90
   _globals['_NODEINFO']._serialized_start=93
@@ -58,31 +58,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=1204
   _globals['_TOKENIDS']._serialized_end=1227
   _globals['_STEP']._serialized_start=1230
-  _globals['_STEP']._serialized_end=1456
-  _globals['_SEALED']._serialized_start=1458
-  _globals['_SEALED']._serialized_end=1492
-  _globals['_SESSIONREQUEST']._serialized_start=1495
-  _globals['_SESSIONREQUEST']._serialized_end=1708
-  _globals['_OPENED']._serialized_start=1710
-  _globals['_OPENED']._serialized_end=1736
-  _globals['_HOPTIMING']._serialized_start=1738
-  _globals['_HOPTIMING']._serialized_end=1786
-  _globals['_STEPRESULT']._serialized_start=1789
-  _globals['_STEPRESULT']._serialized_end=1954
-  _globals['_SESSIONREPLY']._serialized_start=1957
-  _globals['_SESSIONREPLY']._serialized_end=2091
-  _globals['_PEERSREQUEST']._serialized_start=2093
-  _globals['_PEERSREQUEST']._serialized_end=2107
-  _globals['_PEERLIST']._serialized_start=2109
-  _globals['_PEERLIST']._serialized_end=2138
-  _globals['_FETCHFILEREQUEST']._serialized_start=2140
-  _globals['_FETCHFILEREQUEST']._serialized_end=2208
-  _globals['_FILECHUNK']._serialized_start=2210
-  _globals['_FILECHUNK']._serialized_end=2251
-  _globals['_PACKAGEMETAREQUEST']._serialized_start=2253
-  _globals['_PACKAGEMETAREQUEST']._serialized_end=2273
-  _globals['_PACKAGEMETA']._serialized_start=2275
-  _globals['_PACKAGEMETA']._serialized_end=2363
-  _globals['_SWARMNODE']._serialized_start=2449
-  _globals['_SWARMNODE']._serialized_end=2822
+  _globals['_STEP']._serialized_end=1473
+  _globals['_SEALED']._serialized_start=1475
+  _globals['_SEALED']._serialized_end=1509
+  _globals['_SESSIONREQUEST']._serialized_start=1512
+  _globals['_SESSIONREQUEST']._serialized_end=1725
+  _globals['_OPENED']._serialized_start=1727
+  _globals['_OPENED']._serialized_end=1753
+  _globals['_HOPTIMING']._serialized_start=1755
+  _globals['_HOPTIMING']._serialized_end=1803
+  _globals['_STEPRESULT']._serialized_start=1806
+  _globals['_STEPRESULT']._serialized_end=1990
+  _globals['_SESSIONREPLY']._serialized_start=1993
+  _globals['_SESSIONREPLY']._serialized_end=2127
+  _globals['_PEERSREQUEST']._serialized_start=2129
+  _globals['_PEERSREQUEST']._serialized_end=2143
+  _globals['_PEERLIST']._serialized_start=2145
+  _globals['_PEERLIST']._serialized_end=2174
+  _globals['_FETCHFILEREQUEST']._serialized_start=2176
+  _globals['_FETCHFILEREQUEST']._serialized_end=2244
+  _globals['_FILECHUNK']._serialized_start=2246
+  _globals['_FILECHUNK']._serialized_end=2287
+  _globals['_PACKAGEMETAREQUEST']._serialized_start=2289
+  _globals['_PACKAGEMETAREQUEST']._serialized_end=2309
+  _globals['_PACKAGEMETA']._serialized_start=2311
+  _globals['_PACKAGEMETA']._serialized_end=2399
+  _globals['_SWARMNODE']._serialized_start=2485
+  _globals['_SWARMNODE']._serialized_end=2858
 # @@protoc_insertion_point(module_scope)

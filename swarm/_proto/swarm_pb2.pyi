@@ -161,7 +161,7 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("step", "position", "tokens", "hidden", "follow", "stop_ids", "partial", "timings", "drafts")
+    __slots__ = ("step", "position", "tokens", "hidden", "follow", "stop_ids", "partial", "timings", "drafts", "chained")
     STEP_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,7 @@ class Step(_message.Message):
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     DRAFTS_FIELD_NUMBER: _ClassVar[int]
+    CHAINED_FIELD_NUMBER: _ClassVar[int]
     step: int
     position: int
     tokens: TokenIds
@@ -180,7 +181,8 @@ class Step(_message.Message):
     partial: bool
     timings: _containers.RepeatedCompositeFieldContainer[HopTiming]
     drafts: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., follow: _Optional[int] = ..., stop_ids: _Optional[_Iterable[int]] = ..., partial: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ..., drafts: _Optional[_Iterable[int]] = ...) -> None: ...
+    chained: bool
+    def __init__(self, step: _Optional[int] = ..., position: _Optional[int] = ..., tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., follow: _Optional[int] = ..., stop_ids: _Optional[_Iterable[int]] = ..., partial: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ..., drafts: _Optional[_Iterable[int]] = ..., chained: _Optional[bool] = ...) -> None: ...
 
 class Sealed(_message.Message):
     __slots__ = ("seq", "box")
@@ -219,20 +221,22 @@ class HopTiming(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., compute_ms: _Optional[float] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("step", "token", "logits", "timings", "accepted", "hidden")
+    __slots__ = ("step", "token", "logits", "timings", "accepted", "cancelled", "hidden")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     step: int
     token: int
     logits: Tensor
     timings: _containers.RepeatedCompositeFieldContainer[HopTiming]
     accepted: int
+    cancelled: bool
     hidden: Tensor
-    def __init__(self, step: _Optional[int] = ..., token: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ..., accepted: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    def __init__(self, step: _Optional[int] = ..., token: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ..., accepted: _Optional[int] = ..., cancelled: _Optional[bool] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SessionReply(_message.Message):
     __slots__ = ("opened", "result", "sealed")

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from swarm.config import ClientConfig
 from swarm.console import StreamedText, add_version_flag, configure_console_logging, prepare_process
 from swarm.errors import SwarmError
 from swarm.generation import GenerationStats
@@ -70,11 +71,14 @@ def _add_trust_flags(p: argparse.ArgumentParser) -> None:
 
 def _swarm_options(args: argparse.Namespace) -> dict[str, Any]:
     """The session options that only a swarm has (refused with --local, where nothing travels)."""
-    if getattr(args, "local", None) and (args.private or args.verify_fraction or args.wire_dtype != "float32"):
-        raise SwarmError("--private, --verify-fraction and --wire-dtype are about a swarm's nodes; --local runs "
-                         "the whole model in this process already")  # fmt: skip
+    depth = getattr(args, "speculative_depth", None)
+    if getattr(args, "local", None) and (args.private or args.verify_fraction or args.wire_dtype != "float32"
+                                         or depth is not None):  # fmt: skip
+        raise SwarmError("--private, --verify-fraction, --wire-dtype and --speculative-depth are about a swarm's "
+                         "nodes; --local runs the whole model in this process already")  # fmt: skip
     return {"private": args.private, "private_layers": args.private_layers, "private_package": args.private_package,
-            "verify_fraction": args.verify_fraction, "wire_dtype": args.wire_dtype}  # fmt: skip
+            "verify_fraction": args.verify_fraction, "wire_dtype": args.wire_dtype,
+            "speculative_depth": depth or ClientConfig.speculative_depth}  # fmt: skip
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -91,6 +95,10 @@ def _add_speculative_flag(p: argparse.ArgumentParser) -> None:
                    help="speculative decoding: 'lookup' proposes continuations of earlier text (no second model), "
                         "PKG a draft model package with the same tokenizer, run here; each pass checks several "
                         "tokens in one trip through the swarm (/stats shows tokens per pass)")  # fmt: skip
+    p.add_argument("--speculative-depth", type=int, metavar="N",
+                   help="with --speculative on a swarm: up to N passes on their way at once, each after the first "
+                        "betting that the one ahead holds whole "
+                        f"(default {ClientConfig.speculative_depth})")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -227,7 +235,8 @@ def _chat(args: argparse.Namespace, out: StreamedText) -> int:
 def _demo(args: argparse.Namespace, out: StreamedText) -> int:
     from swarm.apps.demo import run_demo
 
-    run_demo(args.model, args.nodes, args.max_tokens, _sampling(args), out)
+    run_demo(args.model, args.nodes, args.max_tokens, _sampling(args), out,
+             args.speculative_depth or ClientConfig.speculative_depth)
     return 0
 
 

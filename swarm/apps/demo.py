@@ -124,7 +124,7 @@ class NodeProcesses:
 
 
 def run_demo(model: Path | None, nodes: int, max_tokens: int, sampling: dict[str, float | int],
-             stdout: TextSink = sys.stdout) -> None:  # fmt: skip
+             stdout: TextSink = sys.stdout, speculative_depth: int = 1) -> None:  # fmt: skip
     from swarm.apps.chat import ChatSession
     from swarm.client import Swarm
 
@@ -134,6 +134,7 @@ def run_demo(model: Path | None, nodes: int, max_tokens: int, sampling: dict[str
     print(f"starting {len(spans)} nodes for {manifest.name}: " + ", ".join(f"[{a}, {b})" for a, b in spans),
           file=sys.stderr)  # fmt: skip
     key = SwarmKey.generate()  # a private swarm of this machine's processes, for this run only
-    with NodeProcesses(package, spans, key) as procs, Swarm(peers=procs.addresses, swarm_key=key) as swarm:
+    with NodeProcesses(package, spans, key) as procs, \
+            Swarm(peers=procs.addresses, swarm_key=key, speculative_depth=speculative_depth) as swarm:  # fmt: skip
         print(f"swarm ready at {', '.join(procs.addresses)}", file=sys.stderr)
         ChatSession(swarm, max_tokens, sampling).run(sys.stdin, stdout)

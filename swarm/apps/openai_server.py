@@ -86,8 +86,14 @@ def swarm_stats(outcome: Outcome) -> dict[str, Any]:
     """The reply's timings and route: an extra `swarm` field on the last chunk (or the reply), which
     OpenAI clients keep as an unknown field and the web page shows under the reply."""
     stats = outcome.stats
-    return {"ttft_ms": round(stats.ttft_s * 1000, 1), "tokens_per_s": round(stats.decode_tokens_per_s, 1),
-            "route": [vars(hop) for hop in route_hops(stats.route)], "recoveries": len(stats.recoveries)}  # fmt: skip
+    fields = {"ttft_ms": round(stats.ttft_s * 1000, 1), "tokens_per_s": round(stats.decode_tokens_per_s, 1),
+              "route": [vars(hop) for hop in route_hops(stats.route)], "recoveries": len(stats.recoveries)}  # fmt: skip
+    if stats.draft_proposed:  # speculative decoding (serve --speculative): how well the drafts did
+        fields["speculative"] = {"acceptance": round(stats.acceptance_rate, 3),
+                                 "tokens_per_pass": round(stats.tokens_per_pass, 2),
+                                 "passes_chained": stats.passes_chained,
+                                 "passes_dropped": stats.passes_dropped}  # fmt: skip
+    return fields
 
 
 async def _tracked_job(model: TextGenerator, job: Job, outcome: Outcome, env: Envelope,

@@ -67,11 +67,13 @@ def test_local_runs_on_the_spinning_pool_unless_told_not_to() -> None:
     assert _parser().parse_args(["chat", "--local", "pkg", "--no-spin"]).spin is False
 
 
-def test_speculative_decoding_from_the_command_line(stories_package: ModelPackage, cluster: LocalCluster) -> None:
+@pytest.mark.parametrize("depth", ["1", "2"])
+def test_speculative_decoding_from_the_command_line(stories_package: ModelPackage, cluster: LocalCluster,
+                                                    depth: str) -> None:  # fmt: skip
     cluster.start_chain(stories_package.root, [(0, 2), (2, 5)])
     peers = [arg for address in cluster.addresses for arg in ("--peer", address)]
     result = run_client("generate", *peers, "--swarm-key", TEST_SWARM_KEY.join_code, "--max-tokens", 40,
-                        "--speculative", "lookup", STORIES_PROMPT)  # fmt: skip
+                        "--speculative", "lookup", "--speculative-depth", depth, STORIES_PROMPT)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert STORIES_PROMPT + result.stdout.rstrip("\n") == STORIES_REFERENCE_TEXT  # the plain greedy reference
     assert "drafts accepted" in result.stderr and "tokens per pass" in result.stderr, result.stderr

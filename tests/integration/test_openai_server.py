@@ -36,14 +36,15 @@ MakeText = Callable[[AsyncExitStack], Awaitable[TextGenerator]]
 
 
 @contextmanager
-def serving(make_text: MakeText, api_key: str | None = None) -> Iterator[str]:
+def serving(make_text: MakeText, api_key: str | None = None, speculative: str | None = None) -> Iterator[str]:
     """The app over the model `make_text` opens, served on a loop thread of its own; yields the base URL."""
     loop = BackgroundLoop("openai-server")
     stack = AsyncExitStack()
 
     async def start() -> str:
         text = await make_text(stack)
-        running = await stack.enter_async_context(run_server(create_app(text, api_key=api_key)))
+        running = await stack.enter_async_context(run_server(create_app(text, api_key=api_key,
+                                                                        speculative=speculative)))
         return running.url
 
     try:
@@ -291,6 +292,23 @@ def test_through_a_swarm(cluster: LocalCluster, stories_package: ModelPackage, l
         stream = c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=30, temperature=0, stream=True)
         assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == expected
         assert run_concurrently(base, 3, max_tokens=20) == [local.generate(STORIES_PROMPT, 20)] * 3
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_speculative_serving_through_a_swarm(cluster: LocalCluster, stories_package: ModelPackage, depth: int) -> None:
+    cluster.start_chain(stories_package.root, [(0, 2), (2, 5)])
+
+    async def text(stack: AsyncExitStack) -> TextGenerator:
+        swarm = await AsyncSwarm.connect(cluster.addresses, speculative_depth=depth)
+        stack.push_async_callback(swarm.close)
+        return swarm.text
+
+    with serving(text, speculative="lookup") as base:
+        reply = client(base).completions.create(model=MODEL, prompt=STORIES_PROMPT, max_tokens=40, temperature=0)
+    assert STORIES_PROMPT + reply.choices[0].text == STORIES_REFERENCE_TEXT  # plain greedy's, on this prompt
+    spec = (reply.model_extra or {})["swarm"]["speculative"]  # how the drafts did, beside the timings
+    assert 0 <= spec["acceptance"] <= 1 and spec["tokens_per_pass"] >= 1, spec
+    assert (spec["passes_chained"] + spec["passes_dropped"] > 0) == (depth > 1), spec
 
 
 def test_cli_serve(stories_package: ModelPackage, local: LocalModel) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -18,7 +19,9 @@ from swarm.errors import NoRouteError
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
+from swarm.speculative import AdaptiveWindow, PromptLookup
 from tests.conftest import REPO
+from tests.helpers import collect
 
 SPANS = [(0, 2), (2, 3), (3, 5)]
 LONG = 400  # new tokens of a generation a fault must catch in flight while the first node loops
@@ -165,16 +168,25 @@ def test_kill_a_node_during_a_chunked_prefill(replicated: list[NodeProcess], exp
     assert len(stats.recoveries) >= 1
 
 
-@pytest.mark.parametrize("hop", [1, 2], ids=["middle", "last"])
-def test_kill_a_node_during_speculative_decoding(replicated: list[NodeProcess], expected: dict[str, list[int]],
-                                                 stories_package: ModelPackage, hop: int) -> None:  # fmt: skip
-    # the client drives each verify pass, so the kill lands between passes; the new route replays
-    # them as they were sent, drafts and all, and the generation goes on as the local runner's
-    request = GenerationRequest(tuple(expected["prompt"]), 60, stop_on_eos=False, speculative="lookup")
+@pytest.mark.parametrize("hop, depth", [(1, 1), (2, 1), (1, 2), (2, 3)],
+                         ids=["middle", "last", "middle-pipelined", "last-pipelined"])  # fmt: skip
+def test_kill_a_node_during_speculative_decoding(
+    replicated: list[NodeProcess], expected: dict[str, list[int]], stories_package: ModelPackage, hop: int, depth: int
+) -> None:
+    # the client drives each verify pass, so the kill lands between passes (pipelined: with passes
+    # still in flight, which are lost and sent again); the new route replays the passes that were
+    # answered, as they were sent, drafts and all, and the generation goes on as the local runner's
+    # the story, then its start again: the model retells it, so drafts hold and passes get chained
+    prompt = [*expected["prompt"], *expected["tokens"][:40], *expected["prompt"]]
+    request = GenerationRequest(tuple(prompt), 60, stop_on_eos=False, speculative="lookup")
     with LocalModel(stories_package) as local:
-        want = list(local.generate_ids(request))
+        session = local.session(len(prompt) + 61)
+        stream = session.speculative_tokens(prompt, 60, request.sampling, (), PromptLookup(), AdaptiveWindow(), None,
+                                            depth)  # fmt: skip
+        want = asyncio.run(collect(stream))
     stats = GenerationStats()
-    with Swarm(peers=[n.address for n in replicated], min_step_deadline_s=1.0, open_deadline_s=1.0) as swarm:
+    with Swarm(peers=[n.address for n in replicated], min_step_deadline_s=1.0, open_deadline_s=1.0,
+               speculative_depth=depth) as swarm:  # fmt: skip
         tokens = []
         for token in swarm.generate_ids(request, stats):
             tokens.append(token)
@@ -183,6 +195,7 @@ def test_kill_a_node_during_speculative_decoding(replicated: list[NodeProcess], 
     assert tokens == want
     assert len(stats.recoveries) == 1
     assert stats.draft_proposed > 0  # verify passes ran before the kill, and were replayed after it
+    assert (stats.passes_chained > 0) == (depth > 1), stats  # pipelined: chained passes held, and were replayed
 
 
 def test_a_paused_node_is_routed_around(replicated: list[NodeProcess], expected: dict[str, list[int]]) -> None:

@@ -15,7 +15,7 @@ from swarm.package import ModelPackage
 from swarm.sampling import SamplingParams
 from swarm.speculative import AdaptiveWindow, Drafter, PromptLookup
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, ExportFn, golden_checkpoint
-from tests.helpers import close_after_test
+from tests.helpers import close_after_test, collect
 
 GREEDY = SamplingParams()
 
@@ -89,10 +89,6 @@ class FixedDrafter:
     def propose(self, context: list[int], k: int) -> list[int]:
         done = len(context) - len(STORIES_PROMPT_IDS)
         return self.ids[done : done + k]
-
-
-async def collect(stream: object) -> list[int]:
-    return [token async for token in stream]  # type: ignore[attr-defined]
 
 
 def rejected_pass(session: LocalSession) -> int:

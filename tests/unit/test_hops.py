@@ -25,16 +25,33 @@ def test_a_result_reaches_the_step_that_awaits_it_and_nothing_else() -> None:
         slot.deliver(pb.StepResult(step=3, token=9))
         with pytest.raises(InvalidRequest, match="not awaited"):
             slot.deliver(pb.StepResult(step=3, token=10))  # a replayed result
-        return (await slot.result(1.0, LAST)).token
+        return (await slot.result(3, 1.0, LAST)).token
 
     assert asyncio.run(run()) == 9
+
+
+def test_several_awaited_steps_take_their_results_in_order_only() -> None:
+    async def run() -> list[int]:
+        slot = ReturnSlot(LAST)
+        for step in (5, 6, 7):  # pipelined verify steps, sent on before the first came back
+            slot.expect(step)
+        with pytest.raises(InvalidRequest, match="step 6, which is not awaited"):
+            slot.deliver(pb.StepResult(step=6, token=1))  # out of order: 5 comes first
+        slot.deliver(pb.StepResult(step=5, token=50))
+        slot.deliver(pb.StepResult(step=6, token=60))  # before anyone took 5's
+        with pytest.raises(InvalidRequest, match="step 5, which is not awaited"):
+            slot.deliver(pb.StepResult(step=5, token=51))  # a replayed result
+        slot.deliver(pb.StepResult(step=7, token=70))
+        return [(await slot.result(step, 1.0, LAST)).token for step in (5, 6, 7)]
+
+    assert asyncio.run(run()) == [50, 60, 70]
 
 
 def test_a_broken_ring_fails_the_awaited_step_blaming_the_node_it_names() -> None:
     async def run() -> None:
         slot = ReturnSlot(LAST)
         slot.expect(0)
-        waiting = asyncio.ensure_future(slot.result(5.0, LAST))
+        waiting = asyncio.ensure_future(slot.result(0, 5.0, LAST))
         await asyncio.sleep(0)
         slot.fail(HopFailed(grpc.StatusCode.UNAVAILABLE, "gone", "b" * 24))
         with pytest.raises(HopFailed, match="gone") as raised:
@@ -49,7 +66,7 @@ def test_a_result_that_never_comes_times_out_blaming_the_given_hop() -> None:
         slot = ReturnSlot(LAST)
         slot.expect(4)
         with pytest.raises(HopFailed, match="step 4 did not come back round the ring") as raised:
-            await slot.result(0.05, pb.Hop(node_id="a" * 24))
+            await slot.result(4, 0.05, pb.Hop(node_id="a" * 24))
         assert raised.value.node_id == "a" * 24
 
     asyncio.run(run())

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from node.stream import _sampling as sampling_from_wire
+from node.step_input import sampling_of as sampling_from_wire
 from swarm._proto import swarm_pb2 as pb
 from swarm.errors import InvalidRequest
 from swarm.remote import _sampling_message as sampling_to_wire
