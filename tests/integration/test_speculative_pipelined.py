@@ -17,6 +17,7 @@ from swarm.errors import InvalidRequest, SwarmError
 from swarm.generation import GenerationRequest, GenerationStats
 from swarm.local import LocalModel
 from swarm.package import ModelPackage
+from swarm.remote import RemoteSession
 from swarm.sampling import SamplingParams
 from swarm.speculative import MAX_DEPTH, AdaptiveWindow, Pass, PromptLookup
 from tests.conftest import STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS
@@ -31,10 +32,17 @@ PROMPT = [*STORIES_PROMPT_IDS, *STORIES_REFERENCE_IDS, *STORIES_PROMPT_IDS]
 
 
 @asynccontextmanager
-async def connected(addresses: list[str]) -> AsyncIterator[AsyncSwarm]:
+async def prompted(addresses: list[str]) -> AsyncIterator[tuple[RemoteSession, int]]:
+    """A session through the swarm at `addresses` that has taken the stories prompt, and the token it
+    answered (the reference's first); closed, with the client, on leaving."""
+    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 16, stop_on_eos=False)
     swarm = await AsyncSwarm.connect(addresses)
     try:
-        yield swarm
+        session = await swarm.open_session(request, GenerationStats())
+        try:
+            yield session, await session.step(STORIES_PROMPT_IDS, request.sampling)
+        finally:
+            await session.close()
     finally:
         await swarm.close()
 
@@ -96,13 +104,10 @@ def test_the_last_node_cancels_a_chained_step_whose_pass_ahead_did_not_hold(
     cluster: LocalCluster, stories_package: ModelPackage
 ) -> None:
     cluster.start_chain(stories_package.root, CHAINS[3])
-    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 16, stop_on_eos=False)
     reference = STORIES_REFERENCE_IDS
 
     async def run() -> None:
-        async with connected(cluster.addresses) as swarm:
-            session = await swarm.open_session(request, GenerationStats())
-            first = await session.step(STORIES_PROMPT_IDS, request.sampling)
+        async with prompted(cluster.addresses) as (session, first):
             assert first == reference[0]
             start = session.length
             # three passes on their way at once: the first holds whole (the reference's next tokens),
@@ -125,19 +130,15 @@ def test_the_last_node_cancels_a_chained_step_whose_pass_ahead_did_not_hold(
             chained = Pass(session.length, [reference[5], reference[6]], [reference[5], reference[6]], True)
             await session.send_verify(chained)
             assert await session.receive_verify(chained) == (2, reference[7])
-            await session.close()
 
     asyncio.run(run())
 
 
 def test_a_chained_step_is_checked(cluster: LocalCluster, stories_package: ModelPackage) -> None:
     cluster.start_chain(stories_package.root, CHAINS[2])
-    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 16, stop_on_eos=False)
 
     async def refused(*passes: Pass) -> str:
-        async with connected(cluster.addresses) as swarm:
-            session = await swarm.open_session(request, GenerationStats())
-            first = await session.step(STORIES_PROMPT_IDS, request.sampling)
+        async with prompted(cluster.addresses) as (session, first):
             sent = [Pass(session.length + p.position, [first, *p.ids[1:]] if p.position == 0 and not p.chained
                          else p.ids, p.drafts, p.chained) for p in passes]  # fmt: skip
             with pytest.raises(SwarmError) as raised:
@@ -145,7 +146,6 @@ def test_a_chained_step_is_checked(cluster: LocalCluster, stories_package: Model
                     await session.send_verify(p)
                 for p in sent:
                     await session.receive_verify(p)
-            await session.close()
             return str(raised.value)
 
     # not after a verify step (the prompt's step was a plain one)
@@ -165,12 +165,9 @@ def test_depth_is_bounded(stories_package: ModelPackage) -> None:
 def test_a_chained_step_must_be_drafts_only_on_the_wire(cluster: LocalCluster, stories_package: ModelPackage) -> None:
     # a hand-made step (no client check): chained on a pass that held, with a token that is not a draft
     cluster.start_chain(stories_package.root, CHAINS[1])
-    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 16, stop_on_eos=False)
 
     async def run() -> str:
-        async with connected(cluster.addresses) as swarm:
-            session = await swarm.open_session(request, GenerationStats())
-            first = await session.step(STORIES_PROMPT_IDS, request.sampling)
+        async with prompted(cluster.addresses) as (session, first):
             ahead = Pass(session.length, [first, STORIES_REFERENCE_IDS[1]], [STORIES_REFERENCE_IDS[1]])
             await session.send_verify(ahead)
             assert await session.receive_verify(ahead) == (1, STORIES_REFERENCE_IDS[2])
@@ -191,13 +188,10 @@ def test_more_passes_in_flight_than_a_head_holds_are_answered_in_order(
     # twelve verify steps sent before any answer is read: the ring's head holds at most MAX_DEPTH
     # results outstanding and reads on as they go out, so all twelve are answered, in order
     cluster.start_chain(stories_package.root, CHAINS[3])
-    request = GenerationRequest(tuple(STORIES_PROMPT_IDS), 16, stop_on_eos=False)
     reference = STORIES_REFERENCE_IDS
 
     async def run() -> list[tuple[int, int]]:
-        async with connected(cluster.addresses) as swarm:
-            session = await swarm.open_session(request, GenerationStats())
-            first = await session.step(STORIES_PROMPT_IDS, request.sampling)
+        async with prompted(cluster.addresses) as (session, first):
             start = session.length
             assert first == reference[0]
             # each pass one reference token on from the last, its draft the next: it keeps that draft,
@@ -205,8 +199,6 @@ def test_more_passes_in_flight_than_a_head_holds_are_answered_in_order(
             sent = [Pass(start + i, [reference[i], reference[i + 1]], [reference[i + 1]]) for i in range(MAX_DEPTH + 4)]
             for one in sent:
                 await session.send_verify(one)
-            answers = [await session.receive_verify(one) for one in sent]
-            await session.close()
-            return answers
+            return [await session.receive_verify(one) for one in sent]
 
     assert asyncio.run(run()) == [(1, reference[i + 2]) for i in range(MAX_DEPTH + 4)]
